@@ -1,0 +1,63 @@
+"""The ``pitstop`` console script: ``generate``, ``chat``, ``demo``, ``bench throughput``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pitstop.cli import chat, demo, generate
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """Engine flags shared by every subcommand that builds an engine."""
+    p.add_argument("--model", default="SmolLM2-135M-Instruct",
+                   help="HF folder, .gguf file or a known name (default: %(default)s)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--kv-cache-memory", default="1GiB", help="KV cache size, e.g. 512MiB, 2GiB")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--max-num-seqs", type=int, default=128)
+    p.add_argument("--max-num-batched-tokens", type=int, default=1024)
+    p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--num-threads", type=int, default=None)
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    return dict(model=args.model, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
+                max_model_len=args.max_model_len, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+                max_num_batched_tokens=args.max_num_batched_tokens,
+                enable_prefix_caching=not args.no_prefix_caching, num_threads=args.num_threads)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pitstop", description="An agent-aware LLM serving engine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for mod in (generate, chat, demo):
+        p = mod.add_parser(sub)
+        add_engine_args(p)
+        p.set_defaults(func=mod.run)
+    bench = sub.add_parser("bench", help="benchmarks (throughput)")
+    bench.add_argument("kind", choices=["throughput"])
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pitstop.bench.throughput import main as throughput_main
+    return throughput_main(args.rest) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError) as e:  # bad model path, bad settings: one clear line
+        print(f"pitstop: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

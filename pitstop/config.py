@@ -1,0 +1,70 @@
+"""Engine configuration: one dataclass gathering model, cache and scheduler settings."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """Parse a memory size: an int (bytes) or a string like ``"512MiB"``, ``"2GiB"``, ``"1.5GB"``.
+
+    Raises:
+        ValueError: unparsable or not positive.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        n = int(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ValueError(f"kv_cache_memory: cannot parse {value!r} (use bytes or e.g. '512MiB', '2GiB')")
+        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if n <= 0:
+        raise ValueError(f"kv_cache_memory must be > 0 bytes, got {value!r}")
+    return n
+
+
+@dataclass
+class EngineConfig:
+    """Everything needed to build an engine.
+
+    Attributes:
+        model: HF folder, .gguf file, or a known name (``SmolLM2-135M-Instruct``).
+        dtype: "bfloat16" (default, fastest on this CPU) or "float32".
+        kv_cache_memory: bytes for the KV cache (int or a string like "1GiB").
+        block_size: tokens per KV block.
+        max_model_len: context limit in tokens (None: the model's, capped at 8192).
+        max_num_seqs: most requests per step.
+        max_num_batched_tokens: token budget per step.
+        enable_prefix_caching / enable_chunked_prefill: features on by default.
+        scheduling_policy: ordering policy name.
+        attention_backend: "torch" (CPU PyTorch ops).
+        num_threads: torch intra-op threads (None: leave torch's default).
+        seed: seed of the global sampling generator (unseeded requests).
+    """
+
+    model: str = "SmolLM2-135M-Instruct"
+    dtype: str = "bfloat16"
+    kv_cache_memory: int | str = "1GiB"
+    block_size: int = 16
+    max_model_len: int | None = None
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int = 1024
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    scheduling_policy: str = "fcfs"
+    attention_backend: str = "torch"
+    num_threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.kv_cache_memory = parse_bytes(self.kv_cache_memory)
+        if self.dtype not in ("bfloat16", "float32", "auto"):
+            raise ValueError(f"dtype must be 'bfloat16' or 'float32', got {self.dtype!r}")
+        if self.dtype == "auto":
+            self.dtype = "bfloat16"
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")

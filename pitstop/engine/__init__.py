@@ -1,0 +1,1 @@
+"""Engine core: requests, KV block pool and manager, scheduler, engine loop."""

@@ -1,0 +1,154 @@
+"""The KV block pool: a fixed set of blocks with reference counts, a free list and a prefix-cache map.
+
+Blocks are identified by an integer id that indexes the preallocated KV tensors
+(``[num_blocks, block_size, kv_heads, head_dim]`` per layer). A block is in exactly one of:
+
+- *in use*: ``ref_cnt > 0`` (held by running requests, or by a program's pin);
+- *cached free*: ``ref_cnt == 0`` and holding a full block's tokens under a hash: reusable on a
+  prefix-cache hit, evicted in LRU order (least recently freed first) when space is needed;
+- *free*: ``ref_cnt == 0`` with no hash.
+
+Invariant (checked by ``check_invariants``): ``num_free + num_cached_free + num_in_use == num_blocks``.
+
+Prefix caching follows vLLM's automatic prefix caching: block ``i`` of a sequence is keyed by
+``(parent_hash, token_ids_of_block_i, extra)``, so one hash names a whole prefix. A hit is checked
+against the stored key, so a Python ``hash`` collision can never return wrong KV.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+BlockKey = tuple  # (parent_hash | None, tuple[int, ...] token ids, extra | None)
+
+
+@dataclass(eq=False)
+class KVBlock:
+    """One KV block. ``block_hash`` / ``key`` are set once the block is full and cached."""
+
+    block_id: int
+    ref_cnt: int = 0
+    block_hash: int | None = None
+    key: BlockKey | None = None
+
+
+def hash_block(parent_hash: int | None, token_ids: tuple[int, ...], extra: object = None) -> tuple[int, BlockKey]:
+    """Chained block hash (vLLM automatic prefix caching). Returns ``(hash, key)``."""
+    key = (parent_hash, token_ids, extra)
+    return hash(key), key
+
+
+class BlockPool:
+    """Fixed pool of ``num_blocks`` KV blocks.
+
+    Raises:
+        ValueError: ``num_blocks < 1``.
+        RuntimeError: ``allocate`` asked for more blocks than are free (callers check first).
+    """
+
+    def __init__(self, num_blocks: int, enable_caching: bool = True) -> None:
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        self.num_blocks = num_blocks
+        self.enable_caching = enable_caching
+        self.blocks = [KVBlock(i) for i in range(num_blocks)]
+        self._free: list[int] = list(range(num_blocks - 1, -1, -1))  # pop() gives the lowest id first
+        self._cached_free: OrderedDict[int, KVBlock] = OrderedDict()  # LRU order: first = evict first
+        self._hash_to_block: dict[int, KVBlock] = {}
+        self.num_evictions = 0
+
+    # ---- queries -------------------------------------------------------------------------
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks that can be allocated now (free + cached free)."""
+        return len(self._free) + len(self._cached_free)
+
+    @property
+    def num_cached_free_blocks(self) -> int:
+        return len(self._cached_free)
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.num_blocks - self.num_free_blocks
+
+    def lookup(self, block_hash: int, key: BlockKey) -> KVBlock | None:
+        """The cached block holding exactly ``key``, or None."""
+        block = self._hash_to_block.get(block_hash)
+        if block is None or block.key != key:
+            return None
+        return block
+
+    # ---- mutations -----------------------------------------------------------------------
+    def allocate(self, n: int) -> list[KVBlock]:
+        """Take ``n`` blocks (free ones first, then evict cached free ones in LRU order); ref_cnt = 1."""
+        if n > self.num_free_blocks:
+            raise RuntimeError(f"allocate({n}) with only {self.num_free_blocks} free blocks")
+        out = []
+        for _ in range(n):
+            if self._free:
+                block = self.blocks[self._free.pop()]
+            else:
+                _, block = self._cached_free.popitem(last=False)
+                self._uncache(block)
+                self.num_evictions += 1
+            block.ref_cnt = 1
+            out.append(block)
+        return out
+
+    def touch(self, blocks: list[KVBlock]) -> None:
+        """Add a reference to each block (a prefix-cache hit or a share); revives cached free blocks."""
+        for block in blocks:
+            if block.ref_cnt == 0:
+                del self._cached_free[block.block_id]
+            block.ref_cnt += 1
+
+    def free(self, blocks: list[KVBlock]) -> None:
+        """Drop one reference from each block, in the given order; unreferenced cached blocks join the
+        LRU tail (evicted last), unreferenced uncached ones the free list."""
+        for block in blocks:
+            if block.ref_cnt <= 0:
+                raise RuntimeError(f"double free of block {block.block_id}")
+            block.ref_cnt -= 1
+            if block.ref_cnt == 0:
+                if block.block_hash is not None:
+                    self._cached_free[block.block_id] = block
+                else:
+                    self._free.append(block.block_id)
+
+    def cache(self, block: KVBlock, block_hash: int, key: BlockKey) -> None:
+        """Register a full, computed block under its hash (no-op if that prefix is cached already)."""
+        if not self.enable_caching or block.block_hash is not None or block_hash in self._hash_to_block:
+            return
+        block.block_hash, block.key = block_hash, key
+        self._hash_to_block[block_hash] = block
+
+    def reset_prefix_cache(self) -> int:
+        """Forget every cached free block (they become plain free). Returns how many were dropped."""
+        n = len(self._cached_free)
+        while self._cached_free:
+            _, block = self._cached_free.popitem(last=False)
+            self._uncache(block)
+            self._free.append(block.block_id)
+        return n
+
+    def _uncache(self, block: KVBlock) -> None:
+        if block.block_hash is not None and self._hash_to_block.get(block.block_hash) is block:
+            del self._hash_to_block[block.block_hash]
+        block.block_hash, block.key = None, None
+
+    # ---- accounting ----------------------------------------------------------------------
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the accounting does not balance."""
+        in_use = sum(1 for b in self.blocks if b.ref_cnt > 0)
+        free_ids = set(self._free)
+        assert len(free_ids) == len(self._free), "duplicate block on the free list"
+        assert not free_ids & set(self._cached_free), "block both free and cached free"
+        assert len(self._free) + len(self._cached_free) + in_use == self.num_blocks, (
+            f"free {len(self._free)} + cached {len(self._cached_free)} + in use {in_use} != {self.num_blocks}")
+        for bid in free_ids:
+            assert self.blocks[bid].ref_cnt == 0 and self.blocks[bid].block_hash is None
+        for bid, block in self._cached_free.items():
+            assert block.ref_cnt == 0 and block.block_hash is not None and block.block_id == bid
+        for h, block in self._hash_to_block.items():
+            assert block.block_hash == h

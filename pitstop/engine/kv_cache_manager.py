@@ -1,0 +1,162 @@
+"""Per-request block tables on top of the block pool, with prefix caching.
+
+Source: vLLM's paged attention (Kwon et al., SOSP'23) and its v1 KV cache manager
+(automatic prefix caching with chained block hashes).
+"""
+
+from __future__ import annotations
+
+from pitstop.engine.block_pool import BlockPool, KVBlock, hash_block
+from pitstop.engine.request import Request
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class KVCacheManager:
+    """Owns which blocks each request holds.
+
+    Args:
+        num_blocks: blocks in the pool (sized from the KV cache memory).
+        block_size: tokens per block.
+        enable_prefix_caching: reuse full blocks across requests by their chained hash.
+    """
+
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.pool = BlockPool(num_blocks, enable_caching=enable_prefix_caching)
+        self.req_blocks: dict[str, list[KVBlock]] = {}
+        self._hashes: dict[str, list[tuple[int, tuple]]] = {}  # request id -> (hash, key) per full block
+        self._num_cached: dict[str, int] = {}  # blocks of the request already registered in the cache
+        self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
+        self.prefix_hits = 0  # of which found cached
+
+    @property
+    def num_blocks(self) -> int:
+        return self.pool.num_blocks
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.pool.num_free_blocks
+
+    @property
+    def usage(self) -> float:
+        """Fraction of blocks in use (0..1)."""
+        return self.pool.num_used_blocks / self.pool.num_blocks
+
+    def block_ids(self, request_id: str) -> list[int]:
+        return [b.block_id for b in self.req_blocks.get(request_id, ())]
+
+    # ---- prefix cache -------------------------------------------------------------------
+    def _block_hashes(self, request: Request, num_full_blocks: int) -> list[tuple[int, tuple]]:
+        """Chained (hash, key) of the request's first ``num_full_blocks`` full blocks (memoised)."""
+        hashes = self._hashes.setdefault(request.request_id, [])
+        bs = self.block_size
+        tokens = request.all_token_ids
+        while len(hashes) < num_full_blocks:
+            i = len(hashes)
+            parent = hashes[-1][0] if hashes else None
+            extra = request.cache_salt if i == 0 else None
+            hashes.append(hash_block(parent, tuple(tokens[i * bs:(i + 1) * bs]), extra))
+        return hashes[:num_full_blocks]
+
+    def get_computed_blocks(self, request: Request) -> tuple[list[KVBlock], int]:
+        """Longest cached prefix of the request's known tokens, in whole blocks.
+
+        At least one token is left to compute (its logits are needed), so a full hit stops one
+        block early. Returns ``(blocks, num_cached_tokens)``; the blocks are not yet referenced.
+        """
+        if not self.enable_prefix_caching:
+            return [], 0
+        max_blocks = (request.num_tokens - 1) // self.block_size
+        hits: list[KVBlock] = []
+        for block_hash, key in self._block_hashes(request, max_blocks):
+            block = self.pool.lookup(block_hash, key)
+            if block is None:
+                break
+            hits.append(block)
+        self.prefix_queries += request.num_tokens
+        self.prefix_hits += len(hits) * self.block_size
+        return hits, len(hits) * self.block_size
+
+    def cache_blocks(self, request: Request) -> None:
+        """Register the request's newly completed full blocks (all tokens computed) in the prefix cache."""
+        if not self.enable_prefix_caching:
+            return
+        blocks = self.req_blocks.get(request.request_id, [])
+        num_full = min(request.num_computed_tokens // self.block_size, len(blocks))
+        start = self._num_cached.get(request.request_id, 0)
+        if num_full <= start:
+            return
+        hashes = self._block_hashes(request, num_full)
+        for i in range(start, num_full):
+            self.pool.cache(blocks[i], *hashes[i])
+        self._num_cached[request.request_id] = num_full
+
+    # ---- allocation ---------------------------------------------------------------------
+    def can_allocate(self, request: Request, num_new_tokens: int, computed: list[KVBlock] = ()) -> bool:
+        return self._num_needed(request, num_new_tokens, computed) is not None
+
+    def _num_needed(self, request: Request, num_new_tokens: int, computed) -> int | None:
+        held = self.req_blocks.get(request.request_id, [])
+        total_tokens = request.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
+        num_new_blocks = max(0, cdiv(total_tokens, self.block_size) - len(held) - len(computed))
+        revived = sum(1 for b in computed if b.ref_cnt == 0)  # cached free blocks leave the free pool
+        if num_new_blocks + revived > self.pool.num_free_blocks:
+            return None
+        return num_new_blocks
+
+    def allocate_slots(self, request: Request, num_new_tokens: int,
+                       computed: list[KVBlock] = ()) -> list[KVBlock] | None:
+        """Give the request room for ``num_new_tokens`` more tokens after its computed ones.
+
+        ``computed`` are prefix-cache hits from ``get_computed_blocks`` (first admission only).
+        Returns the newly allocated blocks, or None (nothing changed) if the pool is too small.
+        """
+        num_new_blocks = self._num_needed(request, num_new_tokens, computed)
+        if num_new_blocks is None:
+            return None
+        held = self.req_blocks.setdefault(request.request_id, [])
+        if computed:
+            self.pool.touch(list(computed))
+            held.extend(computed)
+            self._num_cached[request.request_id] = len(held)
+        new = self.pool.allocate(num_new_blocks)
+        held.extend(new)
+        return new
+
+    def free(self, request: Request) -> None:
+        """Release the request's blocks, tail first so that its last blocks are evicted first."""
+        blocks = self.req_blocks.pop(request.request_id, [])
+        self.pool.free(list(reversed(blocks)))
+        self._num_cached.pop(request.request_id, None)
+        if request.is_finished:
+            self._hashes.pop(request.request_id, None)
+
+    def forget(self, request_id: str) -> None:
+        """Drop memoised hashes of a request that will not come back."""
+        self._hashes.pop(request_id, None)
+
+    def reset_prefix_cache(self) -> int:
+        return self.pool.reset_prefix_cache()
+
+    def check_invariants(self) -> None:
+        """Assert pool accounting, and that every held block is referenced at least once per holder."""
+        self.pool.check_invariants()
+        refs: dict[int, int] = {}
+        for blocks in self.req_blocks.values():
+            for b in blocks:
+                refs[b.block_id] = refs.get(b.block_id, 0) + 1
+        for bid, n in refs.items():
+            assert self.pool.blocks[bid].ref_cnt >= n, f"block {bid} ref_cnt below its holders"
+
+    def assert_idle(self) -> None:
+        """Assert that no request holds a block and no block is referenced (after all requests end)."""
+        self.check_invariants()
+        assert not self.req_blocks, f"requests still holding blocks: {list(self.req_blocks)}"
+        leaked = [b.block_id for b in self.pool.blocks if b.ref_cnt]
+        assert not leaked, f"blocks referenced after all requests ended: {leaked[:10]}"

@@ -1,0 +1,289 @@
+"""The engine loop: add requests, step the scheduler and executor, emit outputs.
+
+Data flow of one step (see ARCHITECTURE in the README):
+``Scheduler.schedule(now)`` -> ``Executor.execute(output)`` -> ``Scheduler.update(result, now)``
+-> incremental detokenization, stop strings -> ``RequestOutput`` per request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pitstop.config import EngineConfig
+from pitstop.engine.detokenizer import IncrementalDetokenizer
+from pitstop.engine.kv_cache_manager import KVCacheManager
+from pitstop.engine.request import Request, RequestStatus
+from pitstop.engine.scheduler import Scheduler, SchedulerConfig
+from pitstop.engine.scheduler_output import SchedulerOutput
+from pitstop.executor.interface import Executor
+from pitstop.outputs import CompletionOutput, RequestOutput
+from pitstop.sampling_params import SamplingParams
+
+
+@dataclass
+class StepRecord:
+    """One executed step: its batch shape and duration (seconds)."""
+
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    num_seqs: int
+    context_tokens: int
+    step_time_s: float
+
+
+@dataclass
+class _Parent:
+    """A user request: ``n`` child sequences sharing one prompt."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    children: list[Request]
+    detoks: list[IncrementalDetokenizer | None]
+    program_id: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class LLMEngine:
+    """Synchronous engine: ``add_request`` then call ``step`` until ``has_unfinished_requests`` is False.
+
+    Args:
+        config: engine settings.
+        executor: the model runner (built from ``config`` when None) or a simulated executor.
+        tokenizer: a transformers tokenizer (loaded from the model folder when None and an
+            executor is built here; may stay None for token-id-only use such as simulation).
+        clock: seconds, monotonic; wall time here, a virtual clock in the simulator.
+        num_blocks: KV blocks when ``executor`` is given (otherwise taken from the runner).
+        eos_token_ids / vocab_size / max_model_len: model facts when ``executor`` is given.
+    """
+
+    def __init__(self, config: EngineConfig, executor: Executor | None = None, tokenizer: Any = None,
+                 clock: Callable[[], float] = time.monotonic, num_blocks: int | None = None,
+                 eos_token_ids: frozenset[int] = frozenset(), vocab_size: int | None = None,
+                 max_model_len: int | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.model_dir = None
+        if executor is None:
+            executor, tokenizer, num_blocks, eos_token_ids, vocab_size, max_model_len = self._build(config)
+        self.executor = executor
+        self.tokenizer = tokenizer
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.vocab_size = vocab_size
+        self.max_model_len = int(max_model_len or config.max_model_len or 8192)
+        capacity = num_blocks * config.block_size
+        if capacity < self.max_model_len:
+            raise ValueError(f"the KV cache holds {capacity} tokens ({num_blocks} blocks of {config.block_size}), "
+                             f"less than max_model_len={self.max_model_len}: raise kv_cache_memory or lower "
+                             f"max_model_len")
+        self.kv_manager = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(SchedulerConfig(
+            max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
+            max_model_len=self.max_model_len, enable_chunked_prefill=config.enable_chunked_prefill,
+            scheduling_policy=config.scheduling_policy), self.kv_manager)
+        self.step_history: list[StepRecord] = []
+        self._parents: dict[str, _Parent] = {}
+        self._child_to_parent: dict[str, str] = {}
+        self._aborted: list[RequestOutput] = []
+        self._counter = 0
+
+    def _build(self, config: EngineConfig):
+        import torch
+        from transformers import AutoTokenizer
+
+        from pitstop.executor.model_runner import ModelRunner
+        from pitstop.model.resolve import resolve_model
+
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.model_dir = resolve_model(config.model)
+        runner = ModelRunner(self.model_dir, config.dtype, config.kv_cache_memory, config.block_size,
+                             config.attention_backend)
+        tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        hf = runner.hf_config
+        mml = min(config.max_model_len or min(hf.max_position_embeddings, 8192), hf.max_position_embeddings)
+        eos = _eos_ids(self.model_dir, tokenizer, hf)
+        self._seed_generator = torch.Generator().manual_seed(config.seed)
+        torch.manual_seed(config.seed)
+        return runner, tokenizer, runner.num_blocks, eos, hf.vocab_size, mml
+
+    # ---- requests -------------------------------------------------------------------------
+    def new_request_id(self) -> str:
+        self._counter += 1
+        return str(self._counter)
+
+    def tokenize(self, prompt: str) -> list[int]:
+        if self.tokenizer is None:
+            raise ValueError("this engine has no tokenizer: pass prompt token ids")
+        return list(self.tokenizer(prompt).input_ids)
+
+    def validate_prompt(self, prompt_token_ids: list[int], index: int | None = None) -> None:
+        """Raise ValueError if the prompt is empty, too long or has out-of-vocabulary ids."""
+        where = "" if index is None else f" (request {index})"
+        if not prompt_token_ids:
+            raise ValueError(f"prompt{where} is empty: at least 1 token is required")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise ValueError(f"prompt{where} has {len(prompt_token_ids)} tokens, but max_model_len="
+                             f"{self.max_model_len} allows at most {self.max_model_len - 1} prompt tokens "
+                             f"(prompt + output <= max_model_len)")
+        bad = [t for t in prompt_token_ids if not isinstance(t, int) or t < 0
+               or (self.vocab_size is not None and t >= self.vocab_size)]
+        if bad:
+            raise ValueError(f"prompt{where} has token ids outside [0, {self.vocab_size}): {bad[:5]}")
+
+    def add_request(self, request_id: str | None, prompt: str | list[int] | None,
+                    params: SamplingParams | None = None, *, prompt_token_ids: list[int] | None = None,
+                    arrival_time: float | None = None, program_id: str | None = None,
+                    is_last_turn: bool = True, priority: int = 0, cache_salt: str | None = None) -> str:
+        """Queue a request (``n`` child sequences). Returns its id.
+
+        Raises:
+            ValueError: empty / too long prompt, bad token ids, or a duplicate id.
+        """
+        params = params or SamplingParams()
+        request_id = request_id or self.new_request_id()
+        if request_id in self._parents:
+            raise ValueError(f"duplicate request id {request_id!r}")
+        text = prompt if isinstance(prompt, str) else None
+        if prompt_token_ids is None:
+            prompt_token_ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt or [])
+        self.validate_prompt(prompt_token_ids)
+        arrival = self.clock() if arrival_time is None else arrival_time
+        max_tokens = self.max_model_len - len(prompt_token_ids)
+        if params.max_tokens is not None:
+            max_tokens = min(max_tokens, params.max_tokens)
+        children, detoks = [], []
+        for i in range(params.n):
+            cid = request_id if params.n == 1 else f"{request_id}-{i}"
+            req = Request(request_id=cid, prompt_token_ids=list(prompt_token_ids), sampling_params=params,
+                          arrival_time=arrival, max_tokens=max_tokens, eos_token_ids=self.eos_token_ids,
+                          parent_id=request_id, index=i, generator=self._generator(params, i),
+                          wait_for=children[0].request_id if i and self.config.enable_prefix_caching else None,
+                          program_id=program_id, is_last_turn=is_last_turn, priority=priority,
+                          cache_salt=cache_salt)
+            children.append(req)
+            detoks.append(IncrementalDetokenizer(self.tokenizer, params, prompt_token_ids)
+                          if self.tokenizer is not None else None)
+        self._parents[request_id] = _Parent(request_id, text, list(prompt_token_ids), children, detoks,
+                                            program_id)
+        for req in children:
+            self._child_to_parent[req.request_id] = request_id
+            self.scheduler.add_request(req)
+        return request_id
+
+    def _generator(self, params: SamplingParams, index: int):
+        if params.seed is None:
+            return None
+        import torch
+        return torch.Generator().manual_seed(params.seed + index)
+
+    def abort_request(self, request_ids: str | list[str]) -> None:
+        """Abort requests (by the ids ``add_request`` returned); their blocks are freed now."""
+        ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        now = self.clock()
+        for rid in ids:
+            parent = self._parents.get(rid)
+            if parent is None:
+                continue
+            self.scheduler.finish_requests([c.request_id for c in parent.children],
+                                           RequestStatus.FINISHED_ABORTED, now)
+            self._aborted.append(self._make_output(parent))
+            self._drop(parent)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self._parents)
+
+    # ---- the loop -------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one step. Returns an output for each request that produced a token or finished."""
+        outputs, self._aborted = self._aborted, []
+        so = self.scheduler.schedule(self.clock())
+        if so.is_empty:
+            return outputs
+        result = self.executor.execute(so)
+        touched = self.scheduler.update(so, result, self.clock())
+        self._record(so, result.step_time_s)
+        return outputs + self._process(touched)
+
+    def _record(self, so: SchedulerOutput, step_time_s: float) -> None:
+        self.step_history.append(StepRecord(
+            num_prefill_tokens=so.num_prefill_tokens, num_decode_tokens=so.num_decode_tokens,
+            num_seqs=len(so.scheduled), context_tokens=sum(s.start + s.num_tokens for s in so.scheduled),
+            step_time_s=step_time_s))
+
+    def _process(self, touched: list[Request]) -> list[RequestOutput]:
+        parents: dict[str, _Parent] = {}
+        for req in touched:
+            parent = self._parents.get(self._child_to_parent.get(req.request_id, ""))
+            if parent is None:
+                continue
+            detok = parent.detoks[req.index]
+            if detok is not None:
+                stop = detok.update([req.output_token_ids[-1]])
+                if stop is not None and not req.is_finished:
+                    self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED,
+                                                   self.clock())
+                    req.stop_reason = stop
+                elif stop is not None:
+                    req.status, req.stop_reason = RequestStatus.FINISHED_STOPPED, stop
+                if req.is_finished:
+                    detok.finish()
+            parents[parent.request_id] = parent
+        outs = []
+        for parent in parents.values():
+            out = self._make_output(parent)
+            outs.append(out)
+            if out.finished:
+                self._drop(parent)
+        return outs
+
+    def _make_output(self, parent: _Parent) -> RequestOutput:
+        completions = []
+        for req, detok in zip(parent.children, parent.detoks):
+            want_lp = req.sampling_params.logprobs is not None
+            completions.append(CompletionOutput(
+                index=req.index, text=detok.output_text if detok is not None else "",
+                token_ids=list(req.output_token_ids), finish_reason=req.status.finish_reason,
+                stop_reason=req.stop_reason, logprobs=list(req.logprobs) if want_lp else None))
+        first = parent.children[0]
+        return RequestOutput(request_id=parent.request_id, prompt=parent.prompt,
+                             prompt_token_ids=parent.prompt_token_ids, outputs=completions,
+                             finished=all(c.is_finished for c in parent.children), metrics=first.metrics,
+                             num_cached_tokens=first.metrics.num_cached_tokens, program_id=parent.program_id)
+
+    def _drop(self, parent: _Parent) -> None:
+        self._parents.pop(parent.request_id, None)
+        for c in parent.children:
+            self._child_to_parent.pop(c.request_id, None)
+
+    def detokenizer(self, request_id: str, index: int = 0) -> IncrementalDetokenizer | None:
+        """The incremental detokenizer of a running completion (for streaming deltas)."""
+        parent = self._parents.get(request_id)
+        return parent.detoks[index] if parent is not None else None
+
+    # ---- stats -----------------------------------------------------------------------------
+    def check_kv_invariants(self) -> None:
+        self.kv_manager.check_invariants()
+
+
+def _eos_ids(model_dir, tokenizer, hf_config) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(hf_config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(int(t) for t in source)
+    try:
+        from transformers import GenerationConfig
+        gen = GenerationConfig.from_pretrained(str(model_dir))
+        eos = gen.eos_token_id
+        ids.update([eos] if isinstance(eos, int) else list(eos or []))
+    except (OSError, ValueError):
+        pass
+    return frozenset(ids)

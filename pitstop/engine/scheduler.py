@@ -1,0 +1,236 @@
+"""The scheduler: continuous batching under a token budget, chunked prefill mixed with decodes,
+prefix-cache-aware admission, preemption by recompute.
+
+Sources: Orca (iteration-level scheduling, OSDI'22), vLLM (paged KV, preemption by recompute,
+SOSP'23), Sarathi-Serve (stall-free chunked prefill: running decodes first, then prefill chunks
+fill the remaining token budget, OSDI'24).
+
+The scheduler never imports torch and never reads a clock: ``now`` is passed in (wall time in the
+engine, virtual time in the simulator).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pitstop.engine.kv_cache_manager import KVCacheManager
+from pitstop.engine.request import Request, RequestStatus
+from pitstop.engine.scheduler_output import ExecutorResult, ScheduledRequest, SchedulerOutput
+from pitstop.policies import SchedulingPolicy, get_scheduling_policy
+
+
+@dataclass
+class SchedulerConfig:
+    """Batching limits.
+
+    Attributes:
+        max_num_seqs: most requests in one step.
+        max_num_batched_tokens: token budget of one step (prefill chunks + decodes).
+        max_model_len: context limit (tokens, prompt + output).
+        enable_chunked_prefill: split long prompts across steps; if False a prompt must fit the budget.
+        scheduling_policy: name of the ordering policy (``pitstop.policies``).
+    """
+
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int = 2048
+    max_model_len: int = 8192
+    enable_chunked_prefill: bool = True
+    scheduling_policy: str = "fcfs"
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class Scheduler:
+    """Decides, each step, which requests run and how many tokens each computes."""
+
+    def __init__(self, config: SchedulerConfig, kv_manager: KVCacheManager,
+                 policy: SchedulingPolicy | None = None) -> None:
+        self.config = config
+        self.kv = kv_manager
+        self.policy = policy or get_scheduling_policy(config.scheduling_policy)
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self._prefill_done: set[str] = set()  # ids whose prompt prefill finished (gates n>1 siblings)
+        self.num_preemptions = 0
+        self.num_computed_tokens = 0  # tokens run through the model, all steps (prefill + decode)
+        self._seq = 0
+
+    # ---- queue management -----------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        if request.request_id in self.requests:
+            raise ValueError(f"duplicate request id {request.request_id!r}")
+        request.arrival_seq = self._seq
+        self._seq += 1
+        request.status = RequestStatus.WAITING
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def finish_requests(self, request_ids: list[str], status: RequestStatus, now: float) -> list[Request]:
+        """End requests early (abort, stop string). Unknown or finished ids are ignored."""
+        done = []
+        for rid in request_ids:
+            req = self.requests.get(rid)
+            if req is None or req.is_finished:
+                continue
+            if req in self.running:
+                self.running.remove(req)
+            elif req in self.waiting:
+                self.waiting.remove(req)
+            self._finish(req, status, now)
+            done.append(req)
+        return done
+
+    def _finish(self, req: Request, status: RequestStatus, now: float) -> None:
+        req.status = status
+        req.metrics.finished_time = now
+        self.kv.free(req)
+        self.kv.forget(req.request_id)
+        self.requests.pop(req.request_id, None)
+        self._prefill_done.add(req.request_id)  # never block siblings on a finished request
+
+    def _preempt(self, req: Request, now: float) -> None:
+        """Preemption by recompute: free the blocks (they stay in the prefix cache) and requeue."""
+        self.running.remove(req)
+        self.kv.free(req)
+        req.status = RequestStatus.PREEMPTED
+        req.num_computed_tokens = 0
+        req.metrics.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.append(req)
+
+    # ---- one step -------------------------------------------------------------------------
+    def schedule(self, now: float) -> SchedulerOutput:
+        """Build the next step: running requests first (decodes and unfinished prefill chunks), then
+        waiting requests in policy order while budget, sequence slots and blocks last."""
+        budget = self.config.max_num_batched_tokens
+        scheduled: list[ScheduledRequest] = []
+        preempted: list[str] = []
+        budget = self._schedule_running(now, budget, scheduled, preempted)
+        if not preempted:
+            self._schedule_waiting(now, budget, scheduled)
+        scheduled.sort(key=lambda s: not s.is_prefill)  # prefills first, then decodes (stable)
+        return SchedulerOutput(scheduled=scheduled, now=now, preempted_ids=preempted)
+
+    def _schedule_running(self, now: float, budget: int, out: list[ScheduledRequest],
+                          preempted: list[str]) -> int:
+        done: set[str] = set()
+        for req in self.policy.order(self.running, now):
+            if budget <= 0:
+                break
+            if req.status is not RequestStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            while self.kv.allocate_slots(req, num_new) is None:
+                candidates = [r for r in self.running if r.request_id not in done]
+                victim = self.policy.pick_victim(candidates, now)
+                self._preempt(victim, now)
+                preempted.append(victim.request_id)
+                if victim is req:
+                    break
+            if req.status is not RequestStatus.RUNNING:
+                continue
+            out.append(self._entry(req, num_new))
+            done.add(req.request_id)
+            budget -= num_new
+        return budget
+
+    def _schedule_waiting(self, now: float, budget: int, out: list[ScheduledRequest]) -> None:
+        for req in self.policy.order(self.waiting, now):
+            if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
+                break
+            if req.wait_for is not None and req.wait_for not in self._prefill_done:
+                continue  # n > 1: share the sibling's prompt blocks once its prefill is done
+            computed, num_cached = self.kv.get_computed_blocks(req)
+            num_new = req.num_tokens - num_cached
+            if num_new > budget and not self.config.enable_chunked_prefill:
+                break
+            num_new = min(num_new, budget)
+            if self.kv.allocate_slots(req, num_new, computed) is None:
+                break  # out of blocks: keep arrival order, do not skip ahead
+            self.waiting.remove(req)
+            self.running.append(req)
+            req.status = RequestStatus.RUNNING
+            req.num_computed_tokens = num_cached
+            req.metrics.num_cached_tokens = num_cached
+            if req.metrics.first_scheduled_time is None:
+                req.metrics.first_scheduled_time = now
+            out.append(self._entry(req, num_new))
+            budget -= num_new
+
+    def _entry(self, req: Request, num_new: int) -> ScheduledRequest:
+        start = req.num_computed_tokens
+        return ScheduledRequest(request=req, num_tokens=num_new, start=start,
+                                block_ids=self.kv.block_ids(req.request_id),
+                                sample=start + num_new == req.num_tokens)
+
+    # ---- after the step -----------------------------------------------------------------
+    def update(self, output: SchedulerOutput, result: ExecutorResult, now: float) -> list[Request]:
+        """Advance computed tokens, append sampled tokens, stop finished requests.
+
+        Returns the requests that received a token this step (finished ones included).
+        """
+        touched = []
+        for s in output.scheduled:
+            req = s.request
+            if req.status is not RequestStatus.RUNNING:
+                continue  # aborted during the step
+            req.num_computed_tokens += s.num_tokens
+            prompt_part = max(0, min(s.start + s.num_tokens, req.num_prompt_tokens) - s.start)
+            req.metrics.num_computed_prompt_tokens += prompt_part
+            self.num_computed_tokens += s.num_tokens
+            self.kv.cache_blocks(req)
+            if not s.sample:
+                continue
+            self._prefill_done.add(req.request_id)
+            token = result.sampled[req.request_id]
+            req.append_output(token, result.logprobs.get(req.request_id))
+            if req.metrics.first_token_time is None:
+                req.metrics.first_token_time = now
+            req.metrics.last_token_time = now
+            touched.append(req)
+            status = self._check_stop(req, token)
+            if status is not None:
+                self.running.remove(req)
+                self._finish(req, status, now)
+        return touched
+
+    def _check_stop(self, req: Request, token: int) -> RequestStatus | None:
+        params = req.sampling_params
+        if req.num_output_tokens >= params.min_tokens:
+            if token in params.stop_token_ids:
+                req.stop_reason = token
+                return RequestStatus.FINISHED_STOPPED
+            if not params.ignore_eos and token in req.eos_token_ids:
+                return RequestStatus.FINISHED_STOPPED
+        if req.num_output_tokens >= req.max_tokens or req.num_tokens >= self.config.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    # ---- accounting -----------------------------------------------------------------------
+    def check_kv_accounting(self) -> None:
+        """Assert the KV accounting: the pool balances, only live requests hold blocks, every
+        reference is held by a request, and nothing is referenced once all requests have ended."""
+        self.kv.check_invariants()
+        live = {rid for rid, r in self.requests.items() if not r.is_finished}
+        holders = set(self.kv.req_blocks)
+        assert holders <= live, f"ended requests still hold blocks: {sorted(holders - live)[:5]}"
+        refs = sum(b.ref_cnt for b in self.kv.pool.blocks)
+        held = sum(len(v) for v in self.kv.req_blocks.values())
+        assert refs == held, f"{refs} block references but requests hold {held}"
+        if not self.has_unfinished_requests():
+            self.kv.assert_idle()

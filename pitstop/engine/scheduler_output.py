@@ -1,0 +1,72 @@
+"""What the scheduler hands the executor for one step, and what comes back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pitstop.engine.request import Request
+
+
+@dataclass
+class ScheduledRequest:
+    """One request's share of a step.
+
+    Attributes:
+        request: the request (same process; the executor reads its tokens and sampling params).
+        num_tokens: tokens computed this step (a prefill chunk, or 1 for a decode).
+        start: ``num_computed_tokens`` before the step: the new tokens are positions
+            ``start .. start + num_tokens - 1``.
+        block_ids: the request's block table after allocation (covers ``start + num_tokens`` tokens).
+        sample: True when the step reaches the end of the known tokens, so a token is sampled.
+    """
+
+    request: Request
+    num_tokens: int
+    start: int
+    block_ids: list[int]
+    sample: bool
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.num_tokens > 1
+
+
+@dataclass
+class SchedulerOutput:
+    """A step's batch: prefill chunks first, then decodes (query length 1)."""
+
+    scheduled: list[ScheduledRequest]
+    now: float
+    preempted_ids: list[str] = field(default_factory=list)
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.scheduled)
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.scheduled if s.is_prefill)
+
+    @property
+    def num_decode_tokens(self) -> int:
+        return sum(1 for s in self.scheduled if not s.is_prefill)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+@dataclass
+class ExecutorResult:
+    """Sampled tokens of one step.
+
+    Attributes:
+        sampled: request id -> sampled token id, for each scheduled request with ``sample`` set.
+        logprobs: request id -> per-token logprob record (dict token id -> Logprob), when requested.
+        step_time_s: seconds the executor spent (measured, or predicted by a cost model).
+    """
+
+    sampled: dict[str, int]
+    logprobs: dict[str, Any] = field(default_factory=dict)
+    step_time_s: float = 0.0

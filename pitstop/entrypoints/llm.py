@@ -1,0 +1,122 @@
+"""The offline API, vLLM-style: ``LLM(model=...).generate(prompts, sampling_params)`` and ``chat``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from pitstop.config import EngineConfig
+from pitstop.engine.llm_engine import LLMEngine
+from pitstop.outputs import RequestOutput
+from pitstop.sampling_params import SamplingParams
+
+Prompt = str | list[int]
+Message = dict[str, Any]
+
+
+class LLM:
+    """Generate from a batch of prompts with continuous batching on one engine.
+
+    Args:
+        model: HF folder, .gguf file, or ``"SmolLM2-135M-Instruct"`` (the embedded default).
+        dtype: "bfloat16" (default) or "float32".
+        kv_cache_memory: KV cache size: bytes or a string like "1GiB".
+        max_model_len: context limit in tokens (default: the model's, capped at 8192).
+        enable_prefix_caching: reuse KV blocks of shared prefixes.
+        **kwargs: any other ``EngineConfig`` field (block_size, max_num_seqs, max_num_batched_tokens,
+            enable_chunked_prefill, num_threads, seed, scheduling_policy).
+
+    Raises:
+        pitstop.model.resolve.ModelNotFoundError: the model cannot be found or read.
+        ValueError: invalid settings.
+    """
+
+    def __init__(self, model: str = "SmolLM2-135M-Instruct", dtype: str = "bfloat16",
+                 kv_cache_memory: int | str = "1GiB", max_model_len: int | None = None,
+                 enable_prefix_caching: bool = True, **kwargs: Any) -> None:
+        config = EngineConfig(model=model, dtype=dtype, kv_cache_memory=kv_cache_memory,
+                              max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
+                              **kwargs)
+        self.llm_engine = LLMEngine(config)
+
+    @property
+    def model_dir(self):
+        """Path of the HF folder the weights were loaded from."""
+        return self.llm_engine.model_dir
+
+    def get_tokenizer(self):
+        return self.llm_engine.tokenizer
+
+    def generate(self, prompts: Prompt | Sequence[Prompt],
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = True, **request_kwargs: Any) -> list[RequestOutput]:
+        """Generate completions for every prompt (text or token ids), in input order.
+
+        The whole call is validated before any work: one bad prompt raises ``ValueError`` naming its
+        index, and nothing is queued. ``request_kwargs`` (``program_id``, ``priority``, ``cache_salt``)
+        are given per request as lists or once for all.
+
+        Raises:
+            ValueError: an empty prompt, a prompt longer than ``max_model_len``, out-of-vocabulary ids,
+                or a sampling_params list of the wrong length.
+        """
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        params = self._params_list(sampling_params, len(prompts))
+        engine = self.llm_engine
+        token_ids = []
+        for i, p in enumerate(prompts):
+            ids = engine.tokenize(p) if isinstance(p, str) else list(p)
+            engine.validate_prompt(ids, index=i)
+            token_ids.append(ids)
+        kwargs = [{k: (v[i] if isinstance(v, (list, tuple)) else v) for k, v in request_kwargs.items()}
+                  for i in range(len(prompts))]
+        ids = [engine.add_request(None, p if isinstance(p, str) else None, sp, prompt_token_ids=t, **kw)
+               for p, sp, t, kw in zip(prompts, params, token_ids, kwargs)]
+        return self._run(ids, use_tqdm)
+
+    def chat(self, messages: list[Message] | list[list[Message]],
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+             use_tqdm: bool = True, add_generation_prompt: bool = True,
+             chat_template_kwargs: dict | None = None, **request_kwargs: Any) -> list[RequestOutput]:
+        """Apply the tokenizer's chat template to one conversation or a list of them, then generate."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        tok = self.get_tokenizer()
+        prompts = []
+        for conv in conversations:
+            text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                           **(chat_template_kwargs or {}))
+            prompts.append(list(tok(text, add_special_tokens=False).input_ids))
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, **request_kwargs)
+
+    @staticmethod
+    def _params_list(sp, n: int) -> list[SamplingParams]:
+        if sp is None:
+            return [SamplingParams() for _ in range(n)]
+        if isinstance(sp, SamplingParams):
+            return [sp] * n
+        sp = list(sp)
+        if len(sp) != n:
+            raise ValueError(f"sampling_params has {len(sp)} entries for {n} prompts")
+        return sp
+
+    def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        engine = self.llm_engine
+        done: dict[str, RequestOutput] = {}
+        bar = tqdm(total=len(ids), desc="Processed prompts", disable=not use_tqdm or len(ids) < 2,
+                   dynamic_ncols=True)
+        try:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        done[out.request_id] = out
+                        bar.update(1)
+        except BaseException:
+            engine.abort_request(ids)  # never leave blocks held by a failed call
+            raise
+        finally:
+            bar.close()
+        return [done[i] for i in ids]

@@ -1,0 +1,119 @@
+"""The model runner: turns a ``SchedulerOutput`` into one forward pass over a flattened batch and
+samples the next tokens.
+
+Flattened batch layout (vLLM style): the step's prefill chunks and decode tokens are concatenated
+into one ``[T]`` vector of token ids with their positions; the attention backend maps each token to
+its sequence and KV slots (``slot = block_id * block_size + offset``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from pitstop.engine.scheduler_output import ExecutorResult, ScheduledRequest, SchedulerOutput
+from pitstop.model.loader import allocate_kv_cache, kv_cache_bytes_per_block, load_model
+from pitstop.model.sampler import Sampler, SamplerOutput, SamplingRow
+from pitstop.outputs import Logprob
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class ModelRunner:
+    """Runs real forward passes on the CPU (or a device torch supports).
+
+    Args:
+        model_dir: HF folder (already resolved).
+        dtype: "bfloat16" or "float32".
+        kv_cache_memory: bytes reserved for the KV cache; sets ``num_blocks``.
+        block_size: tokens per KV block.
+        attention_backend: backend name (see ``pitstop.model.attention``).
+
+    Raises:
+        ValueError: the KV cache memory does not hold a single block.
+    """
+
+    def __init__(self, model_dir: str | Path, dtype: str, kv_cache_memory: int, block_size: int,
+                 attention_backend: str = "torch", device: str = "cpu") -> None:
+        self.dtype = DTYPES[dtype]
+        self.device = torch.device(device)
+        self.block_size = block_size
+        self.model = load_model(model_dir, self.dtype, attn_backend=attention_backend)
+        self.hf_config = self.model.hf_config
+        self.bytes_per_block = kv_cache_bytes_per_block(self.hf_config, block_size, self.dtype)
+        self.num_blocks = int(kv_cache_memory // self.bytes_per_block)
+        if self.num_blocks < 1:
+            raise ValueError(f"kv_cache_memory={kv_cache_memory} B holds no KV block "
+                             f"(one block of {block_size} tokens needs {self.bytes_per_block} B)")
+        self.kv_caches = allocate_kv_cache(self.model, self.num_blocks, block_size, self.dtype)
+        self.sampler = Sampler()
+
+    @torch.inference_mode()
+    def execute(self, so: SchedulerOutput) -> ExecutorResult:
+        """One step: forward over every scheduled token, sample for requests that reach their end."""
+        t0 = time.perf_counter()
+        if so.is_empty:
+            return ExecutorResult(sampled={}, step_time_s=0.0)
+        input_ids, positions = self._inputs(so.scheduled)
+        meta = self.model.attn_backend.build_metadata(
+            [s.num_tokens for s in so.scheduled], [s.start + s.num_tokens for s in so.scheduled],
+            [s.block_ids for s in so.scheduled], self.block_size, self.device)
+        hidden = self.model(input_ids, positions, self.kv_caches, meta)
+        rows, sample_idx = self._sample_rows(so.scheduled)
+        if not rows:
+            return ExecutorResult(sampled={}, step_time_s=time.perf_counter() - t0)
+        logits = self.model.compute_logits(hidden[torch.tensor(sample_idx, dtype=torch.long)])
+        out = self.sampler(logits, [r for _, r in rows])
+        sampled = dict(zip((s.request.request_id for s, _ in rows), out.token_ids.tolist()))
+        logprobs = self._logprobs(rows, out)
+        return ExecutorResult(sampled=sampled, logprobs=logprobs, step_time_s=time.perf_counter() - t0)
+
+    def _inputs(self, scheduled: list[ScheduledRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids: list[int] = []
+        pos: list[int] = []
+        for s in scheduled:
+            end = s.start + s.num_tokens
+            ids.extend(s.request.all_token_ids[s.start:end])
+            pos.extend(range(s.start, end))
+        return torch.tensor(ids, dtype=torch.long), torch.tensor(pos, dtype=torch.long)
+
+    def _sample_rows(self, scheduled: list[ScheduledRequest]) -> tuple[list, list[int]]:
+        rows, idx, offset = [], [], 0
+        for s in scheduled:
+            offset += s.num_tokens
+            if not s.sample:
+                continue
+            r = s.request
+            rows.append((s, SamplingRow(params=r.sampling_params, generator=r.generator,
+                                        prompt_token_ids=r.prompt_token_ids,
+                                        output_token_ids=r.output_token_ids,
+                                        eos_token_ids=set(r.eos_token_ids))))
+            idx.append(offset - 1)
+        return rows, idx
+
+    @staticmethod
+    def _logprobs(rows: list, out: SamplerOutput) -> dict:
+        if out.logprobs is None:
+            return {}
+        result = {}
+        sampled_ids = out.token_ids.tolist()
+        sampled_lp = out.logprobs.tolist()
+        top_ids = out.top_token_ids.tolist() if out.top_token_ids is not None else None
+        top_lp = out.top_logprobs.tolist() if out.top_logprobs is not None else None
+        for i, (s, _) in enumerate(rows):
+            k = s.request.sampling_params.logprobs
+            if k is None:
+                continue
+            entry: dict[int, Logprob] = {}
+            ranks = {}
+            if top_ids is not None:
+                for rank, (tid, lp) in enumerate(zip(top_ids[i][:max(k, 1)], top_lp[i][:max(k, 1)]), 1):
+                    ranks[tid] = rank
+                    if rank <= k:
+                        entry[tid] = Logprob(lp, rank)
+            tok = sampled_ids[i]
+            entry[tok] = Logprob(sampled_lp[i], ranks.get(tok))
+            result[s.request.request_id] = entry
+        return result
