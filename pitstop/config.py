@@ -44,6 +44,7 @@ class EngineConfig:
         attention_backend: "torch" (CPU PyTorch ops).
         num_threads: torch intra-op threads (None: leave torch's default).
         seed: seed of the global sampling generator (unseeded requests).
+        skip_tokenizer_init: do not load a tokenizer (prompts must be token ids; no output text).
     """
 
     model: str = "SmolLM2-135M-Instruct"
@@ -59,6 +60,7 @@ class EngineConfig:
     attention_backend: str = "torch"
     num_threads: int | None = None
     seed: int = 0
+    skip_tokenizer_init: bool = False
 
     def __post_init__(self) -> None:
         self.kv_cache_memory = parse_bytes(self.kv_cache_memory)

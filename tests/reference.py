@@ -20,10 +20,16 @@ class Reference:
 
 
 def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> Reference:
-    """Greedy continuation with transformers ``generate`` (batch 1, no padding), with per-step gaps."""
+    """Greedy continuation with transformers ``generate`` (batch 1, no padding), with per-step gaps.
+
+    EOS is disabled on the model (not masked with ``min_new_tokens``, which would change the argmax) so
+    the reference runs ``max_new_tokens`` like pitstop's ``ignore_eos``.
+    """
+    model.generation_config.eos_token_id = None
+    model.config.eos_token_id = None
     with torch.inference_mode():
         out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                             max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+                             max_new_tokens=max_new_tokens, do_sample=False,
                              output_scores=True, return_dict_in_generate=True, pad_token_id=0,
                              temperature=None, top_p=None, top_k=None)
     tokens = out.sequences[0, len(prompt_ids):].tolist()

@@ -1,11 +1,11 @@
-"""The ``pitstop`` console script: ``generate``, ``chat``, ``demo``, ``bench throughput``."""
+"""The ``pitstop`` console script: ``generate``, ``chat``, ``demo``, ``serve``, ``bench throughput|serve``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pitstop.cli import chat, demo, generate
+from pitstop.cli import chat, demo, generate, serve
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -32,18 +32,21 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pitstop", description="An agent-aware LLM serving engine.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for mod in (generate, chat, demo):
+    for mod in (generate, chat, demo, serve):
         p = mod.add_parser(sub)
         add_engine_args(p)
         p.set_defaults(func=mod.run)
-    bench = sub.add_parser("bench", help="benchmarks (throughput)")
-    bench.add_argument("kind", choices=["throughput"])
+    bench = sub.add_parser("bench", help="benchmarks (throughput, serve)")
+    bench.add_argument("kind", choices=["throughput", "serve"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     return parser
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.kind == "serve":
+        from pitstop.bench.serve import main as serve_main
+        return serve_main(args.rest) or 0
     from pitstop.bench.throughput import main as throughput_main
     return throughput_main(args.rest) or 0
 

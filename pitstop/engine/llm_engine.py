@@ -92,7 +92,6 @@ class LLMEngine:
 
     def _build(self, config: EngineConfig):
         import torch
-        from transformers import AutoTokenizer
 
         from pitstop.executor.model_runner import ModelRunner
         from pitstop.model.resolve import resolve_model
@@ -102,7 +101,7 @@ class LLMEngine:
         self.model_dir = resolve_model(config.model)
         runner = ModelRunner(self.model_dir, config.dtype, config.kv_cache_memory, config.block_size,
                              config.attention_backend)
-        tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        tokenizer = None if config.skip_tokenizer_init else _load_tokenizer(self.model_dir)
         hf = runner.hf_config
         mml = min(config.max_model_len or min(hf.max_position_embeddings, 8192), hf.max_position_embeddings)
         eos = _eos_ids(self.model_dir, tokenizer, hf)
@@ -270,6 +269,15 @@ class LLMEngine:
     # ---- stats -----------------------------------------------------------------------------
     def check_kv_invariants(self) -> None:
         self.kv_manager.check_invariants()
+
+
+def _load_tokenizer(model_dir):
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"model {model_dir}: cannot load its tokenizer ({type(e).__name__}); add tokenizer "
+                         f"files or pass skip_tokenizer_init=True and give prompts as token ids") from None
 
 
 def _eos_ids(model_dir, tokenizer, hf_config) -> frozenset[int]:

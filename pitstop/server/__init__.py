@@ -1,0 +1,1 @@
+"""OpenAI-compatible HTTP server: ``pitstop serve`` (see ``app.py``)."""

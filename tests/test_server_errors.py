@@ -1,0 +1,142 @@
+"""Raw HTTP cases (httpx): malformed JSON, wrong types, bad values, unknown model, huge prompt, bad key,
+client disconnect mid-stream (request aborted, KV freed), and 429 under a bounded flood."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from server_helpers import API_KEY, MAX_MODEL_LEN, MAX_NUM_SEQS, MAX_QUEUE, MODEL, counter, shared_server
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    return shared_server(tmp_path_factory.mktemp("server"))
+
+
+@pytest.fixture(autouse=True)
+def kv_balanced_after(server):
+    yield
+    server.assert_kv_balanced()
+
+
+def _error(resp: httpx.Response, status: int) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def test_malformed_json(server):
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        r = server.post(path, content=b'{"model": "x", "prompt": ', headers={"content-type": "application/json"})
+        assert _error(r, 400)["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"prompt": "hi", "max_tokens": "many"}, "max_tokens"),
+    ({"prompt": "hi", "temperature": [1]}, "temperature"),
+    ({"prompt": {"text": "hi"}}, "prompt"),
+    ({"max_tokens": 4}, "prompt"),
+])
+def test_wrong_types(server, body, param):
+    err = _error(server.post("/v1/completions", json=body), 400)
+    assert err["param"].startswith(param)
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"temperature": -1}, "temperature"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"presence_penalty": 3}, "presence_penalty"),
+    ({"n": 0}, "n"),
+    ({"logit_bias": {"1": 5}}, "logit_bias"),
+])
+def test_bad_values(server, body, param):
+    err = _error(server.post("/v1/chat/completions",
+                             json={"messages": [{"role": "user", "content": "hi"}], **body}), 400)
+    assert err["param"] == param, err
+
+
+def test_unknown_model(server):
+    err = _error(server.post("/v1/completions", json={"model": "gpt-17", "prompt": "hi"}), 400)
+    assert err["code"] == "model_not_found" and err["param"] == "model"
+
+
+def test_prompt_too_long(server):
+    prompt = "hello " * (MAX_MODEL_LEN + 100)
+    err = _error(server.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 1}), 400)
+    assert err["code"] == "context_length_exceeded" and "max_model_len" in err["message"]
+    err = _error(server.post("/v1/completions", json={"prompt": "hi", "max_tokens": MAX_MODEL_LEN}), 400)
+    assert err["code"] == "context_length_exceeded"
+    err = _error(server.post("/v1/completions", json={"prompt": [1, 2, 10**9], "max_tokens": 1}), 400)
+    assert "outside" in err["message"]
+
+
+def test_api_key(server):
+    body = {"prompt": "hi", "max_tokens": 1}
+    with httpx.Client(base_url=server.base_url, timeout=30) as c:
+        assert _error(c.post("/v1/completions", json=body), 401)["type"] == "authentication_error"
+        assert _error(c.post("/v1/completions", json=body, headers={"Authorization": "Bearer nope"}), 401)
+        assert _error(c.get("/v1/models", headers={"Authorization": f"Bearer {API_KEY}x"}), 401)
+        assert c.get("/health").status_code == 200
+        assert c.get("/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+
+
+def test_disconnect_mid_stream_aborts_and_frees_kv(server):
+    before = server.metrics()
+    body = {"model": MODEL, "prompt": "Write a very long story about a dragon.", "max_tokens": 1000,
+            "temperature": 0, "ignore_eos": True, "stream": True}
+    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as c:
+        with c.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            got = 0
+            for line in lines:
+                if line.startswith("data: {"):
+                    got += 1
+                if got == 3:
+                    break
+            st = server.kv()
+            assert st["num_running"] == 1 and st["num_used_blocks"] > 0, st
+        # leaving the block closes the connection mid-stream
+    t0 = time.monotonic()
+    st = server.wait_idle(timeout=10)
+    assert time.monotonic() - t0 < 10 and st["num_used_blocks"] == 0, st
+    after = server.metrics()
+    gen = counter(after, "pitstop_generation_tokens_total") - counter(before, "pitstop_generation_tokens_total")
+    assert gen == 0  # aborted, not run to 1000 tokens (aborted requests are not counted as finished)
+
+
+def test_queue_full_429_under_bounded_flood(server):
+    """A flood of 3x the admission limit: the excess gets 429 + Retry-After fast, the rest completes."""
+    limit = MAX_NUM_SEQS + MAX_QUEUE
+    num = 3 * limit
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=120,
+                                     headers={"Authorization": f"Bearer {API_KEY}"},
+                                     limits=httpx.Limits(max_connections=num)) as c:
+            body = {"model": MODEL, "prompt": "Flood request", "max_tokens": 24, "ignore_eos": True,
+                    "temperature": 0}
+            return await asyncio.gather(*[c.post("/v1/completions", json=body) for _ in range(num)])
+
+    t0 = time.monotonic()
+    responses = asyncio.run(flood())
+    elapsed = time.monotonic() - t0
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 429}, codes
+    assert codes.count(429) >= num - limit - MAX_NUM_SEQS, codes  # at most ~limit admitted at once
+    assert codes.count(200) >= limit // 2, codes
+    for r in responses:
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) >= 1
+            assert _error(r, 429)["type"] == "rate_limit_exceeded"
+    assert elapsed < 120
+    t1 = time.monotonic()
+    assert server.get("/health").status_code == 200 and time.monotonic() - t1 < 5
