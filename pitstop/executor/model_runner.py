@@ -9,6 +9,8 @@ its sequence and KV slots (``slot = block_id * block_size + offset``).
 from __future__ import annotations
 
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -60,11 +62,13 @@ class ModelRunner:
         meta = self.model.attn_backend.build_metadata(
             [s.num_tokens for s in so.scheduled], [s.start + s.num_tokens for s in so.scheduled],
             [s.block_ids for s in so.scheduled], self.block_size, self.device)
-        hidden = self.model(input_ids, positions, self.kv_caches, meta)
+        with _gemm_kernels(len(input_ids)):
+            hidden = self.model(input_ids, positions, self.kv_caches, meta)
         rows, sample_idx = self._sample_rows(so.scheduled)
         if not rows:
             return ExecutorResult(sampled={}, step_time_s=time.perf_counter() - t0)
-        logits = self.model.compute_logits(hidden[torch.tensor(sample_idx, dtype=torch.long)])
+        with _gemm_kernels(len(sample_idx)):
+            logits = self.model.compute_logits(hidden[torch.tensor(sample_idx, dtype=torch.long)])
         out = self.sampler(logits, [r for _, r in rows])
         sampled = dict(zip((s.request.request_id for s, _ in rows), out.token_ids.tolist()))
         logprobs = self._logprobs(rows, out)
@@ -117,3 +121,20 @@ class ModelRunner:
             entry[tok] = Logprob(sampled_lp[i], ranks.get(tok))
             result[s.request.request_id] = entry
         return result
+
+
+@contextmanager
+def _gemm_kernels(num_rows: int):
+    """Pick the CPU GEMM path by the number of activation rows.
+
+    Measured on this machine (bf16, SmolLM2 shapes, 2 threads): with one row (a batch-1 decode)
+    ATen's native GEMV streams the weights 1.6x faster than oneDNN (20.7 vs 35.1 ms for the 30 layers'
+    linears); from two rows on oneDNN wins by a widening margin. Elsewhere the default is kept.
+    """
+    if num_rows != 1 or not torch.backends.mkldnn.is_available():
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield

@@ -158,8 +158,12 @@ class CausalLM(nn.Module):
         return self.norm(h + residual)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[N, hidden]`` -> ``[N, vocab]`` float32 logits."""
-        return F.linear(hidden, self.lm_head.weight).float()
+        """``[N, hidden]`` -> ``[N, vocab]`` logits in the model dtype.
+
+        Not upcast here: the greedy hot path takes the argmax of bf16 logits directly (exactly the
+        argmax of their float32 copy); the sampler upcasts to float32 where it needs to.
+        """
+        return F.linear(hidden, self.lm_head.weight)
 
 
 class LlamaForCausalLM(CausalLM):

