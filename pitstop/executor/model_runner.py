@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from pitstop.executor.malloc_tuning import tune_malloc
 from pitstop.engine.scheduler_output import ExecutorResult, ScheduledRequest, SchedulerOutput
 from pitstop.model.loader import allocate_kv_cache, kv_cache_bytes_per_block, load_model
 from pitstop.model.sampler import Sampler, SamplerOutput, SamplingRow
@@ -41,6 +42,8 @@ class ModelRunner:
                  attention_backend: str = "torch", device: str = "cpu") -> None:
         self.dtype = DTYPES[dtype]
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            tune_malloc()
         self.block_size = block_size
         self.model = load_model(model_dir, self.dtype, attn_backend=attention_backend)
         self.hf_config = self.model.hf_config
