@@ -40,7 +40,9 @@ class EngineConfig:
         max_num_seqs: most requests per step.
         max_num_batched_tokens: token budget per step.
         enable_prefix_caching / enable_chunked_prefill: features on by default.
-        scheduling_policy: ordering policy name.
+        scheduling_policy: ordering policy name ("fcfs", "program-fcfs", "plas", "priority").
+        ttl_policy: KV pin policy between a program's turns ("none", "fixed", "continuum").
+        ttl_seconds: the fixed TTL, or the continuum policy's upper bound (seconds).
         attention_backend: "torch" (CPU PyTorch ops).
         num_threads: torch intra-op threads (None: leave torch's default).
         seed: seed of the global sampling generator (unseeded requests).
@@ -57,6 +59,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     scheduling_policy: str = "fcfs"
+    ttl_policy: str = "none"
+    ttl_seconds: float | None = None
     attention_backend: str = "torch"
     num_threads: int | None = None
     seed: int = 0

@@ -34,6 +34,7 @@ class KVCacheManager:
         self._num_cached: dict[str, int] = {}  # blocks of the request already registered in the cache
         self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
         self.prefix_hits = 0  # of which found cached
+        self.num_pinned_blocks = 0  # block references held by program pins
 
     @property
     def num_blocks(self) -> int:
@@ -137,6 +138,28 @@ class KVCacheManager:
         if request.is_finished:
             self._hashes.pop(request.request_id, None)
 
+    def pin_blocks(self, request: Request) -> list[KVBlock]:
+        """End a request but keep its cached full blocks referenced for a program pin.
+
+        The leading blocks registered in the prefix cache keep their reference (now owned by the pin
+        and found by the next turn's prefix lookup); the rest are freed. Returns the pinned blocks.
+        """
+        blocks = self.req_blocks.pop(request.request_id, [])
+        n = 0
+        while n < len(blocks) and blocks[n].block_hash is not None:
+            n += 1
+        keep, rest = blocks[:n], blocks[n:]
+        self.pool.free(list(reversed(rest)))
+        self._num_cached.pop(request.request_id, None)
+        self._hashes.pop(request.request_id, None)
+        self.num_pinned_blocks += len(keep)
+        return keep
+
+    def release_pin(self, blocks: list[KVBlock]) -> None:
+        """Drop a pin's references; its blocks become evictable (LRU) cached blocks."""
+        self.pool.free(list(reversed(blocks)))
+        self.num_pinned_blocks -= len(blocks)
+
     def forget(self, request_id: str) -> None:
         """Drop memoised hashes of a request that will not come back."""
         self._hashes.pop(request_id, None)
@@ -155,8 +178,10 @@ class KVCacheManager:
             assert self.pool.blocks[bid].ref_cnt >= n, f"block {bid} ref_cnt below its holders"
 
     def assert_idle(self) -> None:
-        """Assert that no request holds a block and no block is referenced (after all requests end)."""
+        """Assert that no request holds a block and only program pins reference blocks (after all
+        requests end)."""
         self.check_invariants()
         assert not self.req_blocks, f"requests still holding blocks: {list(self.req_blocks)}"
-        leaked = [b.block_id for b in self.pool.blocks if b.ref_cnt]
-        assert not leaked, f"blocks referenced after all requests ended: {leaked[:10]}"
+        refs = sum(b.ref_cnt for b in self.pool.blocks)
+        assert refs == self.num_pinned_blocks, (
+            f"{refs} block references after all requests ended, {self.num_pinned_blocks} of them pins")

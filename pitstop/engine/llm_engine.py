@@ -83,7 +83,8 @@ class LLMEngine:
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
             max_model_len=self.max_model_len, enable_chunked_prefill=config.enable_chunked_prefill,
-            scheduling_policy=config.scheduling_policy), self.kv_manager)
+            scheduling_policy=config.scheduling_policy, ttl_policy=config.ttl_policy,
+            ttl_seconds=config.ttl_seconds), self.kv_manager)
         self.step_history: list[StepRecord] = []
         self._parents: dict[str, _Parent] = {}
         self._child_to_parent: dict[str, str] = {}
@@ -136,8 +137,13 @@ class LLMEngine:
     def add_request(self, request_id: str | None, prompt: str | list[int] | None,
                     params: SamplingParams | None = None, *, prompt_token_ids: list[int] | None = None,
                     arrival_time: float | None = None, program_id: str | None = None,
-                    is_last_turn: bool = True, priority: int = 0, cache_salt: str | None = None) -> str:
+                    is_last_turn: bool = True, priority: int = 0, cache_salt: str | None = None,
+                    tool_name: str | None = None) -> str:
         """Queue a request (``n`` child sequences). Returns its id.
+
+        ``program_id`` makes it a turn of an agent program; a non-final turn (``is_last_turn=False``)
+        keeps its KV pinned afterwards as the TTL policy decides; ``tool_name`` is the tool the client
+        runs after this turn (inferred from the output text when absent).
 
         Raises:
             ValueError: empty / too long prompt, bad token ids, or a duplicate id.
@@ -162,7 +168,7 @@ class LLMEngine:
                           parent_id=request_id, index=i, generator=self._generator(params, i),
                           wait_for=children[0].request_id if i and self.config.enable_prefix_caching else None,
                           program_id=program_id, is_last_turn=is_last_turn, priority=priority,
-                          cache_salt=cache_salt)
+                          cache_salt=cache_salt, tool_name=tool_name)
             children.append(req)
             detoks.append(IncrementalDetokenizer(self.tokenizer, params, prompt_token_ids)
                           if self.tokenizer is not None else None)
@@ -208,6 +214,7 @@ class LLMEngine:
         result = self.executor.execute(so)
         touched = self.scheduler.update(so, result, self.clock())
         self._record(so, result.step_time_s)
+        self.scheduler.programs.observe_step(so.num_prefill_tokens, result.step_time_s)
         return outputs + self._process(touched)
 
     def _record(self, so: SchedulerOutput, step_time_s: float) -> None:
@@ -233,6 +240,7 @@ class LLMEngine:
                     req.status, req.stop_reason = RequestStatus.FINISHED_STOPPED, stop
                 if req.is_finished:
                     detok.finish()
+                    self._infer_tool(req, detok.output_text)
             parents[parent.request_id] = parent
         outs = []
         for parent in parents.values():
@@ -266,7 +274,53 @@ class LLMEngine:
         parent = self._parents.get(request_id)
         return parent.detoks[index] if parent is not None else None
 
+    def _infer_tool(self, req: Request, text: str) -> None:
+        if req.program_id is None or req.is_last_turn or req.tool_name is not None:
+            return
+        from pitstop.engine.tool_parse import infer_tool_name
+        tool = infer_tool_name(text)
+        if tool is not None:
+            req.tool_name = tool
+            self.scheduler.programs.retag(req.program_id, tool, self.clock())
+
+    # ---- programs ----------------------------------------------------------------------------
+    def report_tool_result(self, program_id: str, tool_name: str, duration_s: float) -> None:
+        """A client reports a finished tool run (seconds); the TTL policy learns from it.
+
+        Raises:
+            ValueError: negative or non-finite duration.
+        """
+        if not (duration_s >= 0 and duration_s != float("inf")):
+            raise ValueError(f"duration_s must be a finite number >= 0, got {duration_s!r}")
+        self.scheduler.programs.report_tool(program_id, tool_name or "unknown", float(duration_s))
+
+    def end_program(self, program_id: str) -> bool:
+        """End a program: its pinned KV is released at once. False if the program is unknown."""
+        return self.scheduler.programs.end(program_id)
+
+    def program_stats(self, program_id: str) -> dict | None:
+        """Counters of one live program (None once it has ended)."""
+        p = self.scheduler.programs.programs.get(program_id)
+        if p is None:
+            return None
+        out = p.stats.as_dict()
+        out.update(attained_service=p.attained_service, pinned_blocks=len(p.pinned),
+                   pin_expiry=p.pin_expiry if p.pinned else None, pin_tool=p.pin_tool if p.pinned else None)
+        return out
+
     # ---- stats -----------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Engine-wide counters: requests, KV blocks, prefix cache, pins (summed over programs)."""
+        kv, sched, pm = self.kv_manager, self.scheduler, self.scheduler.programs
+        out = pm.totals.as_dict()
+        out.update(num_running=sched.num_running, num_waiting=sched.num_waiting,
+                   num_preemptions=sched.num_preemptions, num_computed_tokens=sched.num_computed_tokens,
+                   kv_blocks_total=kv.num_blocks, kv_blocks_free=kv.num_free_blocks,
+                   kv_blocks_pinned=kv.num_pinned_blocks, prefix_queries=kv.prefix_queries,
+                   prefix_hits=kv.prefix_hits, prefix_hit_rate=kv.prefix_hits / max(kv.prefix_queries, 1),
+                   num_programs=len(pm.programs), prefill_rate=pm.prefill_rate, queue_delay=pm.queue_delay)
+        return out
+
     def check_kv_invariants(self) -> None:
         self.kv_manager.check_invariants()
 

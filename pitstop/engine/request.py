@@ -54,7 +54,8 @@ class Request:
         generator: a seeded ``torch.Generator`` when ``sampling_params.seed`` is set (owned by the engine).
         wait_for: id of a sibling whose prefill must finish before this one is admitted (``n`` > 1
             completions then share the prompt's blocks through the prefix cache).
-        program_id / is_last_turn / priority / cache_salt: scheduling hints.
+        program_id / is_last_turn / tool_name / priority / cache_salt: scheduling hints (the program
+            this turn belongs to, whether it is its last, the tool the client runs after it).
     """
 
     request_id: str
@@ -70,6 +71,7 @@ class Request:
     wait_for: str | None = None
     program_id: str | None = None
     is_last_turn: bool = True
+    tool_name: str | None = None
     priority: int = 0
     cache_salt: str | None = None
     status: RequestStatus = RequestStatus.WAITING

@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pitstop.engine.kv_cache_manager import KVCacheManager
+from pitstop.engine.program_manager import ProgramManager
 from pitstop.engine.request import Request, RequestStatus
 from pitstop.engine.scheduler_output import ExecutorResult, ScheduledRequest, SchedulerOutput
-from pitstop.policies import SchedulingPolicy, get_scheduling_policy
+from pitstop.policies import SchedulingPolicy, TTLPolicy, get_scheduling_policy, get_ttl_policy
 
 
 @dataclass
@@ -29,6 +30,7 @@ class SchedulerConfig:
         max_model_len: context limit (tokens, prompt + output).
         enable_chunked_prefill: split long prompts across steps; if False a prompt must fit the budget.
         scheduling_policy: name of the ordering policy (``pitstop.policies``).
+        ttl_policy / ttl_seconds: how long a program's KV stays pinned between turns.
     """
 
     max_num_seqs: int = 128
@@ -36,6 +38,8 @@ class SchedulerConfig:
     max_model_len: int = 8192
     enable_chunked_prefill: bool = True
     scheduling_policy: str = "fcfs"
+    ttl_policy: str = "none"
+    ttl_seconds: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
@@ -47,10 +51,13 @@ class Scheduler:
     """Decides, each step, which requests run and how many tokens each computes."""
 
     def __init__(self, config: SchedulerConfig, kv_manager: KVCacheManager,
-                 policy: SchedulingPolicy | None = None) -> None:
+                 policy: SchedulingPolicy | None = None, ttl_policy: TTLPolicy | None = None) -> None:
         self.config = config
         self.kv = kv_manager
         self.policy = policy or get_scheduling_policy(config.scheduling_policy)
+        self.programs = ProgramManager(kv_manager, ttl_policy or get_ttl_policy(config.ttl_policy,
+                                                                                 config.ttl_seconds))
+        self.policy.bind(self.programs.programs)
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -68,6 +75,7 @@ class Scheduler:
         request.status = RequestStatus.WAITING
         self.requests[request.request_id] = request
         self.waiting.append(request)
+        self.programs.on_arrival(request)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running)
@@ -98,8 +106,10 @@ class Scheduler:
     def _finish(self, req: Request, status: RequestStatus, now: float) -> None:
         req.status = status
         req.metrics.finished_time = now
-        self.kv.free(req)
+        if not self.programs.on_finish(req, status, now):
+            self.kv.free(req)
         self.kv.forget(req.request_id)
+        self.programs.after_finish(req)
         self.requests.pop(req.request_id, None)
         self._prefill_done.add(req.request_id)  # never block siblings on a finished request
 
@@ -117,6 +127,7 @@ class Scheduler:
     def schedule(self, now: float) -> SchedulerOutput:
         """Build the next step: running requests first (decodes and unfinished prefill chunks), then
         waiting requests in policy order while budget, sequence slots and blocks last."""
+        self.programs.expire(now)
         budget = self.config.max_num_batched_tokens
         scheduled: list[ScheduledRequest] = []
         preempted: list[str] = []
@@ -136,6 +147,8 @@ class Scheduler:
                 continue  # preempted earlier in this loop
             num_new = min(req.num_tokens - req.num_computed_tokens, budget)
             while self.kv.allocate_slots(req, num_new) is None:
+                if self.programs.release_one():
+                    continue  # pins go before running requests
                 candidates = [r for r in self.running if r.request_id not in done]
                 victim = self.policy.pick_victim(candidates, now)
                 self._preempt(victim, now)
@@ -160,8 +173,8 @@ class Scheduler:
             if num_new > budget and not self.config.enable_chunked_prefill:
                 break
             num_new = min(num_new, budget)
-            if self.kv.allocate_slots(req, num_new, computed) is None:
-                break  # out of blocks: keep arrival order, do not skip ahead
+            if not self._allocate_waiting(req, num_new, computed):
+                break  # out of blocks: keep policy order, do not skip ahead
             self.waiting.remove(req)
             self.running.append(req)
             req.status = RequestStatus.RUNNING
@@ -169,8 +182,17 @@ class Scheduler:
             req.metrics.num_cached_tokens = num_cached
             if req.metrics.first_scheduled_time is None:
                 req.metrics.first_scheduled_time = now
+                self.programs.on_admit(req, num_cached, now)
             out.append(self._entry(req, num_new))
             budget -= num_new
+
+    def _allocate_waiting(self, req: Request, num_new: int, computed: list) -> bool:
+        """Allocate for a waiting request. Pins of other programs are released only when nothing
+        is running (else the request waits: pins are bounded by their TTL)."""
+        while self.kv.allocate_slots(req, num_new, computed) is None:
+            if self.running or not self.programs.release_one(exclude=req.program_id):
+                return False
+        return True
 
     def _entry(self, req: Request, num_new: int) -> ScheduledRequest:
         start = req.num_computed_tokens
@@ -190,6 +212,7 @@ class Scheduler:
             if req.status is not RequestStatus.RUNNING:
                 continue  # aborted during the step
             req.num_computed_tokens += s.num_tokens
+            self.programs.on_compute(req, s.num_tokens)
             prompt_part = max(0, min(s.start + s.num_tokens, req.num_prompt_tokens) - s.start)
             req.metrics.num_computed_prompt_tokens += prompt_part
             self.num_computed_tokens += s.num_tokens
@@ -231,6 +254,8 @@ class Scheduler:
         assert holders <= live, f"ended requests still hold blocks: {sorted(holders - live)[:5]}"
         refs = sum(b.ref_cnt for b in self.kv.pool.blocks)
         held = sum(len(v) for v in self.kv.req_blocks.values())
-        assert refs == held, f"{refs} block references but requests hold {held}"
+        pinned = self.programs.pinned_refs()
+        assert pinned == self.kv.num_pinned_blocks, f"pins hold {pinned}, KV manager counts {self.kv.num_pinned_blocks}"
+        assert refs == held + pinned, f"{refs} block references but requests hold {held} and pins {pinned}"
         if not self.has_unfinished_requests():
             self.kv.assert_idle()

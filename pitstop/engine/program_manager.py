@@ -1,0 +1,177 @@
+"""Program bookkeeping for the scheduler: the program table, KV pins between turns, their expiry
+and release, tool-duration learning and counters.
+
+Pins (Continuum, arXiv 2511.02230): when a non-final turn of a program ends, its cached full KV
+blocks stay referenced by the program for a TTL chosen by the TTL policy, so the next turn finds
+them through the prefix cache instead of re-prefilling the whole context. A pinned block is never
+evicted by LRU; a pin ends when the next turn is admitted (a *hit*), when its TTL runs out (an
+*expiry*), when the engine needs the memory (a *release*: running requests must grow, or nothing
+else can run), or when the program ends.
+"""
+
+from __future__ import annotations
+
+from pitstop.engine.kv_cache_manager import KVCacheManager
+from pitstop.engine.program import Program, ProgramStats
+from pitstop.engine.request import Request, RequestStatus
+from pitstop.policies.ttl_base import PinContext, TTLPolicy
+
+_EWMA = 0.2
+
+
+class ProgramManager:
+    """Args: kv: the KV cache manager; ttl_policy: decides pin lifetimes."""
+
+    def __init__(self, kv: KVCacheManager, ttl_policy: TTLPolicy) -> None:
+        self.kv = kv
+        self.ttl_policy = ttl_policy
+        self.programs: dict[str, Program] = {}
+        self.totals = ProgramStats()
+        self.prefill_rate = 2000.0  # tokens/s, EWMA over steps with prefill
+        self.queue_delay = 0.0  # seconds, EWMA over admissions
+        self._pinned: dict[str, Program] = {}
+
+    # ---- lifecycle of turns ------------------------------------------------------------------
+    def on_arrival(self, req: Request) -> None:
+        """A turn arrived: create the program on its first turn; learn the tool time from the gap."""
+        if req.program_id is None:
+            return
+        p = self.programs.get(req.program_id)
+        if p is None:
+            p = self.programs[req.program_id] = Program(req.program_id, req.arrival_time)
+        elif p.last_turn_end is not None and not p.tool_reported and p.last_tool is not None:
+            self.ttl_policy.observe_tool(p.last_tool, req.arrival_time - p.last_turn_end)
+        p.tool_reported = False
+        p.active += 1
+        self._count(p, "turns")
+
+    def on_admit(self, req: Request, num_cached: int, now: float) -> None:
+        """First admission of a turn: count reuse / re-prefill; a pin is consumed by its next turn."""
+        self.queue_delay += _EWMA * ((now - req.arrival_time) - self.queue_delay)
+        p = self.programs.get(req.program_id) if req.program_id is not None else None
+        if p is None:
+            return
+        self._count(p, "reused_tokens", num_cached)
+        if p.last_context_len:
+            self._count(p, "reprefilled_tokens", max(0, min(req.num_prompt_tokens, p.last_context_len) - num_cached))
+        if p.has_pin:
+            if num_cached >= p.pin_tokens:
+                self._count(p, "pin_hits")
+            self._unpin(p)
+
+    def on_compute(self, req: Request, num_tokens: int) -> None:
+        p = self.programs.get(req.program_id) if req.program_id is not None else None
+        if p is not None:
+            p.attained_service += num_tokens
+
+    def on_finish(self, req: Request, status: RequestStatus, now: float) -> bool:
+        """A turn ended. Returns True if its blocks were taken by a pin (else the caller frees them)."""
+        p = self.programs.get(req.program_id) if req.program_id is not None else None
+        if p is None:
+            return False
+        p.active -= 1
+        if status is RequestStatus.FINISHED_ABORTED:
+            return False
+        p.last_turn_end, p.last_tool = now, req.tool_name or "unknown"
+        p.last_context_len = req.num_tokens
+        if req.is_last_turn:
+            return False
+        return self._pin(p, req, now)
+
+    def after_finish(self, req: Request) -> None:
+        """Drop a program once its last turn has ended and nothing of it is running."""
+        p = self.programs.get(req.program_id) if req.program_id is not None else None
+        if p is not None and req.is_last_turn and p.active == 0:
+            self.end(p.program_id)
+
+    # ---- pins ----------------------------------------------------------------------------------
+    def _context(self, p: Program, tool: str, num_blocks: int, now: float) -> PinContext:
+        pool = self.kv.pool
+        return PinContext(tool_name=tool, context_tokens=num_blocks * self.kv.block_size, num_blocks=num_blocks,
+                          total_blocks=pool.num_blocks, usage=pool.num_used_blocks / pool.num_blocks,
+                          prefill_rate=self.prefill_rate, queue_delay=self.queue_delay, now=now)
+
+    def _pin(self, p: Program, req: Request, now: float) -> bool:
+        held = self.kv.req_blocks.get(req.request_id, [])
+        n = 0
+        while n < len(held) and held[n].block_hash is not None:
+            n += 1
+        if n == 0:
+            return False
+        ttl = self.ttl_policy.ttl(self._context(p, p.last_tool, n, now))
+        if ttl <= 0:
+            return False
+        if p.has_pin:
+            self._unpin(p)
+        p.pinned = self.kv.pin_blocks(req)
+        p.pin_tokens = len(p.pinned) * self.kv.block_size
+        p.pin_tool, p.pin_created, p.pin_expiry = p.last_tool, now, now + ttl
+        self._pinned[p.program_id] = p
+        self._count(p, "pins")
+        return True
+
+    def retag(self, program_id: str, tool_name: str, now: float) -> None:
+        """The tool of a pinned program became known (parsed from its output): recompute the TTL."""
+        p = self.programs.get(program_id)
+        if p is None:
+            return
+        p.last_tool = tool_name
+        if p.has_pin and p.pin_tool != tool_name:
+            ttl = self.ttl_policy.ttl(self._context(p, tool_name, len(p.pinned), now))
+            p.pin_tool, p.pin_expiry = tool_name, p.pin_created + max(ttl, 0.0)
+
+    def _unpin(self, p: Program) -> None:
+        self.kv.release_pin(p.pinned)
+        p.pinned, p.pin_tokens = [], 0
+        self._pinned.pop(p.program_id, None)
+
+    def expire(self, now: float) -> None:
+        """Release every pin whose TTL has run out."""
+        for p in [p for p in self._pinned.values() if p.pin_expiry <= now]:
+            self._unpin(p)
+            self._count(p, "pin_expiries")
+
+    def release_one(self, exclude: str | None = None) -> bool:
+        """Memory pressure: release the pin that would expire last. Returns False if none."""
+        cands = [p for p in self._pinned.values() if p.program_id != exclude]
+        if not cands:
+            return False
+        p = max(cands, key=lambda q: q.pin_expiry)
+        self._unpin(p)
+        self._count(p, "pin_releases")
+        return True
+
+    @property
+    def has_pins(self) -> bool:
+        return bool(self._pinned)
+
+    # ---- client reports ------------------------------------------------------------------------
+    def report_tool(self, program_id: str, tool_name: str, duration_s: float) -> None:
+        """A client reports a finished tool run (duration in seconds)."""
+        self.ttl_policy.observe_tool(tool_name, duration_s)
+        p = self.programs.get(program_id)
+        if p is not None:
+            p.tool_reported = True
+
+    def end(self, program_id: str) -> bool:
+        """End a program: release its pin at once; forget it when none of its turns is running."""
+        p = self.programs.get(program_id)
+        if p is None:
+            return False
+        if p.has_pin:
+            self._unpin(p)
+        if p.active == 0:
+            del self.programs[program_id]
+        return True
+
+    def observe_step(self, num_prefill_tokens: int, step_time_s: float) -> None:
+        """Update the prefill-rate estimate (tokens/s) from a step with prefill tokens."""
+        if num_prefill_tokens >= 16 and step_time_s > 0:
+            self.prefill_rate += _EWMA * (num_prefill_tokens / step_time_s - self.prefill_rate)
+
+    def _count(self, p: Program, name: str, n: int = 1) -> None:
+        setattr(p.stats, name, getattr(p.stats, name) + n)
+        setattr(self.totals, name, getattr(self.totals, name) + n)
+
+    def pinned_refs(self) -> int:
+        return sum(len(p.pinned) for p in self._pinned.values())
