@@ -16,9 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pitstop.engine.llm_engine import LLMEngine
 from pitstop.server.async_engine import AsyncEngine
-from pitstop.server.errors import error_body, install_handlers
+from pitstop.server.errors import APIError, error_body, install_handlers
 from pitstop.server.metrics import ServerMetrics
-from pitstop.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from pitstop.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, ToolResult
 from pitstop.server.serving_chat import ServingChat
 from pitstop.server.serving_completions import ServingCompletions
 
@@ -114,6 +114,30 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | None = 
     async def create_chat_completion(req: ChatCompletionRequest, raw: Request) -> Response:
         return await chat.create(req, raw)
 
+    @app.post("/v1/programs/{program_id}/tool_result")
+    async def tool_result(program_id: str, body: ToolResult) -> dict:
+        if not (body.duration_s >= 0 and body.duration_s != float("inf")):
+            raise APIError(400, f"duration_s must be a finite number >= 0, got {body.duration_s}",
+                           "invalid_request_error", "duration_s", "invalid_value")
+        await async_engine.call(lambda e: e.report_tool_result(program_id, body.tool_name, body.duration_s))
+        return {"program_id": program_id, "tool_name": body.tool_name, "duration_s": body.duration_s}
+
+    @app.delete("/v1/programs/{program_id}")
+    async def end_program(program_id: str) -> dict:
+        found = await async_engine.call(lambda e: e.end_program(program_id))
+        if not found:
+            raise APIError(404, f"no live program {program_id!r}", "invalid_request_error", "program_id",
+                           "program_not_found")
+        return {"id": program_id, "object": "program", "deleted": True}
+
+    @app.get("/v1/programs/{program_id}")
+    async def program_stats(program_id: str) -> dict:
+        stats = await async_engine.call(lambda e: e.program_stats(program_id))
+        if stats is None:
+            raise APIError(404, f"no live program {program_id!r}", "invalid_request_error", "program_id",
+                           "program_not_found")
+        return {"id": program_id, "object": "program", **stats}
+
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -132,7 +156,8 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | None = 
                         "num_used_blocks": kv.num_blocks - kv.num_free_blocks, "num_running": sched.num_running,
                         "num_waiting": sched.num_waiting, "num_held": len(kv.req_blocks),
                         "num_outstanding": async_engine.num_outstanding,
-                        "num_preemptions": sched.num_preemptions}
+                        "num_preemptions": sched.num_preemptions, "num_pinned_blocks": kv.num_pinned_blocks,
+                        "num_programs": len(sched.programs.programs)}
             return await async_engine.call(inspect)
 
     return app

@@ -132,8 +132,11 @@ class AsyncEngine:
                             f"(max_num_seqs + max_queue)")
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                    priority: int = 0, cache_salt: str | None = None) -> "RequestHandle":
+                    **engine_kwargs: Any) -> "RequestHandle":
         """Admit a request and return its handle; the caller must ``close()`` it when done.
+
+        ``engine_kwargs`` go to ``LLMEngine.add_request`` (priority, cache_salt, program_id,
+        is_last_turn, tool_name).
 
         Raises:
             QueueFull / EngineDead: see ``check_admission``. Validation errors arrive on the stream.
@@ -141,7 +144,7 @@ class AsyncEngine:
         self.check_admission()
         self.num_outstanding += 1
         queue: asyncio.Queue = asyncio.Queue()
-        self._post(lambda: self._add(request_id, prompt_token_ids, params, priority, cache_salt, queue))
+        self._post(lambda: self._add(request_id, prompt_token_ids, params, engine_kwargs, queue))
         return RequestHandle(self, request_id, queue)
 
     def _release(self, request_id: str, abort: bool) -> None:
@@ -176,11 +179,11 @@ class AsyncEngine:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(tracked.queue.put_nowait, update)
 
-    def _add(self, rid: str, ids: list[int], params: SamplingParams, priority: int, cache_salt: str | None,
+    def _add(self, rid: str, ids: list[int], params: SamplingParams, engine_kwargs: dict,
              queue: asyncio.Queue) -> None:
         eng = self.engine
         try:
-            eng.add_request(rid, None, params, prompt_token_ids=ids, priority=priority, cache_salt=cache_salt)
+            eng.add_request(rid, None, params, prompt_token_ids=ids, **engine_kwargs)
         except Exception as e:  # noqa: BLE001 - validation errors go back to the caller
             assert self._loop is not None
             self._loop.call_soon_threadsafe(queue.put_nowait, StreamUpdate([], error=e))
@@ -265,6 +268,8 @@ class AsyncEngine:
             "num_preemptions": sched.num_preemptions, "kv_num_blocks": kv.num_blocks,
             "kv_free_blocks": kv.num_free_blocks, "kv_used_blocks": kv.num_blocks - kv.num_free_blocks,
             "kv_usage": kv.usage, "prefix_queries": kv.prefix_queries, "prefix_hits": kv.prefix_hits,
+            **{f"program_{k}": v for k, v in sched.programs.totals.as_dict().items()},
+            "kv_pinned_blocks": kv.num_pinned_blocks, "num_programs": len(sched.programs.programs),
         }
 
 

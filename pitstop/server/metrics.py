@@ -42,7 +42,19 @@ class _EngineGauges:
                 ("pitstop_kv_cache_usage_perc", "kv_usage", "Fraction of KV blocks in use (0..1)."),
                 ("pitstop_prefix_cache_queries_tokens", "prefix_queries", "Prompt tokens looked up in the "
                                                                           "prefix cache."),
-                ("pitstop_prefix_cache_hits_tokens", "prefix_hits", "Prompt tokens found in the prefix cache.")):
+                ("pitstop_prefix_cache_hits_tokens", "prefix_hits", "Prompt tokens found in the prefix cache."),
+                ("pitstop_kv_cache_blocks_pinned", "kv_pinned_blocks", "KV blocks pinned by agent programs "
+                                                                        "between turns."),
+                ("pitstop_programs", "num_programs", "Live agent programs."),
+                ("pitstop_program_turns", "program_turns", "Program turns received since start."),
+                ("pitstop_pins", "program_pins", "KV pins created after non-final turns."),
+                ("pitstop_pin_hits", "program_pin_hits", "Next turns that found their pinned KV."),
+                ("pitstop_pin_expiries", "program_pin_expiries", "Pins whose TTL ran out."),
+                ("pitstop_pin_releases", "program_pin_releases", "Pins released early under memory pressure."),
+                ("pitstop_program_reused_tokens", "program_reused_tokens", "Program prompt tokens served from "
+                                                                           "the prefix cache."),
+                ("pitstop_program_reprefilled_tokens", "program_reprefilled_tokens",
+                 "Tokens of an earlier turn's context computed again.")):
             g = GaugeMetricFamily(name, doc)
             g.add_metric([], float(s.get(key, 0)))
             yield g

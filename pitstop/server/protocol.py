@@ -57,6 +57,19 @@ class _SamplingRequest(_Base):
     include_stop_str_in_output: bool = False
     priority: int = 0
     cache_salt: str | None = None
+    # agent programs (pitstop), with Continuum's names accepted for drop-in use
+    program_id: str | None = None
+    is_last_turn: bool | None = None
+    tool_name: str | None = None
+    job_id: str | None = None
+    is_last_step: bool | None = None
+
+    def program_kwargs(self) -> dict:
+        """``program_id`` / ``is_last_turn`` / ``tool_name`` for the engine (``job_id`` and
+        ``is_last_step`` are Continuum's names for the first two)."""
+        last = self.is_last_turn if self.is_last_turn is not None else self.is_last_step
+        return {"program_id": self.program_id if self.program_id is not None else self.job_id,
+                "is_last_turn": True if last is None else last, "tool_name": self.tool_name}
 
     def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         """The engine's ``SamplingParams`` (raises ValueError naming the field on a bad value)."""
@@ -124,3 +137,10 @@ class ModelCard(_Base):
 class ModelList(_Base):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ToolResult(BaseModel):
+    """``POST /v1/programs/{program_id}/tool_result``: a finished tool run of a program."""
+
+    tool_name: str = "unknown"
+    duration_s: float

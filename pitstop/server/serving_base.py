@@ -86,7 +86,8 @@ class ServingBase:
         except EngineDead as e:
             raise APIError(503, str(e), "server_error", None, "unavailable") from None
         return [self.engine.add_request(request_id if len(prompts) == 1 else f"{request_id}-p{i}", ids, params,
-                                        priority=req.priority, cache_salt=req.cache_salt)
+                                        priority=req.priority, cache_salt=req.cache_salt,
+                                        **req.program_kwargs())
                 for i, ids in enumerate(prompts)]
 
     @staticmethod
