@@ -217,6 +217,10 @@ def roofline_point(llm: Any, shape: ModelShape, peaks: MachinePeaks, dtype: str,
                    decode_tokens: int, seed: int) -> dict[str, Any]:
     """Run ``batch`` prompts of ``context`` tokens; compare the median decode step with the roofline bound."""
     prompts = make_prompts([context] * batch, shape.vocab_size, seed=seed + batch)
+    # Prefills are chunked by the token budget, so the first sequences decode while the last ones
+    # prefill: generate enough tokens that every sequence is still running when all have prefilled.
+    budget = llm.llm_engine.config.max_num_batched_tokens
+    decode_tokens = max(decode_tokens, -(-batch * context // budget) + decode_tokens)
     llm.llm_engine.step_history.clear()
     llm.generate(prompts, _params([decode_tokens] * batch), use_tqdm=False)
     steps = decode_steps(llm.llm_engine.step_history, batch)
