@@ -74,7 +74,7 @@ class Server:
         st = self.wait_idle()
         assert st["ok"], f"KV accounting broken: {st}"
         assert st["num_running"] == 0 and st["num_waiting"] == 0, st
-        assert st["num_held"] == 0 and st["num_used_blocks"] == 0, st
+        assert st["num_held"] == 0 and st["num_used_blocks"] == st["num_pinned_blocks"], st
         assert st["num_outstanding"] == 0, st
         assert self.proc.poll() is None, f"server died:\n{self.log()}"
         return st
@@ -148,7 +148,8 @@ def shared_server(tmp_root: Path) -> Server:
     """The one server all ``test_server_*`` modules share (started once per pytest session)."""
     srv = _SHARED.get("main")
     if srv is None or srv.proc.poll() is not None:
-        srv = _SHARED["main"] = start_server(tmp_root)
+        srv = _SHARED["main"] = start_server(tmp_root, "--scheduling-policy", "program-fcfs",
+                                             "--ttl-policy", "fixed", "--ttl-seconds", "60")
         import atexit
         atexit.register(srv.stop)
     return srv

@@ -1,11 +1,12 @@
-"""The ``pitstop`` console script: ``generate``, ``chat``, ``demo``, ``serve``, ``bench throughput|serve``."""
+"""The ``pitstop`` console script: ``generate``, ``chat``, ``demo``, ``serve``, ``bench throughput|serve``,
+``simulate``, ``profile``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pitstop.cli import chat, demo, generate, serve
+from pitstop.cli import chat, demo, generate, profile, serve, simulate
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -20,13 +21,19 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=1024)
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--num-threads", type=int, default=None)
+    p.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "program-fcfs", "plas", "priority"])
+    p.add_argument("--ttl-policy", default="none", choices=["none", "fixed", "continuum"],
+                   help="KV pin policy between an agent program's turns")
+    p.add_argument("--ttl-seconds", type=float, default=None,
+                   help="TTL of the fixed policy / upper bound of the continuum policy (seconds)")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
     return dict(model=args.model, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
                 max_model_len=args.max_model_len, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens,
-                enable_prefix_caching=not args.no_prefix_caching, num_threads=args.num_threads)
+                enable_prefix_caching=not args.no_prefix_caching, num_threads=args.num_threads,
+                scheduling_policy=args.scheduling_policy, ttl_policy=args.ttl_policy, ttl_seconds=args.ttl_seconds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,14 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
         p = mod.add_parser(sub)
         add_engine_args(p)
         p.set_defaults(func=mod.run)
-    bench = sub.add_parser("bench", help="benchmarks (throughput, serve)")
-    bench.add_argument("kind", choices=["throughput", "serve"])
+    simulate.add_parser(sub).set_defaults(func=simulate.run)
+    p = profile.add_parser(sub)
+    add_engine_args(p)
+    p.set_defaults(func=profile.run)
+    bench = sub.add_parser("bench", help="benchmarks (throughput, serve, agents)")
+    bench.add_argument("kind", choices=["throughput", "serve", "agents"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     return parser
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.kind == "agents":
+        from pitstop.bench.agents import main as agents_main
+        return agents_main(args.rest) or 0
     if args.kind == "serve":
         from pitstop.bench.serve import main as serve_main
         return serve_main(args.rest) or 0

@@ -179,9 +179,10 @@ class Scheduler:
             self.running.append(req)
             req.status = RequestStatus.RUNNING
             req.num_computed_tokens = num_cached
-            req.metrics.num_cached_tokens = num_cached
-            if req.metrics.first_scheduled_time is None:
+            if req.metrics.first_scheduled_time is None:  # counters of the first admission only
                 req.metrics.first_scheduled_time = now
+                req.metrics.num_cached_tokens = num_cached
+                self.kv.record_prefix_lookup(req.num_tokens, num_cached)
                 self.programs.on_admit(req, num_cached, now)
             out.append(self._entry(req, num_new))
             budget -= num_new

@@ -1,0 +1,158 @@
+"""``pitstop simulate``: a workload on N simulated replicas of pitstop's own scheduler (see ``pitstop.sim``).
+
+Examples:
+    pitstop simulate --workload mooncake --hardware H100-SXM --model llama-3.1-8b --replicas 8 \\
+        --router prefix-affinity --output results/sim_mooncake.json
+    pitstop simulate --workload azure-conv --num-requests 2000 --sweep rate=2,4,8,16 --output results/sweep.json
+    pitstop simulate --workload azure-conv --cost-model profiled --model smollm2-135m --kv-cache-tokens 40000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("simulate", help="simulate a cluster of pitstop engines (cost model + virtual clock)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from pitstop.sim.routers import ROUTERS
+    from pitstop.sim.workload import WORKLOADS
+    w = p.add_argument_group("workload")
+    w.add_argument("--workload", choices=WORKLOADS, default="azure-conv")
+    w.add_argument("--trace-path", default=None, help="trace file (default: full trace or vendored sample)")
+    w.add_argument("--num-requests", type=int, default=None, help="a window of this many requests (default: all)")
+    w.add_argument("--start", type=int, default=0, help="first request of the window")
+    w.add_argument("--request-rate", type=float, default=None,
+                   help="req/s, gamma arrivals (default: the trace's own timestamps; inf: all at once)")
+    w.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of inter-arrivals (1 = Poisson)")
+    w.add_argument("--time-scale", type=float, default=None, help="multiply trace timestamps")
+    w.add_argument("--length-scale", type=float, default=None, help="multiply prompt and output lengths")
+    w.add_argument("--random-input-len", type=int, default=1024)
+    w.add_argument("--random-output-len", type=int, default=128)
+    w.add_argument("--seed", type=int, default=0)
+    c = p.add_argument_group("deployment")
+    c.add_argument("--model", default="llama-3.1-8b", help="model config name or config.json path")
+    c.add_argument("--hardware", default="H100-SXM", help="hardware spec name or YAML path")
+    c.add_argument("--cost-model", choices=["roofline", "profiled"], default="roofline")
+    c.add_argument("--profile", default=None, help="profiled fit JSON (default: next to the model config)")
+    c.add_argument("--replicas", type=int, default=1)
+    c.add_argument("--tp", type=int, default=1, help="tensor-parallel devices per replica")
+    c.add_argument("--router", choices=list(ROUTERS), default="round-robin")
+    c.add_argument("--scheduling-policy", default="fcfs", help="fcfs, program-fcfs, plas, priority")
+    c.add_argument("--ttl-policy", default="none", help="KV pins between program turns: none, fixed, continuum")
+    c.add_argument("--ttl-seconds", type=float, default=None, help="fixed TTL / continuum upper bound (s)")
+    c.add_argument("--block-size", type=int, default=16)
+    c.add_argument("--max-num-seqs", type=int, default=256)
+    c.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    c.add_argument("--max-model-len", type=int, default=None)
+    c.add_argument("--kv-cache-tokens", type=int, default=None, help="KV tokens per replica (default: from memory)")
+    c.add_argument("--no-prefix-caching", action="store_true")
+    c.add_argument("--no-chunked-prefill", action="store_true")
+    o = p.add_argument_group("output")
+    o.add_argument("--slo", default="ttft=2000,tpot=100", help="ms limits for goodput, e.g. ttft=2000,tpot=100")
+    o.add_argument("--sweep", default=None, help="rate=1,2,4 or replicas=1,2,4,8: one run per value")
+    o.add_argument("--output", default=None, help="JSON path; a PNG and a trace JSON with the same stem too")
+    o.add_argument("--no-trace", action="store_true", help="do not write the Chrome trace-event JSON")
+    o.add_argument("--no-itl", action="store_true", help="do not keep per-token times (saves memory; no ITL)")
+    return p
+
+
+def _config(args):
+    from pitstop.bench.serve_client import parse_slo
+    from pitstop.sim.simulator import SimConfig
+    return SimConfig(model=args.model, hardware=args.hardware, cost_model=args.cost_model, profile=args.profile,
+                     replicas=args.replicas, tp=args.tp, router=args.router,
+                     scheduling_policy=args.scheduling_policy, ttl_policy=args.ttl_policy,
+                     ttl_seconds=args.ttl_seconds, block_size=args.block_size,
+                     max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                     enable_prefix_caching=not args.no_prefix_caching,
+                     enable_chunked_prefill=not args.no_chunked_prefill, max_model_len=args.max_model_len,
+                     kv_cache_tokens=args.kv_cache_tokens, slo_ms=parse_slo(args.slo),
+                     record_steps=not args.no_trace and args.output is not None,
+                     record_token_times=not args.no_itl)
+
+
+def _options(args, rate=None):
+    from pitstop.sim.workload import WorkloadOptions
+    return WorkloadOptions(num_requests=args.num_requests, start=args.start,
+                           request_rate=rate if rate is not None else args.request_rate,
+                           burstiness=args.burstiness, time_scale=args.time_scale, length_scale=args.length_scale,
+                           random_input_len=args.random_input_len, random_output_len=args.random_output_len,
+                           seed=args.seed, trace_path=args.trace_path)
+
+
+def _line(res: dict) -> str:
+    s, sim = res["summary"], res["sim"]
+    return (f"{s['completed']} done, {s['request_throughput']:.2f} req/s, {s['output_throughput']:.0f} out tok/s, "
+            f"TTFT p50/p90 {s['ttft_ms']['median']:.0f}/{s['ttft_ms']['p90']:.0f} ms, "
+            f"TPOT p50/p90 {s['tpot_ms']['median']:.1f}/{s['tpot_ms']['p90']:.1f} ms, "
+            f"E2EL p50 {s['e2el_ms']['median']:.0f} ms, goodput {s['goodput'] or 0:.2f} req/s, "
+            f"prefix hit {s['prefix_cache_hit_rate']:.2f} | {sim['events']} events in {sim['wall_s']:.1f} s wall "
+            f"({sim['events_per_s']:.0f} events/s, {sim['sim_time_s']:.0f} s simulated)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pitstop.sim.metrics import to_results
+    from pitstop.sim.simulator import effective_max_model_len, simulate
+    from pitstop.sim.workload import build_sim_workload
+
+    cfg = _config(args)
+    vocab = __import__("pitstop.sim.simulator", fromlist=["model_facts"]).model_facts(cfg)[0]
+    mml = effective_max_model_len(cfg)
+    out = Path(args.output) if args.output else None
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    if args.sweep:
+        key, _, values = args.sweep.partition("=")
+        if key not in ("rate", "replicas") or not values:
+            raise ValueError("--sweep takes rate=V1,V2,... or replicas=N1,N2,...")
+        points = []
+        for v in values.split(","):
+            run_cfg, rate = cfg, None
+            if key == "rate":
+                rate = float(v)
+            else:
+                run_cfg = replace(cfg, replicas=int(v))
+            run_cfg = replace(run_cfg, record_steps=False)
+            reqs, info = build_sim_workload(args.workload, _options(args, rate), vocab, mml)
+            res, _ = simulate(run_cfg, reqs)
+            res["workload"] = info
+            point = {**res, ("request_rate" if key == "rate" else "num_replicas"): rate if key == "rate" else int(v)}
+            points.append(point)
+            print(f"[{key}={v}] {_line(res)}", flush=True)
+        if out:
+            from pitstop.sim.plot import plot_sweep
+            xkey = "request_rate" if key == "rate" else "num_replicas"
+            out.write_text(json.dumps({"sweep": key, "points": points}, indent=1, default=_json))
+            plot_sweep(points, xkey, out.with_suffix(".png"))
+            print(f"saved {out} and {out.with_suffix('.png')}")
+        return 0
+    reqs, info = build_sim_workload(args.workload, _options(args), vocab, mml)
+    print(f"workload: {json.dumps(info)}", flush=True)
+    res, cluster = simulate(cfg, reqs)
+    res["workload"] = info
+    print(_line(res), flush=True)
+    if out:
+        out.write_text(json.dumps(res, indent=1, default=_json))
+        from pitstop.sim.plot import plot_run
+        finished = [f for r in cluster.replicas for f in r.finished]
+        plot_run(to_results(finished, min((f.arrival_s for f in finished), default=0.0)), info,
+                 out.with_suffix(".png"))
+        saved = [str(out), str(out.with_suffix(".png"))]
+        if not args.no_trace:
+            from pitstop.sim.trace_events import write_trace
+            tpath = out.with_name(out.stem + ".trace.json")
+            write_trace(tpath, cluster.replicas)
+            saved.append(str(tpath))
+        print("saved " + ", ".join(saved))
+    return 0
+
+
+def _json(x):
+    if isinstance(x, float) and (math.isinf(x) or math.isnan(x)):
+        return str(x)
+    return str(x)

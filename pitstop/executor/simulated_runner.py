@@ -1,0 +1,59 @@
+"""The simulated executor: same interface as ``ModelRunner`` (``execute(SchedulerOutput) -> ExecutorResult``),
+but no model. The step time comes from a cost model (``pitstop.sim.cost_models``) and the sampled tokens are
+synthetic: output lengths are forced by the workload through ``SamplingParams(max_tokens=n, ignore_eos=True)``,
+so token values never decide when a request ends.
+
+With a ``VirtualClock`` and ``advance_clock=True`` the runner moves the clock by the predicted step time, so an
+``LLMEngine`` stepping with that clock records first-token and finish times at the end of each step, exactly as
+the real engine does with wall time. The cluster simulator (``pitstop.sim.cluster``) keeps the clock itself and
+passes ``advance_clock=False``.
+"""
+
+from __future__ import annotations
+
+from pitstop.engine.scheduler_output import ExecutorResult, SchedulerOutput
+from pitstop.sim.clock import VirtualClock
+from pitstop.sim.cost_models.interface import CostModel
+
+
+class SimulatedRunner:
+    """Executor for the simulator.
+
+    Args:
+        cost_model: predicts each step's seconds.
+        clock: the virtual clock to advance (None: the caller keeps time).
+        vocab_size: synthetic tokens are drawn in ``[1, vocab_size)``.
+        avoid_token_ids: ids never emitted (EOS, so a request without ``ignore_eos`` still runs to its length).
+        advance_clock: move ``clock`` forward by each step's predicted time.
+    """
+
+    def __init__(self, cost_model: CostModel, clock: VirtualClock | None = None, vocab_size: int = 32000,
+                 avoid_token_ids: frozenset[int] = frozenset(), advance_clock: bool = True) -> None:
+        self.cost_model = cost_model
+        self.clock = clock
+        self.vocab_size = max(2, int(vocab_size))
+        self.avoid = frozenset(avoid_token_ids)
+        self.advance_clock = advance_clock and clock is not None
+        self.num_steps = 0
+        self.busy_s = 0.0
+        self.last_step_time_s = 0.0
+
+    def token_for(self, position: int) -> int:
+        """The synthetic token sampled at ``position`` (deterministic, never in ``avoid_token_ids``)."""
+        tok = 1 + (position * 7919) % (self.vocab_size - 1)
+        while tok in self.avoid:
+            tok = 1 + tok % (self.vocab_size - 1)
+        return tok
+
+    def execute(self, scheduler_output: SchedulerOutput) -> ExecutorResult:
+        dt = self.cost_model.step_time(scheduler_output)
+        sampled = {}
+        for s in scheduler_output.scheduled:
+            if s.sample:
+                sampled[s.request.request_id] = self.token_for(s.start + s.num_tokens)
+        self.num_steps += 1
+        self.busy_s += dt
+        self.last_step_time_s = dt
+        if self.advance_clock:
+            self.clock.advance(dt)
+        return ExecutorResult(sampled=sampled, step_time_s=dt)

@@ -1,0 +1,296 @@
+"""N replicas, each pitstop's own ``LLMEngine`` (its ``Scheduler``, ``KVCacheManager`` and scheduling policy,
+unchanged) with a ``SimulatedRunner`` and its own KV memory, sharing one ``VirtualClock``; a router places each
+arriving request.
+
+The event loop (discrete-event simulation): a step of replica ``r`` is *planned* at its start time ``t0``
+(``Scheduler.schedule(t0)`` and the cost model's duration ``dt``) and *applied* at ``t0 + dt``
+(``Scheduler.update(..., t0 + dt)``: tokens appended, finished requests freed, first-token and finish times
+stamped). The loop always processes the earliest event: the next arrival (routed with the replicas' state at
+that instant: a running step's effects are not visible before it ends) or the step that ends first, after which
+that replica immediately plans its next step. Requests arriving during a step join the next one, as in the real
+engine loop. Arrivals with the same timestamp are all injected before any idle replica starts.
+
+``LLMEngine.step()`` does both phases at once, so a replica performs the same calls split in two
+(``Replica.start_step`` / ``Replica.finish_step``); ``tests/test_sim_cluster.py`` checks that the calls of
+``LLMEngine.step`` are still the ones mirrored here.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from pitstop.config import EngineConfig
+from pitstop.engine.llm_engine import LLMEngine
+from pitstop.engine.scheduler_output import ExecutorResult, SchedulerOutput
+from pitstop.executor.simulated_runner import SimulatedRunner
+from pitstop.sampling_params import SamplingParams
+from pitstop.sim.clock import VirtualClock
+from pitstop.sim.cost_models.interface import CostModel
+from pitstop.sim.routers.base import RouteRequest, Router
+
+
+@dataclass(slots=True)
+class SimRequest:
+    """One request of a simulated workload.
+
+    Attributes:
+        request_id: unique id.
+        arrival_s: arrival time, seconds (virtual).
+        prompt_len / output_len: tokens (the output length is forced with ``ignore_eos``).
+        make_prompt: builds the prompt token ids (called once, when the request arrives, to bound memory).
+        prefix_keys: chained per-block hashes of the prompt for routers (see ``RouteRequest``).
+        block_tokens: tokens per routing block.
+        program_id: agent program id (None: a lone request).
+    """
+
+    request_id: str
+    arrival_s: float
+    prompt_len: int
+    output_len: int
+    make_prompt: Callable[[], list[int]]
+    prefix_keys: tuple = ()
+    block_tokens: int = 512
+    program_id: str | None = None
+    is_last_turn: bool = True
+    tool_name: str | None = None
+
+    def route_request(self) -> RouteRequest:
+        return RouteRequest(self.request_id, self.prompt_len, self.output_len, self.prefix_keys, self.block_tokens,
+                            self.program_id)
+
+
+@dataclass(slots=True)
+class FinishedRequest:
+    """Timings (virtual seconds) of one finished request."""
+
+    request_id: str
+    replica: int
+    arrival_s: float
+    first_token_s: float
+    finish_s: float
+    prompt_len: int
+    output_len: int
+    num_cached_tokens: int  # prompt tokens found in the prefix cache at first admission (not recompute self-hits)
+    num_preemptions: int
+    token_times_s: list[float] = field(default_factory=list)
+    program_id: str | None = None
+
+
+class Replica:
+    """One engine: ``LLMEngine`` + ``SimulatedRunner`` with ``num_blocks`` KV blocks, and the load counters the
+    router reads (``outstanding_requests``, ``outstanding_tokens``, ``queued_prefill_tokens``)."""
+
+    def __init__(self, index: int, config: EngineConfig, cost_model: CostModel, clock: VirtualClock,
+                 num_blocks: int, vocab_size: int, max_model_len: int, record_token_times: bool = True,
+                 record_steps: bool = False, fast_block_tables: bool = True) -> None:
+        self.index = index
+        self.clock = clock
+        self.runner = SimulatedRunner(cost_model, clock, vocab_size, advance_clock=False)
+        self.engine = LLMEngine(config, executor=self.runner, clock=clock, num_blocks=num_blocks,
+                                vocab_size=vocab_size, max_model_len=max_model_len)
+        self.scheduler = self.engine.scheduler
+        programs = getattr(self.scheduler, "programs", None)
+        self._observe_step = programs.observe_step if programs is not None else (lambda n, t: None)
+        self.kv_capacity_tokens = num_blocks * config.block_size
+        if fast_block_tables:
+            # The simulated executor never reads block tables; the scheduler still allocates, frees and caches
+            # blocks exactly as before, only the per-step copy of each request's block-id list is skipped.
+            self.engine.kv_manager.block_ids = _no_block_ids
+            # Synthetic prompts are in-vocabulary by construction: check length and id range with C-level
+            # min/max instead of the engine's per-token Python scan (O(prompt) per request).
+            self.engine.validate_prompt = self._validate_fast
+        self.record_token_times = record_token_times
+        self.record_steps = record_steps
+        self.steps: list[tuple] = []  # (t_start, dt, prefill tokens, decode seqs, seqs, preempted)
+        self.pending: tuple[SchedulerOutput, ExecutorResult, float] | None = None
+        self.outstanding_requests = 0
+        self.outstanding_tokens = 0
+        self.queued_prefill_tokens = 0
+        # id -> [prompt_len, total tokens to compute, remaining tokens, remaining prefill, cached at 1st admission]
+        self._work: dict[str, list] = {}
+        self._times: dict[str, list[float]] = {}
+        self.finished: list[FinishedRequest] = []
+        self.num_steps = 0
+        self.busy_s = 0.0
+
+    def _validate_fast(self, ids: list[int], index: int | None = None) -> None:
+        eng = self.engine
+        if not ids or len(ids) >= eng.max_model_len or min(ids) < 0 or max(ids) >= (eng.vocab_size or 1 << 62):
+            LLMEngine.validate_prompt(eng, ids, index)  # the engine's own check raises the precise error
+
+    @property
+    def busy(self) -> bool:
+        return self.pending is not None
+
+    def add(self, sreq: SimRequest, prompt: list[int]) -> None:
+        params = SamplingParams(temperature=0.0, max_tokens=sreq.output_len, ignore_eos=True)
+        self.engine.add_request(sreq.request_id, None, params, prompt_token_ids=prompt, arrival_time=sreq.arrival_s,
+                                program_id=sreq.program_id, is_last_turn=sreq.is_last_turn,
+                                tool_name=sreq.tool_name)
+        total = sreq.prompt_len + sreq.output_len - 1
+        self._work[sreq.request_id] = [sreq.prompt_len, total, total, sreq.prompt_len, -1]
+        self.outstanding_requests += 1
+        self.outstanding_tokens += total
+        self.queued_prefill_tokens += sreq.prompt_len
+        if self.record_token_times:
+            self._times[sreq.request_id] = []
+
+    def start_step(self, now: float) -> float | None:
+        """Plan a step at ``now``; returns its end time, or None if nothing can run."""
+        so = self.scheduler.schedule(now)
+        if so.is_empty:
+            return None
+        res = self.runner.execute(so)
+        self.pending = (so, res, now)
+        if self.record_steps:
+            self.steps.append((now, res.step_time_s, so.num_prefill_tokens, so.num_decode_tokens, len(so.scheduled),
+                               len(so.preempted_ids)))
+        return now + res.step_time_s
+
+    def finish_step(self, now: float) -> list[FinishedRequest]:
+        """Apply the pending step at ``now`` (its end). Returns requests that finished."""
+        so, res, t0 = self.pending
+        self.pending = None
+        self.num_steps += 1
+        self.busy_s += res.step_time_s
+        touched = self.scheduler.update(so, res, now)
+        # the rest of LLMEngine.step(): step_history is not kept (memory on long runs); program stats are.
+        self._observe_step(so.num_prefill_tokens, res.step_time_s)
+        work = self._work
+        d_tok = d_pre = 0
+        for s in so.scheduled:
+            w = work.get(s.request.request_id)
+            if w is None:
+                continue
+            if w[4] < 0:
+                w[4] = s.request.metrics.num_cached_tokens
+            done = s.request.num_computed_tokens
+            rem = w[1] - done
+            rem = rem if rem > 0 else 0
+            pre = w[0] - done
+            pre = pre if pre > 0 else 0
+            d_tok += w[2] - rem
+            d_pre += w[3] - pre
+            w[2], w[3] = rem, pre
+        if so.preempted_ids:  # recompute: the preempted requests' work is back
+            for rid in so.preempted_ids:
+                w = work.get(rid)
+                if w is not None:
+                    d_tok -= w[1] - w[2]
+                    d_pre -= w[0] - w[3]
+                    w[2], w[3] = w[1], w[0]
+        self.outstanding_tokens -= d_tok
+        self.queued_prefill_tokens -= d_pre
+        out = []
+        times = self._times if self.record_token_times else None
+        for req in touched:
+            rid = req.request_id
+            if times is not None:
+                times[rid].append(now)
+            if req.is_finished:
+                out.append(self._finish(req, now))
+        if out:
+            self.engine._process([r for r in touched if r.is_finished])  # drops the engine's per-request records
+        return out
+
+    def _finish(self, req, now: float) -> FinishedRequest:
+        rid = req.request_id
+        w = self._work.pop(rid)
+        self.outstanding_requests -= 1
+        self.outstanding_tokens -= w[2]
+        self.queued_prefill_tokens -= w[3]
+        m = req.metrics
+        fr = FinishedRequest(rid, self.index, m.arrival_time, m.first_token_time, m.finished_time, req.num_prompt_tokens,
+                             req.num_output_tokens, max(0, w[4]), m.num_preemptions,
+                             self._times.pop(rid, []), req.program_id)
+        self.finished.append(fr)
+        return fr
+
+
+def _no_block_ids(request_id: str) -> list[int]:
+    return _EMPTY
+
+
+_EMPTY: list[int] = []
+
+
+@dataclass
+class ClusterStats:
+    """Counts of one run."""
+
+    num_events: int = 0  # arrivals + step ends
+    num_steps: int = 0
+    sim_time_s: float = 0.0
+
+
+class Cluster:
+    """Replicas + router on one virtual clock.
+
+    Args:
+        replicas_factory: builds replica ``i`` given (index, clock).
+        num_replicas: N.
+        router: placement policy.
+    """
+
+    def __init__(self, num_replicas: int, router: Router, make_replica: Callable[[int, VirtualClock], Replica]) -> None:
+        if num_replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {num_replicas}")
+        self.clock = VirtualClock()
+        self.replicas = [make_replica(i, self.clock) for i in range(num_replicas)]
+        self.router = router
+        self.router.reset(num_replicas)
+        self.stats = ClusterStats()
+        self.assignment: dict[str, int] = {}
+
+    def run(self, requests: Sequence[SimRequest], until_s: float = math.inf) -> list[FinishedRequest]:
+        """Simulate ``requests`` (any order; sorted by arrival here) to completion. Returns finished requests."""
+        reqs = sorted(requests, key=lambda r: r.arrival_s)
+        clock, replicas, router = self.clock, self.replicas, self.router
+        heap: list[tuple[float, int]] = []
+        finished: list[FinishedRequest] = []
+        i, n = 0, len(reqs)
+        events = 0
+        inf = math.inf
+        while i < n or heap:
+            next_arr = reqs[i].arrival_s if i < n else inf
+            if heap and heap[0][0] <= next_arr:
+                t, r = heapq.heappop(heap)
+                if t > until_s:
+                    break
+                clock.advance_to(t)
+                rep = replicas[r]
+                finished.extend(rep.finish_step(t))
+                events += 1
+                t_end = rep.start_step(t)
+                if t_end is not None:
+                    heapq.heappush(heap, (t_end, r))
+                continue
+            if next_arr > until_s:
+                break
+            clock.advance_to(next_arr)
+            kicked = set()
+            while i < n and reqs[i].arrival_s == next_arr:
+                sreq = reqs[i]
+                i += 1
+                events += 1
+                rr = sreq.route_request()
+                idx = router.route(rr, replicas, next_arr)
+                router.on_routed(rr, idx, next_arr)
+                self.assignment[sreq.request_id] = idx
+                replicas[idx].add(sreq, sreq.make_prompt())
+                if not replicas[idx].busy:
+                    kicked.add(idx)
+            for idx in sorted(kicked):
+                t_end = replicas[idx].start_step(next_arr)
+                if t_end is not None:
+                    heapq.heappush(heap, (t_end, idx))
+        stuck = [r.index for r in replicas if r.scheduler.has_unfinished_requests() and not r.busy]
+        if stuck and until_s == inf:
+            raise RuntimeError(f"replicas {stuck} hold requests that can never be scheduled")
+        self.stats.num_events += events
+        self.stats.num_steps = sum(r.num_steps for r in replicas)
+        self.stats.sim_time_s = clock.now
+        return finished

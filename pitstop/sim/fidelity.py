@@ -1,0 +1,78 @@
+"""Fidelity check: the same seeded workload on the real engine (wall clock) and in the simulator (virtual clock,
+``profiled`` cost model of this machine); relative errors of mean and p90 TTFT, TPOT and E2EL.
+
+The real run replays arrivals in real time into one ``LLMEngine`` (the loop a server runs: add what has arrived,
+step, sleep when idle). The simulated run gives the same lengths and arrival times to one simulated replica with
+the same engine settings and the same number of KV blocks.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from pitstop.config import EngineConfig
+from pitstop.sampling_params import SamplingParams
+from pitstop.sim.cluster import FinishedRequest
+from pitstop.sim.cost_models.interface import CostModel
+from pitstop.sim.metrics import summarize_sim
+from pitstop.sim.simulator import SimConfig, simulate
+from pitstop.sim.workload import specs_to_sim
+from pitstop.workloads.lengths import RequestSpec
+
+
+def run_real(engine, specs: list[RequestSpec], seed: int = 0) -> list[FinishedRequest]:
+    """Replay ``specs`` on a real engine in wall-clock time; timings relative to the replay start (seconds)."""
+    rng = random.Random(seed)
+    vocab = int(engine.vocab_size or 32000)
+    prompts = [[rng.randrange(100, vocab) for _ in range(s.input_len)] for s in specs]
+    order = sorted(range(len(specs)), key=lambda k: specs[k].arrival_s)
+    times: dict[str, list[float]] = {}
+    out: list[FinishedRequest] = []
+    clock = engine.clock
+    t0 = clock()
+    i = 0
+    while i < len(order) or engine.has_unfinished_requests():
+        now = clock() - t0
+        while i < len(order) and specs[order[i]].arrival_s <= now:
+            k = order[i]
+            s = specs[k]
+            engine.add_request(f"f{k}", prompts[k], SamplingParams(temperature=0.0, max_tokens=s.output_len,
+                                                                   ignore_eos=True), arrival_time=t0 + s.arrival_s)
+            times[f"f{k}"] = []
+            i += 1
+        if not engine.has_unfinished_requests():
+            time.sleep(max(0.0, specs[order[i]].arrival_s - (clock() - t0)))
+            continue
+        outs = engine.step()
+        t = clock() - t0
+        for o in outs:
+            times[o.request_id].append(t)
+            if o.finished:
+                m = o.metrics
+                out.append(FinishedRequest(o.request_id, 0, m.arrival_time - t0, m.first_token_time - t0,
+                                           m.finished_time - t0, len(o.prompt_token_ids),
+                                           len(o.outputs[0].token_ids), o.num_cached_tokens, m.num_preemptions,
+                                           times.pop(o.request_id)))
+    return out
+
+
+METRICS = (("ttft_ms", "mean"), ("ttft_ms", "p90"), ("tpot_ms", "mean"), ("tpot_ms", "p90"), ("e2el_ms", "mean"),
+           ("e2el_ms", "p90"))
+
+
+def compare(engine, specs: list[RequestSpec], cost_model: CostModel, model: str = "smollm2-135m",
+            slo_ms: dict | None = None) -> dict:
+    """Run both; returns ``{"real": summary, "sim": summary, "rel_error": {"ttft_ms.mean": ...}}``."""
+    slo = slo_ms or {}
+    real = summarize_sim(run_real(engine, specs), slo, len(specs))
+    c: EngineConfig = engine.config
+    cfg = SimConfig(model=model, cost_model=cost_model.name, replicas=1, block_size=c.block_size,
+                    max_num_seqs=c.max_num_seqs, max_num_batched_tokens=c.max_num_batched_tokens,
+                    enable_prefix_caching=c.enable_prefix_caching, enable_chunked_prefill=c.enable_chunked_prefill,
+                    scheduling_policy=c.scheduling_policy, max_model_len=engine.max_model_len,
+                    kv_cache_tokens=engine.kv_manager.num_blocks * c.block_size, slo_ms=slo, record_steps=False)
+    sim_res, _ = simulate(cfg, specs_to_sim(specs, int(engine.vocab_size or 32000), prefix="f"), cost_model)
+    sim = sim_res["summary"]
+    err = {f"{m}.{q}": (sim[m][q] - real[m][q]) / real[m][q] for m, q in METRICS if real[m][q]}
+    return {"real": real, "sim": sim, "rel_error": err}

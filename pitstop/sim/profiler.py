@@ -1,0 +1,140 @@
+"""``pitstop profile``: measure real engine steps over a grid of batch shapes and fit the ``profiled`` cost model.
+
+Each grid point is a scenario run on the real ``LLMEngine`` (real model, real scheduler): prefill-only steps
+(chunk sizes, with and without a cached prefix), decode-only steps (batch sizes x context lengths) and mixed
+steps (decodes + one prefill chunk). The measured time of a step is the wall time of the whole
+``LLMEngine.step()`` call (schedule + forward + sample + update + outputs), because that is what a request
+waits for; the shape of the step (``StepShape``) is recorded by a thin wrapper around the executor. The fit is
+``pitstop.sim.cost_models.profiled.fit`` (non-negative least squares on relative error).
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+import time
+from dataclasses import asdict
+
+from pitstop.config import EngineConfig
+from pitstop.engine.llm_engine import LLMEngine
+from pitstop.sampling_params import SamplingParams
+from pitstop.sim.cost_models.interface import StepShape
+from pitstop.sim.cost_models.profiled import ProfiledCostModel
+
+DEFAULT_GRID = {
+    "prefill": [32, 128, 512, 1024, 2048],
+    "prefill_with_prefix": [(512, 128), (512, 512), (1536, 128), (1536, 512)],
+    "decode_batches": [1, 4, 16, 48],
+    "decode_contexts": [64, 512, 1536],
+    "mixed": [(8, 128), (8, 512), (32, 256)],
+    "decode_steps": 6,
+    "repeats": 2,
+}
+"""The default grid: about 2-3 minutes for SmolLM2-135M on 2 CPU cores."""
+
+
+class _Recorder:
+    """Wraps the real executor and records the shape of each step it runs."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.last: StepShape | None = None
+
+    def execute(self, so):
+        self.last = StepShape.from_output(so)
+        return self.inner.execute(so)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class Profiler:
+    def __init__(self, config: EngineConfig | None = None, seed: int = 0, engine: LLMEngine | None = None) -> None:
+        self.engine = engine if engine is not None else LLMEngine(config)
+        self.rec = _Recorder(self.engine.executor)
+        self.engine.executor = self.rec
+        self.vocab = int(self.engine.vocab_size or 32000)
+        self.rng = random.Random(seed)
+        self.points: list[dict] = []
+        self._n = 0
+
+    def _prompt(self, n: int) -> list[int]:
+        return [self.rng.randrange(100, self.vocab) for _ in range(n)]
+
+    def _add(self, prompt: list[int], max_tokens: int) -> str:
+        self._n += 1
+        rid = f"p{self._n}"
+        self.engine.add_request(rid, prompt, SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
+        return rid
+
+    def _step(self, kind: str, keep: bool = True) -> None:
+        t = time.perf_counter()
+        self.engine.step()
+        dt = time.perf_counter() - t
+        sh = self.rec.last
+        if keep and sh is not None and sh.num_tokens:
+            self.points.append({"kind": kind, "time_s": dt, **asdict(sh)})
+        self.rec.last = None
+
+    def _drain(self) -> None:
+        while self.engine.has_unfinished_requests():
+            self._step("drain", keep=False)
+
+    def run(self, grid: dict, log=print) -> None:
+        self._add(self._prompt(64), 4)  # warm-up
+        self._drain()
+        for rep in range(grid["repeats"]):
+            for p in grid["prefill"]:
+                self._add(self._prompt(p), 1)
+                self._step("prefill")
+                self._drain()
+            for ctx, p in grid["prefill_with_prefix"]:
+                prefix = self._prompt(ctx)
+                self._add(prefix + self._prompt(16), 1)
+                self._drain()
+                self._add(prefix + self._prompt(p), 1)
+                self._step("prefill_prefix")
+                self._drain()
+            for c in grid["decode_contexts"]:
+                for b in grid["decode_batches"]:
+                    prefix = self._prompt(c)
+                    self._add(prefix, grid["decode_steps"] + 2)
+                    self._step("setup", keep=False)
+                    for _ in range(b - 1):
+                        self._add(prefix[:-8] + self._prompt(8), grid["decode_steps"] + 2)
+                    self._step("setup", keep=False)  # the others' short prefills (cached prefix)
+                    while self.engine.has_unfinished_requests():
+                        self._step("decode")
+                    log(f"  decode b={b} ctx={c}: {self.points[-1]['time_s'] * 1e3:.1f} ms", flush=True)
+            for b, p in grid["mixed"]:
+                prefix = self._prompt(512)
+                self._add(prefix, 8)
+                self._step("setup", keep=False)
+                for _ in range(b - 1):
+                    self._add(prefix[:-8] + self._prompt(8), 8)
+                self._step("setup", keep=False)
+                self._step("decode")
+                self._add(self._prompt(p), 1)
+                self._step("mixed")
+                self._drain()
+            log(f"repeat {rep + 1}/{grid['repeats']}: {len(self.points)} points", flush=True)
+        self.engine.scheduler.check_kv_accounting()
+
+    def detach(self) -> None:
+        """Give the engine its own executor back."""
+        self.engine.executor = self.rec.inner
+
+    def fit(self, meta: dict) -> ProfiledCostModel:
+        shapes = [StepShape(**{k: p[k] for k in StepShape.__slots__}) for p in self.points]
+        model = ProfiledCostModel.from_measurements(shapes, [p["time_s"] for p in self.points], meta)
+        for p, s in zip(self.points, shapes):
+            p["predicted_s"] = model.predict(s)
+        return model
+
+
+def machine_info() -> dict:
+    import os
+
+    import torch
+    return {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": platform.python_version()}

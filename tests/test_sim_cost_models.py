@@ -1,0 +1,148 @@
+"""Cost models of the simulator: roofline regimes and monotonicity, the profiled fit, hardware and model specs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pitstop.bench.roofline import ModelShape, decode_bound
+from pitstop.sim.cost_models import ProfiledCostModel, RooflineCostModel, StepShape, build_cost_model
+from pitstop.sim.cost_models.profiled import FEATURES, nnls
+from pitstop.sim.hardware import known_hardware, load_hardware
+from pitstop.sim.model_configs import known_models, load_model_config, load_model_shape
+
+
+def test_specs_ship_and_load():
+    assert {"A100-80GB", "H100-SXM", "H200", "CPU-this-machine"} <= set(known_hardware())
+    assert {"Llama-3.1-8B", "Llama-3.1-70B", "Qwen2.5-7B", "SmolLM2-135M"} <= set(known_models())
+    h100 = load_hardware("h100-sxm")
+    assert h100.peak_bf16_flops == pytest.approx(989e12) and h100.memory_bandwidth == pytest.approx(3.35e12)
+    s8 = load_model_shape("llama-3.1-8b")
+    assert 7.9e9 < s8.total_params() < 8.1e9  # Llama-3.1-8B: 8.03 B parameters
+    assert 70e9 < load_model_shape("Llama-3.1-70B").total_params() < 71e9  # 70.6 B
+    assert 7.5e9 < load_model_shape("qwen2.5-7b").total_params() < 7.7e9  # 7.6 B (biases not counted)
+    assert 0.13e9 < load_model_shape("smollm2-135m").total_params() < 0.14e9
+    assert load_model_config("smollm2-135m")["tie_word_embeddings"] is True
+    # KV capacity: (80 GB * 0.9 - 16 GB of weights) / 128 KiB per token ~ 427k tokens
+    assert 400_000 < h100.kv_cache_tokens(s8) < 450_000
+    with pytest.raises(ValueError, match="raise --tp"):
+        load_hardware("A100-80GB").kv_cache_tokens(load_model_shape("llama-3.1-70b"), tp=1)
+    with pytest.raises(ValueError, match="unknown hardware"):
+        load_hardware("TPU-v9")
+
+
+@pytest.fixture(scope="module")
+def h100_8b() -> RooflineCostModel:
+    return build_cost_model("roofline", "llama-3.1-8b", "H100-SXM")
+
+
+def test_roofline_regimes_switch_where_expected(h100_8b):
+    cm = h100_8b
+    hw = cm.hw
+    # batch-1 decode: weights dominate -> memory-bound; time ~ weight bytes / achievable bandwidth
+    b1 = cm.breakdown(StepShape.of(decode_contexts=[1024]))
+    assert b1.linear_regime == "memory"
+    weights = cm.shape.total_params() * 2
+    assert b1.linear_s == pytest.approx(weights / (hw.memory_bandwidth * hw.bandwidth_efficiency), rel=0.01)
+    # the linear group turns compute-bound at T* ~ (peak*eff_f)/(bw*eff_b) * bytes/flop-per-token ratio
+    ridge = (hw.peak_bf16_flops * hw.flops_efficiency) / (hw.memory_bandwidth * hw.bandwidth_efficiency)
+    t_star = ridge * weights / (2 * cm.shape.params_per_token())
+    assert 200 < t_star < 400
+    assert cm.breakdown(StepShape.of(prefill=[(int(t_star * 0.7), 0)])).linear_regime == "memory"
+    assert cm.breakdown(StepShape.of(prefill=[(int(t_star * 1.5), 0)])).linear_regime == "compute"
+    # long-context decodes: attention reads KV -> memory-bound, grows linearly with context
+    a1 = cm.breakdown(StepShape.of(decode_contexts=[32_000] * 32))
+    a2 = cm.breakdown(StepShape.of(decode_contexts=[64_000] * 32))
+    assert a1.attention_regime == "memory" and a2.attention_s == pytest.approx(2 * a1.attention_s, rel=0.01)
+    # a long prefill chunk: attention is compute-bound (q x k pairs)
+    assert cm.breakdown(StepShape.of(prefill=[(8192, 0)])).attention_regime == "compute"
+
+
+def test_roofline_agrees_with_the_benchmark_decode_bound(h100_8b):
+    """With efficiencies 1 and no overhead the decode step equals pitstop.bench.roofline's bound (up to the KV
+    write and activation bytes, which the decode bound ignores)."""
+    from dataclasses import replace
+    hw = replace(load_hardware("H100-SXM"), flops_efficiency=1.0, bandwidth_efficiency=1.0, step_overhead_s=0.0,
+                 seq_overhead_s=0.0)
+    shape = load_model_shape("llama-3.1-8b")
+    cm = RooflineCostModel(hw, shape)
+    ours = cm.predict(StepShape.of(decode_contexts=[2048] * 8))
+    ref = decode_bound(shape, 8, 2048, 2, hw.peak_bf16_flops, hw.memory_bandwidth).bound_s
+    assert ours == pytest.approx(ref, rel=0.05)
+
+
+@pytest.mark.parametrize("kind", ["roofline", "profiled"])
+def test_cost_models_monotone_in_tokens(kind, h100_8b):
+    cm = h100_8b if kind == "roofline" else ProfiledCostModel(dict(zip(FEATURES, [3e-3, 5e-5, 2e-4, 1e-9, 2e-7])))
+    prev = 0.0
+    for p in (1, 16, 128, 512, 2048, 8192):
+        t = cm.predict(StepShape.of(prefill=[(p, 0)]))
+        assert t > prev
+        prev = t
+    prev = 0.0
+    for b in (1, 2, 8, 32, 128):
+        t = cm.predict(StepShape.of(decode_contexts=[500] * b))
+        assert t >= prev
+        prev = t
+    prev = 0.0
+    for c in (10, 1000, 10_000, 100_000):
+        t = cm.predict(StepShape.of(decode_contexts=[c] * 4))
+        assert t >= prev
+        prev = t
+    assert cm.predict(StepShape()) == 0.0
+
+
+def test_tensor_parallel_speeds_up_and_adds_communication():
+    one = build_cost_model("roofline", "llama-3.1-70b", "H100-SXM", tp=1)
+    four = build_cost_model("roofline", "llama-3.1-70b", "H100-SXM", tp=4)
+    s = StepShape.of(decode_contexts=[2000] * 16)
+    assert four.predict(s) < one.predict(s) / 2
+    assert four.breakdown(s).comm_s > 0 and one.breakdown(s).comm_s == 0
+
+
+def test_nnls_and_profiled_fit_recover_coefficients(tmp_path):
+    rng = np.random.default_rng(0)
+    true = dict(zip(FEATURES, [4e-3, 6e-5, 1.5e-4, 2e-9, 3e-7]))
+    truth = ProfiledCostModel(true)
+    shapes = []
+    for p in (32, 128, 512, 1024):
+        shapes.append(StepShape.of(prefill=[(p, 0)]))
+        shapes.append(StepShape.of(prefill=[(p, 1024)]))
+    for b in (1, 4, 16, 48):
+        for c in (64, 512, 1536):
+            shapes.append(StepShape.of(decode_contexts=[c] * b))
+    shapes.append(StepShape.of(prefill=[(256, 0)], decode_contexts=[512] * 8))
+    times = [truth.predict(s) * (1 + rng.normal(0, 0.01)) for s in shapes]
+    fitted = ProfiledCostModel.from_measurements(shapes, times, {"model": "x"})
+    assert all(v >= 0 for v in fitted.coefficients.values())
+    assert fitted.meta["fit_error"]["mean_abs_rel_error"] < 0.03
+    for s in shapes:
+        assert fitted.predict(s) == pytest.approx(truth.predict(s), rel=0.08)
+    path = tmp_path / "p.json"
+    fitted.save(path, grid=[{"kind": "x"}])
+    again = ProfiledCostModel.load(path)
+    assert again.coefficients == pytest.approx(fitted.coefficients)
+    assert json.loads(path.read_text())["grid"] == [{"kind": "x"}]
+    # nnls clips what plain least squares would make negative
+    a = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    x = nnls(a, np.array([1.0, -1.0, 0.0]))
+    assert (x >= 0).all() and x[1] == 0.0
+
+
+def test_step_shape_from_scheduler_output():
+    from pitstop.engine.request import Request
+    from pitstop.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+    from pitstop.sampling_params import SamplingParams
+
+    def req(i):
+        return Request(str(i), [1] * 100, SamplingParams(), 0.0, 10)
+
+    so = SchedulerOutput([ScheduledRequest(req(0), 64, 32, [], True), ScheduledRequest(req(1), 1, 99, [], True),
+                          ScheduledRequest(req(2), 16, 0, [], False)], now=0.0)
+    s = StepShape.from_output(so)
+    assert (s.num_tokens, s.num_seqs, s.num_sampled, s.prefill_tokens, s.decode_seqs) == (81, 3, 2, 80, 1)
+    assert s.decode_ctx_tokens == 100 and s.kv_read_tokens == 96 + 100 + 16
+    assert s.prefill_attn_pairs == pytest.approx(64 * (32 + 32.5) + 16 * 8.5)
+    assert ModelShape  # imported for the roofline module's types
