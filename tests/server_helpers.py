@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 
 API_KEY = "test-key"
 MODEL = "SmolLM2-135M-Instruct"
@@ -153,3 +154,16 @@ def shared_server(tmp_root: Path) -> Server:
         import atexit
         atexit.register(srv.stop)
     return srv
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The shared server (import this fixture into a test module to use it)."""
+    return shared_server(tmp_path_factory.mktemp("server"))
+
+
+@pytest.fixture(autouse=True)
+def kv_balanced_after(server):
+    """After each test of a module that imports it: the server's KV accounting balances."""
+    yield
+    server.assert_kv_balanced()

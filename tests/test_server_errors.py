@@ -8,20 +8,10 @@ import time
 
 import httpx
 import pytest
-from server_helpers import API_KEY, MAX_MODEL_LEN, MAX_NUM_SEQS, MAX_QUEUE, MODEL, counter, shared_server
+from server_helpers import API_KEY, MAX_MODEL_LEN, MAX_NUM_SEQS, MAX_QUEUE, MODEL, counter
+from server_helpers import kv_balanced_after, server  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    return shared_server(tmp_path_factory.mktemp("server"))
-
-
-@pytest.fixture(autouse=True)
-def kv_balanced_after(server):
-    yield
-    server.assert_kv_balanced()
 
 
 def _error(resp: httpx.Response, status: int) -> dict:

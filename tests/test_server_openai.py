@@ -10,20 +10,10 @@ import asyncio
 
 import openai
 import pytest
-from server_helpers import API_KEY, DTYPE, MAX_MODEL_LEN, MODEL, counter, shared_server
+from server_helpers import API_KEY, DTYPE, MAX_MODEL_LEN, MODEL, counter
+from server_helpers import kv_balanced_after, server  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    return shared_server(tmp_path_factory.mktemp("server"))
-
-
-@pytest.fixture(autouse=True)
-def kv_balanced_after(server):
-    yield
-    server.assert_kv_balanced()
 
 
 @pytest.fixture(scope="module")

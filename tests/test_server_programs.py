@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from server_helpers import counter, shared_server
+from server_helpers import counter
+from server_helpers import kv_balanced_after, server  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    return shared_server(tmp_path_factory.mktemp("server"))
-
-
-@pytest.fixture(autouse=True)
-def kv_balanced_after(server):
-    yield
-    server.assert_kv_balanced()
 
 
 def _complete(server, prompt, **extra):
