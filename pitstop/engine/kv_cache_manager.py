@@ -121,6 +121,10 @@ class KVCacheManager:
         ``computed`` are prefix-cache hits from ``get_computed_blocks`` (first admission only).
         Returns the newly allocated blocks, or None (nothing changed) if the pool is too small.
         """
+        if not computed:  # hot path: most decode steps fit in the blocks already held
+            held = self.req_blocks.get(request.request_id)
+            if held is not None and len(held) * self.block_size >= request.num_computed_tokens + num_new_tokens:
+                return []
         num_new_blocks = self._num_needed(request, num_new_tokens, computed)
         if num_new_blocks is None:
             return None
