@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 import httpx
 
+from pitstop.bench.serve_client import StreamError, sse_json
 from pitstop.workloads.agent_program import (
     AgentProgram, poisson_program_arrivals, sample_programs, scale_programs, summarize_programs,
 )
@@ -253,19 +254,7 @@ async def _http_turn(client, url: str, model: str, prompt: list[int], max_tokens
     text, ids, got_ids = [], [], False
     try:
         async with client.stream("POST", url + "/v1/completions", json=body) as r:
-            if r.status_code != 200:
-                tr.ok, tr.error = False, f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
-                return None, ""
-            async for line in r.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                msg = json.loads(data)
-                if "error" in msg:
-                    tr.ok, tr.error = False, str(msg["error"])[:200]
-                    return None, ""
+            async for msg in sse_json(r):
                 usage = msg.get("usage")
                 if usage:
                     tr.output_len = usage.get("completion_tokens") or tr.output_len
@@ -279,6 +268,9 @@ async def _http_turn(client, url: str, model: str, prompt: list[int], max_tokens
                         if tr.first_token_s is None:
                             tr.first_token_s = time.perf_counter() - t0
                         text.append(ch["text"])
+    except StreamError as e:  # non-200 or an error event
+        tr.ok, tr.error = False, str(e)
+        return None, ""
     except (httpx.HTTPError, OSError, ValueError) as e:  # transport, protocol and JSON errors
         tr.ok, tr.error = False, repr(e)[:200]
         return None, ""

@@ -14,6 +14,7 @@ import json
 import math
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 
 import httpx
@@ -62,6 +63,31 @@ async def probe_ignore_eos(client: httpx.AsyncClient, url: str, model: str) -> b
     return r.status_code == 200
 
 
+class StreamError(Exception):
+    """A streamed OpenAI response failed: a non-200 status or an ``error`` event (message <= 200 chars)."""
+
+
+async def sse_json(r: httpx.Response) -> AsyncIterator[dict]:
+    """The JSON payloads of an OpenAI server-sent-event stream, up to ``data: [DONE]``.
+
+    Raises:
+        StreamError: the response is not 200, or the stream carries an ``{"error": ...}`` event.
+        json.JSONDecodeError: a malformed event.
+    """
+    if r.status_code != 200:
+        raise StreamError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+    async for line in r.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        msg = json.loads(data)
+        if "error" in msg:
+            raise StreamError(str(msg["error"])[:200])
+        yield msg
+
+
 async def _one(client: httpx.AsyncClient, url: str, model: str, req: BenchRequest, ignore_eos: bool,
                t0: float) -> RequestResult:
     body = {"model": model, "prompt": req.prompt, "max_tokens": req.output_len, "temperature": 0.0,
@@ -76,19 +102,7 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, req: BenchReques
     usage_out = None
     try:
         async with client.stream("POST", url, json=body) as r:
-            if r.status_code != 200:
-                res.error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
-                return res
-            async for line in r.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                msg = json.loads(data)
-                if "error" in msg:
-                    res.error = str(msg["error"])[:200]
-                    return res
+            async for msg in sse_json(r):
                 if msg.get("usage"):
                     usage_out = msg["usage"].get("completion_tokens")
                     res.prompt_len = msg["usage"].get("prompt_tokens") or res.prompt_len
@@ -107,6 +121,8 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, req: BenchReques
         res.ok = chunks > 0
         if not res.ok:
             res.error = "no text received"
+    except StreamError as e:
+        res.error = str(e)
     except (httpx.HTTPError, json.JSONDecodeError) as e:
         res.error = repr(e)[:200]
     return res
