@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pitstop.outputs import Logprob, RequestOutput
@@ -47,6 +48,19 @@ class ServingBase:
             return self.model_names[0]
         raise APIError(400, f"The model `{model}` does not exist; this server serves {self.model_names}.",
                        "invalid_request_error", "model", "model_not_found")
+
+    @staticmethod
+    @contextmanager
+    def stream_errors() -> Iterator[None]:
+        """Map errors posted on a request's stream to API errors: 400 (ValueError), 503, 500."""
+        try:
+            yield
+        except ValueError as e:
+            raise from_value_error(e) from None
+        except EngineDead as e:
+            raise APIError(503, str(e), "server_error", None, "unavailable") from None
+        except RuntimeError as e:
+            raise APIError(500, str(e), "server_error") from None
 
     def check_common(self, req: _SamplingRequest) -> None:
         if req.logit_bias:

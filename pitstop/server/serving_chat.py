@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 
 from pitstop.outputs import RequestOutput
 from pitstop.server.async_engine import EngineDead, RequestHandle
-from pitstop.server.errors import APIError, bad_request, error_body, from_value_error
+from pitstop.server.errors import bad_request, error_body
 from pitstop.server.protocol import ChatCompletionRequest, random_id
 from pitstop.server.serving_base import ServingBase
 from pitstop.server.sse import SSEResponse, sse, until_disconnect
@@ -70,15 +70,9 @@ class ServingChat(ServingBase):
 
     async def _collect(self, handle: RequestHandle) -> RequestOutput:
         out = None
-        try:
+        with self.stream_errors():
             async for u in handle.updates():
                 out = u.output or out
-        except ValueError as e:
-            raise from_value_error(e) from None
-        except EngineDead as e:
-            raise APIError(503, str(e), "server_error", None, "unavailable") from None
-        except RuntimeError as e:
-            raise APIError(500, str(e), "server_error") from None
         assert out is not None
         return out
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from pitstop.outputs import RequestOutput
 from pitstop.server.async_engine import EngineDead, RequestHandle
-from pitstop.server.errors import APIError, bad_request, error_body, from_value_error
+from pitstop.server.errors import bad_request, error_body
 from pitstop.server.protocol import CompletionRequest, random_id
 from pitstop.server.serving_base import ServingBase
 from pitstop.server.sse import SSEResponse, sse, until_disconnect
@@ -59,16 +59,10 @@ class ServingCompletions(ServingBase):
 
     async def _collect(self, handles: list[RequestHandle]) -> list[RequestOutput]:
         outs: dict[int, RequestOutput] = {}
-        try:
+        with self.stream_errors():
             async for t in self.merged(handles):
                 if t.output is not None:
                     outs[t.prompt_index] = t.output
-        except ValueError as e:
-            raise from_value_error(e) from None
-        except EngineDead as e:
-            raise APIError(503, str(e), "server_error", None, "unavailable") from None
-        except RuntimeError as e:
-            raise APIError(500, str(e), "server_error") from None
         return [outs[i] for i in range(len(handles))]
 
     def _body(self, rid: str, model: str, req: CompletionRequest, outs: list[RequestOutput]) -> dict:
