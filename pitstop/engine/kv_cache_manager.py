@@ -167,10 +167,6 @@ class KVCacheManager:
         self.pool.free(list(reversed(blocks)))
         self.num_pinned_blocks -= len(blocks)
 
-    def forget(self, request_id: str) -> None:
-        """Drop memoised hashes of a request that will not come back."""
-        self._hashes.pop(request_id, None)
-
     def reset_prefix_cache(self) -> int:
         return self.pool.reset_prefix_cache()
 

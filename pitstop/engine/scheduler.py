@@ -107,8 +107,7 @@ class Scheduler:
         req.status = status
         req.metrics.finished_time = now
         if not self.programs.on_finish(req, status, now):
-            self.kv.free(req)
-        self.kv.forget(req.request_id)
+            self.kv.free(req)  # the request is finished: its memoised block hashes go too
         self.programs.after_finish(req)
         self.requests.pop(req.request_id, None)
         self._prefill_done.add(req.request_id)  # never block siblings on a finished request

@@ -96,7 +96,7 @@ class ModelRunner:
             rows.append((s, SamplingRow(params=r.sampling_params, generator=r.generator,
                                         prompt_token_ids=r.prompt_token_ids,
                                         output_token_ids=r.output_token_ids,
-                                        eos_token_ids=set(r.eos_token_ids))))
+                                        eos_token_ids=r.eos_token_ids)))
             idx.append(offset - 1)
         return rows, idx
 

@@ -18,6 +18,7 @@ seeded request gets the same tokens whatever else is in the batch; unseeded rows
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import torch
@@ -46,7 +47,7 @@ class SamplingRow:
     generator: torch.Generator | None = None
     prompt_token_ids: list[int] = field(default_factory=list)
     output_token_ids: list[int] = field(default_factory=list)
-    eos_token_ids: set[int] = field(default_factory=set)
+    eos_token_ids: AbstractSet[int] = frozenset()
 
 
 @dataclass
