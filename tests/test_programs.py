@@ -130,6 +130,33 @@ def test_running_requests_release_pins_before_preemption_latest_expiry_first():
     assert eng.stats()["pin_releases"] == 1 and eng.scheduler.num_preemptions == 0
 
 
+def test_pin_of_an_arrived_turn_outlives_its_ttl_until_admission():
+    eng, ex, clock = make_engine(num_blocks=40, ttl_seconds=1.0, max_num_seqs=1)
+    first = turn(eng, "a1", list(range(1, 30)), program="a")
+    ctx_tokens = first.prompt_token_ids + first.outputs[0].token_ids
+    eng.add_request("s", [500] * 8, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
+    eng.step()  # the stranger runs; max_num_seqs=1 keeps the next turn waiting
+    eng.add_request("a2", ctx_tokens + [7, 8, 9], SP, program_id="a", is_last_turn=False, tool_name="Bash")
+    clock.t += 5.0  # well past the TTL while a2 waits for admission
+    eng.step()
+    assert eng.scheduler.programs.programs["a"].has_pin and eng.stats()["pin_expiries"] == 0
+    run(eng)
+    assert eng.program_stats("a")["pin_hits"] == 1 and eng.stats()["pin_expiries"] == 0
+    eng.end_program("a")
+
+
+def test_pressure_releases_pins_of_arrived_turns_last():
+    eng, ex, clock = make_engine(num_blocks=40, ttl_seconds=10.0)
+    turn(eng, "a1", list(range(1, 30)), program="a")
+    clock.t += 1.0
+    turn(eng, "b1", list(range(200, 229)), program="b")  # expires later than a's pin
+    progs = eng.scheduler.programs
+    progs.programs["b"].turn_waiting = True  # b's next turn has arrived
+    assert progs.release_one()
+    assert progs.programs["b"].has_pin and not progs.programs["a"].has_pin
+    progs.end("b")
+
+
 def test_waiting_request_waits_for_pins_while_others_run_but_never_deadlocks():
     eng, ex, clock = make_engine(num_blocks=20, ttl_seconds=1000.0)
     turn(eng, "a1", list(range(1, 62)), program="a")  # 16 pinned blocks of 20

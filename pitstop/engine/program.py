@@ -49,6 +49,8 @@ class Program:
         pin_tool: the tool its pin waits for. ``last_turn_end`` / ``last_tool``: the latest turn's end.
         last_context_len: tokens (prompt + output) of its latest finished turn.
         tool_reported: a tool result was reported for the current gap (no inference from arrival).
+        turn_waiting: its next turn has arrived and waits for admission while its pin holds: the pin
+            no longer expires (the tool is done; only admission is pending) and is released last.
     """
 
     program_id: str
@@ -64,6 +66,7 @@ class Program:
     last_tool: str | None = None
     last_context_len: int = 0
     tool_reported: bool = False
+    turn_waiting: bool = False
     stats: ProgramStats = field(default_factory=ProgramStats)
 
     @property

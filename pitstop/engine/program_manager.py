@@ -42,6 +42,7 @@ class ProgramManager:
         elif p.last_turn_end is not None and not p.tool_reported and p.last_tool is not None:
             self.ttl_policy.observe_tool(p.last_tool, req.arrival_time - p.last_turn_end)
         p.tool_reported = False
+        p.turn_waiting = p.has_pin
         p.active += 1
         self._count(p, "turns")
 
@@ -122,21 +123,23 @@ class ProgramManager:
 
     def _unpin(self, p: Program) -> None:
         self.kv.release_pin(p.pinned)
-        p.pinned, p.pin_tokens = [], 0
+        p.pinned, p.pin_tokens, p.turn_waiting = [], 0, False
         self._pinned.pop(p.program_id, None)
 
     def expire(self, now: float) -> None:
-        """Release every pin whose TTL has run out."""
-        for p in [p for p in self._pinned.values() if p.pin_expiry <= now]:
+        """Release every pin whose TTL has run out, except those whose next turn already arrived
+        (the TTL bounds the tool's run; a turn waiting for admission is about to use the pin)."""
+        for p in [p for p in self._pinned.values() if p.pin_expiry <= now and not p.turn_waiting]:
             self._unpin(p)
             self._count(p, "pin_expiries")
 
     def release_one(self, exclude: str | None = None) -> bool:
-        """Memory pressure: release the pin that would expire last. Returns False if none."""
+        """Memory pressure: release the pin that would expire last, pins whose next turn is already
+        waiting last of all. Returns False if none."""
         cands = [p for p in self._pinned.values() if p.program_id != exclude]
         if not cands:
             return False
-        p = max(cands, key=lambda q: q.pin_expiry)
+        p = max(cands, key=lambda q: (not q.turn_waiting, q.pin_expiry))
         self._unpin(p)
         self._count(p, "pin_releases")
         return True
