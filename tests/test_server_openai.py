@@ -57,6 +57,32 @@ def test_chat_greedy_equals_llm_chat(client, llm):
     assert resp.usage.completion_tokens == len(ref.outputs[0].token_ids)
 
 
+def test_return_token_ids_match_llm_generate(client, llm):
+    """vLLM's ``return_token_ids``: output (and prompt) token ids, non-streamed, streamed and in chat."""
+    from pitstop import SamplingParams
+    prompt = "The capital of France is"
+    ref = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)[0]
+    kw = dict(model=MODEL, prompt=prompt, max_tokens=8, temperature=0, extra_body={"return_token_ids": True})
+    full = client.completions.create(**kw).choices[0].model_extra
+    assert full["token_ids"] == list(ref.outputs[0].token_ids)
+    assert full["prompt_token_ids"] == list(ref.prompt_token_ids)
+    chunks = [c.choices[0].model_extra for c in client.completions.create(stream=True, **kw) if c.choices]
+    assert [t for c in chunks for t in c["token_ids"]] == list(ref.outputs[0].token_ids)
+    assert chunks[0]["prompt_token_ids"] == list(ref.prompt_token_ids)
+    assert "token_ids" not in client.completions.create(model=MODEL, prompt=prompt, max_tokens=2).choices[0].model_extra
+    msgs = [{"role": "user", "content": "Hi"}]
+    chat_ref = llm.chat(msgs, SamplingParams(temperature=0, max_tokens=6), use_tqdm=False)[0]
+    resp = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6, temperature=0,
+                                          extra_body={"return_token_ids": True})
+    assert resp.model_extra["prompt_token_ids"] == list(chat_ref.prompt_token_ids)
+    assert resp.choices[0].model_extra["token_ids"] == list(chat_ref.outputs[0].token_ids)
+    stream = list(client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6, temperature=0,
+                                                 stream=True, extra_body={"return_token_ids": True}))
+    assert stream[0].model_extra["prompt_token_ids"] == list(chat_ref.prompt_token_ids)
+    got = [t for c in stream for ch in c.choices for t in (ch.model_extra or {}).get("token_ids", [])]
+    assert got == list(chat_ref.outputs[0].token_ids)
+
+
 def test_completion_stream_matches_non_stream(client):
     kw = dict(model=MODEL, prompt="Once upon a time", max_tokens=12, temperature=0)
     full = client.completions.create(**kw)

@@ -145,7 +145,7 @@ class AsyncEngine:
         self.num_outstanding += 1
         queue: asyncio.Queue = asyncio.Queue()
         self._post(lambda: self._add(request_id, prompt_token_ids, params, engine_kwargs, queue))
-        return RequestHandle(self, request_id, queue)
+        return RequestHandle(self, request_id, queue, prompt_token_ids)
 
     def _release(self, request_id: str, abort: bool) -> None:
         self.num_outstanding -= 1
@@ -289,8 +289,10 @@ class RequestHandle:
     error, client disconnect); an unfinished request is then aborted and its KV blocks freed.
     """
 
-    def __init__(self, engine: AsyncEngine, request_id: str, queue: asyncio.Queue) -> None:
+    def __init__(self, engine: AsyncEngine, request_id: str, queue: asyncio.Queue,
+                 prompt_token_ids: list[int]) -> None:
         self.engine, self.request_id, self._queue = engine, request_id, queue
+        self.prompt_token_ids = prompt_token_ids
         self.finished = False
         self.closed = False
 

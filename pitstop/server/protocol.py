@@ -57,6 +57,7 @@ class _SamplingRequest(_Base):
     include_stop_str_in_output: bool = False
     priority: int = 0
     cache_salt: str | None = None
+    return_token_ids: bool = False  # vLLM: add token_ids (and prompt_token_ids) to the choices
     # agent programs (pitstop), with Continuum's names accepted for drop-in use
     program_id: str | None = None
     is_last_turn: bool | None = None

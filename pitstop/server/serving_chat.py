@@ -81,8 +81,13 @@ class ServingChat(ServingBase):
         choices = [{"index": c.index, "message": {"role": "assistant", "content": c.text},
                     "logprobs": self.chat_logprobs(c.token_ids, c.logprobs, top) if req.logprobs else None,
                     "finish_reason": c.finish_reason, "stop_reason": c.stop_reason} for c in out.outputs]
-        return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+        body = {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
                 "choices": choices, "usage": self.usage([out])}
+        if req.return_token_ids:
+            body["prompt_token_ids"] = list(out.prompt_token_ids)
+            for ch, c in zip(choices, out.outputs):
+                ch["token_ids"] = list(c.token_ids)
+        return body
 
     async def _stream(self, rid: str, model: str, req: ChatCompletionRequest,
                       handle: RequestHandle) -> AsyncIterator[str]:
@@ -90,23 +95,27 @@ class ServingChat(ServingBase):
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         top = req.top_logprobs or 0
 
-        def chunk(choices: list[dict], usage: dict | None = None, last: bool = False) -> str:
+        def chunk(choices: list[dict], usage: dict | None = None, last: bool = False, **extra: object) -> str:
             c = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "choices": choices}
+                 "choices": choices, **extra}
             if include_usage:
                 c["usage"] = usage if last else None
             return sse(c)
 
         try:
+            extra = {"prompt_token_ids": list(handle.prompt_token_ids)} if req.return_token_ids else {}
             yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                          "finish_reason": None} for i in range(req.n)])
+                          "finish_reason": None} for i in range(req.n)], **extra)
             out = None
             async for u in handle.updates():
                 for d in u.deltas:
                     delta = {"content": d.text} if d.text or d.finish_reason is None else {}
                     lp = self.chat_logprobs(d.token_ids, d.logprobs, top) if req.logprobs else None
-                    yield chunk([{"index": d.index, "delta": delta, "logprobs": lp,
-                                  "finish_reason": d.finish_reason, "stop_reason": d.stop_reason}])
+                    ch = {"index": d.index, "delta": delta, "logprobs": lp,
+                          "finish_reason": d.finish_reason, "stop_reason": d.stop_reason}
+                    if req.return_token_ids:
+                        ch["token_ids"] = list(d.token_ids)
+                    yield chunk([ch])
                 out = u.output or out
             if include_usage and out is not None:
                 yield chunk([], self.usage([out]), last=True)

@@ -74,6 +74,8 @@ class ServingCompletions(ServingBase):
                     "logprobs": self.completion_logprobs(c.token_ids, c.logprobs, req.logprobs or 0, 0)
                     if req.logprobs is not None else None,
                     "finish_reason": c.finish_reason, "stop_reason": c.stop_reason})
+                if req.return_token_ids:
+                    choices[-1].update(prompt_token_ids=list(out.prompt_token_ids), token_ids=list(c.token_ids))
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
                 "choices": choices, "usage": self.usage(outs)}
 
@@ -82,6 +84,7 @@ class ServingCompletions(ServingBase):
         created = int(time.time())
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         offsets: dict[int, int] = {}
+        sent_prompt: set[int] = set()
         outs: list[RequestOutput] = []
         try:
             async for t in self.merged(handles):
@@ -94,6 +97,11 @@ class ServingCompletions(ServingBase):
                     chunk = {"id": rid, "object": "text_completion", "created": created, "model": model,
                              "choices": [{"index": idx, "text": d.text, "logprobs": lp,
                                           "finish_reason": d.finish_reason, "stop_reason": d.stop_reason}]}
+                    if req.return_token_ids:
+                        chunk["choices"][0]["token_ids"] = list(d.token_ids)
+                        if idx not in sent_prompt:
+                            sent_prompt.add(idx)
+                            chunk["choices"][0]["prompt_token_ids"] = list(handles[t.prompt_index].prompt_token_ids)
                     if include_usage:
                         chunk["usage"] = None
                     yield sse(chunk)
