@@ -146,3 +146,21 @@ def test_step_shape_from_scheduler_output():
     assert s.decode_ctx_tokens == 100 and s.kv_read_tokens == 96 + 100 + 16
     assert s.prefill_attn_pairs == pytest.approx(64 * (32 + 32.5) + 16 * 8.5)
     assert ModelShape  # imported for the roofline module's types
+
+
+def test_roofline_step_time_equals_predict_of_the_shape():
+    """The one-pass ``step_time`` the simulator calls gives exactly ``predict(StepShape.from_output(so))``."""
+    import random
+
+    from pitstop.engine.request import Request
+    from pitstop.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+    from pitstop.sampling_params import SamplingParams
+
+    cm = build_cost_model("roofline", "llama-3.1-8b", "H100-SXM", tp=2)
+    rng = random.Random(0)
+    req = Request("r", [1] * 10, SamplingParams(), 0.0, 10)
+    for _ in range(200):
+        batch = [ScheduledRequest(req, rng.choice([1, 1, rng.randint(2, 8192)]), rng.randint(0, 100_000), [],
+                                  rng.random() < 0.8) for _ in range(rng.randint(0, 12))]
+        so = SchedulerOutput(batch, now=0.0)
+        assert cm.step_time(so) == cm.predict(StepShape.from_output(so))

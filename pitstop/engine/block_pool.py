@@ -23,7 +23,7 @@ from dataclasses import dataclass
 BlockKey = tuple  # (parent_hash | None, tuple[int, ...] token ids, extra | None)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class KVBlock:
     """One KV block. ``block_hash`` / ``key`` are set once the block is full and cached."""
 
@@ -82,18 +82,32 @@ class BlockPool:
     # ---- mutations -----------------------------------------------------------------------
     def allocate(self, n: int) -> list[KVBlock]:
         """Take ``n`` blocks (free ones first, then evict cached free ones in LRU order); ref_cnt = 1."""
-        if n > self.num_free_blocks:
+        if n <= 0:
+            return []
+        free = self._free
+        if n > len(free) + len(self._cached_free):
             raise RuntimeError(f"allocate({n}) with only {self.num_free_blocks} free blocks")
+        k = n if n <= len(free) else len(free)
+        blocks = self.blocks
         out = []
-        for _ in range(n):
-            if self._free:
-                block = self.blocks[self._free.pop()]
-            else:
-                _, block = self._cached_free.popitem(last=False)
-                self._uncache(block)
-                self.num_evictions += 1
-            block.ref_cnt = 1
-            out.append(block)
+        if k:
+            ids = free[-k:]
+            del free[-k:]
+            for bid in reversed(ids):  # the order of k successive pop()s
+                block = blocks[bid]
+                block.ref_cnt = 1
+                out.append(block)
+        if n > k:
+            cached_free, by_hash = self._cached_free, self._hash_to_block
+            for _ in range(n - k):
+                _, block = cached_free.popitem(last=False)
+                h = block.block_hash  # _uncache, inlined (a cached free block always has a hash)
+                if by_hash.get(h) is block:
+                    del by_hash[h]
+                block.block_hash = block.key = None
+                block.ref_cnt = 1
+                out.append(block)
+            self.num_evictions += n - k
         return out
 
     def touch(self, blocks: list[KVBlock]) -> None:
@@ -106,15 +120,16 @@ class BlockPool:
     def free(self, blocks: list[KVBlock]) -> None:
         """Drop one reference from each block, in the given order; unreferenced cached blocks join the
         LRU tail (evicted last), unreferenced uncached ones the free list."""
+        cached_free, free_ids = self._cached_free, self._free
         for block in blocks:
             if block.ref_cnt <= 0:
                 raise RuntimeError(f"double free of block {block.block_id}")
             block.ref_cnt -= 1
             if block.ref_cnt == 0:
                 if block.block_hash is not None:
-                    self._cached_free[block.block_id] = block
+                    cached_free[block.block_id] = block
                 else:
-                    self._free.append(block.block_id)
+                    free_ids.append(block.block_id)
 
     def cache(self, block: KVBlock, block_hash: int, key: BlockKey) -> None:
         """Register a full, computed block under its hash (no-op if that prefix is cached already)."""
@@ -122,6 +137,18 @@ class BlockPool:
             return
         block.block_hash, block.key = block_hash, key
         self._hash_to_block[block_hash] = block
+
+    def cache_many(self, blocks: list[KVBlock], entries: list[tuple[int, BlockKey]], start: int, stop: int) -> None:
+        """``cache(blocks[i], *entries[i])`` for ``i`` in ``[start, stop)``."""
+        if not self.enable_caching:
+            return
+        by_hash = self._hash_to_block
+        for i in range(start, stop):
+            block = blocks[i]
+            block_hash, key = entries[i]
+            if block.block_hash is None and block_hash not in by_hash:
+                block.block_hash, block.key = block_hash, key
+                by_hash[block_hash] = block
 
     def reset_prefix_cache(self) -> int:
         """Forget every cached free block (they become plain free). Returns how many were dropped."""

@@ -6,7 +6,7 @@ Source: vLLM's paged attention (Kwon et al., SOSP'23) and its v1 KV cache manage
 
 from __future__ import annotations
 
-from pitstop.engine.block_pool import BlockPool, KVBlock, hash_block
+from pitstop.engine.block_pool import BlockPool, KVBlock
 from pitstop.engine.request import Request
 
 
@@ -32,6 +32,7 @@ class KVCacheManager:
         self.req_blocks: dict[str, list[KVBlock]] = {}
         self._hashes: dict[str, list[tuple[int, tuple]]] = {}  # request id -> (hash, key) per full block
         self._num_cached: dict[str, int] = {}  # blocks of the request already registered in the cache
+        self._tables: dict[str, list[int]] = {}  # request id -> its block-id list (see block_ids)
         self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
         self.prefix_hits = 0  # of which found cached
         self.num_pinned_blocks = 0  # block references held by program pins
@@ -50,20 +51,48 @@ class KVCacheManager:
         return self.pool.num_used_blocks / self.pool.num_blocks
 
     def block_ids(self, request_id: str) -> list[int]:
-        return [b.block_id for b in self.req_blocks.get(request_id, ())]
+        """The request's block table (block ids in order), kept incrementally: blocks are only ever appended
+        while a request holds them, so the cached table is extended by the new ones (copy-on-write: a table
+        returned earlier is never changed). Shared between calls: never mutate it."""
+        held = self.req_blocks.get(request_id)
+        if not held:
+            return []
+        table = self._tables.get(request_id)
+        if table is None or len(table) != len(held):
+            n = len(table) if table is not None else 0
+            new_ids = [b.block_id for b in held[n:]]
+            table = table + new_ids if n else new_ids
+            self._tables[request_id] = table
+        return table
 
     # ---- prefix cache -------------------------------------------------------------------
     def _block_hashes(self, request: Request, num_full_blocks: int) -> list[tuple[int, tuple]]:
-        """Chained (hash, key) of the request's first ``num_full_blocks`` full blocks (memoised)."""
-        hashes = self._hashes.setdefault(request.request_id, [])
+        """Chained (hash, key) of the request's full blocks, memoised and extended to at least
+        ``num_full_blocks`` entries (the returned list may hold more: callers index it, never copy it).
+
+        Each entry equals ``hash_block(parent, tokens of the block, salt if first block)``: the tokens are
+        grouped into block tuples at C speed and each new block is hashed once.
+        """
+        hashes = self._hashes.get(request.request_id)
+        if hashes is None:
+            hashes = self._hashes[request.request_id] = []
+        n = len(hashes)
+        if n >= num_full_blocks:
+            return hashes
         bs = self.block_size
-        tokens = request.all_token_ids
-        while len(hashes) < num_full_blocks:
-            i = len(hashes)
-            parent = hashes[-1][0] if hashes else None
-            extra = request.cache_salt if i == 0 else None
-            hashes.append(hash_block(parent, tuple(tokens[i * bs:(i + 1) * bs]), extra))
-        return hashes[:num_full_blocks]
+        it = iter(request.all_token_ids[n * bs:num_full_blocks * bs])
+        chunks = zip(*([it] * bs))  # consecutive block_size-token tuples
+        parent = hashes[-1][0] if n else None
+        append = hashes.append
+        if n == 0:
+            key = (None, next(chunks), request.cache_salt)
+            parent = hash(key)
+            append((parent, key))
+        for chunk in chunks:
+            key = (parent, chunk, None)
+            parent = hash(key)
+            append((parent, key))
+        return hashes
 
     def get_computed_blocks(self, request: Request) -> tuple[list[KVBlock], int]:
         """Longest cached prefix of the request's known tokens, in whole blocks.
@@ -75,8 +104,12 @@ class KVCacheManager:
             return [], 0
         max_blocks = (request.num_tokens - 1) // self.block_size
         hits: list[KVBlock] = []
-        for block_hash, key in self._block_hashes(request, max_blocks):
-            block = self.pool.lookup(block_hash, key)
+        if max_blocks <= 0:
+            return hits, 0
+        lookup = self.pool.lookup
+        hashes = self._block_hashes(request, max_blocks)
+        for i in range(max_blocks):
+            block = lookup(*hashes[i])
             if block is None:
                 break
             hits.append(block)
@@ -91,15 +124,18 @@ class KVCacheManager:
         """Register the request's newly completed full blocks (all tokens computed) in the prefix cache."""
         if not self.enable_prefix_caching:
             return
-        blocks = self.req_blocks.get(request.request_id, [])
-        num_full = min(request.num_computed_tokens // self.block_size, len(blocks))
-        start = self._num_cached.get(request.request_id, 0)
+        rid = request.request_id
+        blocks = self.req_blocks.get(rid)
+        if not blocks:
+            return
+        num_full = request.num_computed_tokens // self.block_size
+        if num_full > len(blocks):
+            num_full = len(blocks)
+        start = self._num_cached.get(rid, 0)
         if num_full <= start:
             return
-        hashes = self._block_hashes(request, num_full)
-        for i in range(start, num_full):
-            self.pool.cache(blocks[i], *hashes[i])
-        self._num_cached[request.request_id] = num_full
+        self.pool.cache_many(blocks, self._block_hashes(request, num_full), start, num_full)
+        self._num_cached[rid] = num_full
 
     # ---- allocation ---------------------------------------------------------------------
     def can_allocate(self, request: Request, num_new_tokens: int, computed: list[KVBlock] = ()) -> bool:
@@ -128,11 +164,12 @@ class KVCacheManager:
         num_new_blocks = self._num_needed(request, num_new_tokens, computed)
         if num_new_blocks is None:
             return None
-        held = self.req_blocks.setdefault(request.request_id, [])
+        rid = request.request_id
+        held = self.req_blocks.setdefault(rid, [])
         if computed:
             self.pool.touch(list(computed))
             held.extend(computed)
-            self._num_cached[request.request_id] = len(held)
+            self._num_cached[rid] = len(held)
         new = self.pool.allocate(num_new_blocks)
         held.extend(new)
         return new
@@ -140,8 +177,9 @@ class KVCacheManager:
     def free(self, request: Request) -> None:
         """Release the request's blocks, tail first so that its last blocks are evicted first."""
         blocks = self.req_blocks.pop(request.request_id, [])
-        self.pool.free(list(reversed(blocks)))
+        self.pool.free(blocks[::-1])
         self._num_cached.pop(request.request_id, None)
+        self._tables.pop(request.request_id, None)
         if request.is_finished:
             self._hashes.pop(request.request_id, None)
 
@@ -156,8 +194,9 @@ class KVCacheManager:
         while n < len(blocks) and blocks[n].block_hash is not None:
             n += 1
         keep, rest = blocks[:n], blocks[n:]
-        self.pool.free(list(reversed(rest)))
+        self.pool.free(rest[::-1])
         self._num_cached.pop(request.request_id, None)
+        self._tables.pop(request.request_id, None)
         self._hashes.pop(request.request_id, None)
         self.num_pinned_blocks += len(keep)
         return keep

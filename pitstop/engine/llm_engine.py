@@ -17,7 +17,7 @@ from pitstop.engine.detokenizer import IncrementalDetokenizer
 from pitstop.engine.kv_cache_manager import KVCacheManager
 from pitstop.engine.request import Request, RequestStatus
 from pitstop.engine.scheduler import Scheduler, SchedulerConfig
-from pitstop.engine.scheduler_output import SchedulerOutput
+from pitstop.engine.scheduler_output import ExecutorResult, SchedulerOutput
 from pitstop.executor.interface import Executor
 from pitstop.outputs import CompletionOutput, RequestOutput
 from pitstop.sampling_params import SamplingParams
@@ -58,13 +58,16 @@ class LLMEngine:
         clock: seconds, monotonic; wall time here, a virtual clock in the simulator.
         num_blocks: KV blocks when ``executor`` is given (otherwise taken from the runner).
         eos_token_ids / vocab_size / max_model_len: model facts when ``executor`` is given.
+        keep_step_history: append a ``StepRecord`` to ``step_history`` every step (the simulator turns it
+            off: memory on long runs).
     """
 
     def __init__(self, config: EngineConfig, executor: Executor | None = None, tokenizer: Any = None,
                  clock: Callable[[], float] = time.monotonic, num_blocks: int | None = None,
                  eos_token_ids: frozenset[int] = frozenset(), vocab_size: int | None = None,
-                 max_model_len: int | None = None) -> None:
+                 max_model_len: int | None = None, keep_step_history: bool = True) -> None:
         self.config = config
+        self.keep_step_history = keep_step_history
         self.clock = clock
         self.model_dir = None
         if executor is None:
@@ -122,6 +125,9 @@ class LLMEngine:
 
     def validate_prompt(self, prompt_token_ids: list[int], index: int | None = None) -> None:
         """Raise ValueError if the prompt is empty, too long or has out-of-vocabulary ids."""
+        if prompt_token_ids and len(prompt_token_ids) < self.max_model_len and _plain_ids_in_range(
+                prompt_token_ids, self.vocab_size):
+            return  # the common case, checked at C speed; otherwise the scan below finds the precise error
         where = "" if index is None else f" (request {index})"
         if not prompt_token_ids:
             raise ValueError(f"prompt{where} is empty: at least 1 token is required")
@@ -206,16 +212,35 @@ class LLMEngine:
 
     # ---- the loop -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Run one step. Returns an output for each request that produced a token or finished."""
+        """Run one step: ``begin_step``, the executor, ``finish_step``. Returns an output for each request that
+        produced a token or finished (and for requests aborted since the last step)."""
         outputs, self._aborted = self._aborted, []
-        so = self.scheduler.schedule(self.clock())
+        so = self.begin_step()
         if so.is_empty:
             return outputs
         result = self.executor.execute(so)
-        touched = self.scheduler.update(so, result, self.clock())
-        self._record(so, result.step_time_s)
+        return outputs + self.finish_step(so, result)
+
+    def begin_step(self, now: float | None = None) -> SchedulerOutput:
+        """First half of a step: the scheduler plans the batch at ``now`` (seconds; default the engine clock).
+        An empty output means nothing can run; otherwise execute it, then call ``finish_step``."""
+        return self.scheduler.schedule(self.clock() if now is None else now)
+
+    def finish_step(self, so: SchedulerOutput, result: ExecutorResult, now: float | None = None,
+                    finished_only: bool = False) -> list[RequestOutput]:
+        """Second half of a step: apply the executed batch at ``now`` (seconds; default the engine clock: the
+        end of the step), record it, and return an output per request that produced a token or finished.
+
+        ``finished_only``: build outputs only for requests that finished (the simulator, which needs no
+        per-token outputs); their engine records are dropped either way.
+        """
+        touched = self.scheduler.update(so, result, self.clock() if now is None else now)
+        if self.keep_step_history:
+            self._record(so, result.step_time_s)
         self.scheduler.programs.observe_step(so.num_prefill_tokens, result.step_time_s)
-        return outputs + self._process(touched)
+        if finished_only:
+            touched = [r for r in touched if r.is_finished]
+        return self._process(touched) if touched else []
 
     def _record(self, so: SchedulerOutput, step_time_s: float) -> None:
         self.step_history.append(StepRecord(
@@ -323,6 +348,11 @@ class LLMEngine:
 
     def check_kv_invariants(self) -> None:
         self.kv_manager.check_invariants()
+
+
+def _plain_ids_in_range(ids: list[int], vocab_size: int | None) -> bool:
+    """True if every id is a plain ``int`` in ``[0, vocab_size)`` (C-level passes: type set, min, max)."""
+    return set(map(type, ids)) == {int} and min(ids) >= 0 and (vocab_size is None or max(ids) < vocab_size)
 
 
 def _load_tokenizer(model_dir):

@@ -27,7 +27,7 @@ class RequestStatus(enum.Enum):
 
     @property
     def finished(self) -> bool:
-        return self in _FINISHED
+        return self._value_ in _FINISHED_VALUES  # by value: hashing a member runs Enum.__hash__ in Python
 
     @property
     def finish_reason(self) -> str | None:
@@ -35,6 +35,7 @@ class RequestStatus(enum.Enum):
 
 
 _FINISHED = {RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH, RequestStatus.FINISHED_ABORTED}
+_FINISHED_VALUES = frozenset(s.value for s in _FINISHED)
 _REASONS = {RequestStatus.FINISHED_STOPPED: "stop", RequestStatus.FINISHED_LENGTH: "length",
             RequestStatus.FINISHED_ABORTED: "abort"}
 
@@ -101,7 +102,7 @@ class Request:
 
     @property
     def is_finished(self) -> bool:
-        return self.status.finished
+        return self.status._value_ in _FINISHED_VALUES  # = status.finished, one call less (every request, every step)
 
     @property
     def in_prefill(self) -> bool:

@@ -130,39 +130,57 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         scheduled: list[ScheduledRequest] = []
         preempted: list[str] = []
-        budget = self._schedule_running(now, budget, scheduled, preempted)
-        if not preempted:
-            self._schedule_waiting(now, budget, scheduled)
-        scheduled.sort(key=lambda s: not s.is_prefill)  # prefills first, then decodes (stable)
+        if self.running:
+            budget = self._schedule_running(now, budget, scheduled, preempted)
+        if not preempted and self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            self._schedule_waiting(now, budget, scheduled)  # (else it would stop before its first request)
+        if len(scheduled) > 1:  # prefills first, then decodes (a stable partition)
+            prefills = [s for s in scheduled if s.num_tokens > 1]
+            if prefills and len(prefills) < len(scheduled):
+                scheduled = prefills + [s for s in scheduled if s.num_tokens <= 1]
         return SchedulerOutput(scheduled=scheduled, now=now, preempted_ids=preempted)
+
+    def _order(self, requests: list[Request], now: float) -> list[Request]:
+        """``policy.order`` on a snapshot of ``requests`` (policies order by a pure key, so one request
+        needs no sort)."""
+        return requests[:] if len(requests) < 2 else self.policy.order(requests, now)
 
     def _schedule_running(self, now: float, budget: int, out: list[ScheduledRequest],
                           preempted: list[str]) -> int:
-        done: set[str] = set()
-        for req in self.policy.order(self.running, now):
+        """Schedule running requests (``out`` holds nothing else yet); returns the budget left. The entries
+        are built inline (as ``_entry``): this loop runs for every request of every step."""
+        kv = self.kv
+        block_ids = kv.block_ids
+        running_status = RequestStatus.RUNNING
+        running = self.running
+        for req in (running[:] if len(running) < 2 else self.policy.order(running, now)):  # = _order
             if budget <= 0:
                 break
-            if req.status is not RequestStatus.RUNNING:
+            if req.status is not running_status:
                 continue  # preempted earlier in this loop
-            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
-            while self.kv.allocate_slots(req, num_new) is None:
+            start = req.num_computed_tokens
+            num_tokens = len(req.all_token_ids)
+            num_new = num_tokens - start
+            if num_new > budget:
+                num_new = budget
+            while kv.allocate_slots(req, num_new) is None:
                 if self.programs.release_one():
                     continue  # pins go before running requests
+                done = {e.request.request_id for e in out}  # scheduled in this loop: never preempted
                 candidates = [r for r in self.running if r.request_id not in done]
                 victim = self.policy.pick_victim(candidates, now)
                 self._preempt(victim, now)
                 preempted.append(victim.request_id)
                 if victim is req:
                     break
-            if req.status is not RequestStatus.RUNNING:
+            if req.status is not running_status:
                 continue
-            out.append(self._entry(req, num_new))
-            done.add(req.request_id)
+            out.append(ScheduledRequest(req, num_new, start, block_ids(req.request_id), start + num_new == num_tokens))
             budget -= num_new
         return budget
 
     def _schedule_waiting(self, now: float, budget: int, out: list[ScheduledRequest]) -> None:
-        for req in self.policy.order(self.waiting, now):
+        for req in self._order(self.waiting, now):
             if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
                 break
             if req.wait_for is not None and req.wait_for not in self._prefill_done:
@@ -196,9 +214,8 @@ class Scheduler:
 
     def _entry(self, req: Request, num_new: int) -> ScheduledRequest:
         start = req.num_computed_tokens
-        return ScheduledRequest(request=req, num_tokens=num_new, start=start,
-                                block_ids=self.kv.block_ids(req.request_id),
-                                sample=start + num_new == req.num_tokens)
+        return ScheduledRequest(req, num_new, start, self.kv.block_ids(req.request_id),
+                                start + num_new == len(req.all_token_ids))
 
     # ---- after the step -----------------------------------------------------------------
     def update(self, output: SchedulerOutput, result: ExecutorResult, now: float) -> list[Request]:
@@ -207,24 +224,34 @@ class Scheduler:
         Returns the requests that received a token this step (finished ones included).
         """
         touched = []
+        kv, programs, prefill_done = self.kv, self.programs, self._prefill_done
+        bs = kv.block_size
+        running_status = RequestStatus.RUNNING
         for s in output.scheduled:
             req = s.request
-            if req.status is not RequestStatus.RUNNING:
+            if req.status is not running_status:
                 continue  # aborted during the step
-            req.num_computed_tokens += s.num_tokens
-            self.programs.on_compute(req, s.num_tokens)
-            prompt_part = max(0, min(s.start + s.num_tokens, req.num_prompt_tokens) - s.start)
-            req.metrics.num_computed_prompt_tokens += prompt_part
-            self.num_computed_tokens += s.num_tokens
-            self.kv.cache_blocks(req)
+            n = s.num_tokens
+            computed = req.num_computed_tokens + n
+            req.num_computed_tokens = computed
+            programs.on_compute(req, n)
+            num_prompt = len(req.prompt_token_ids)
+            if s.start < num_prompt:
+                end = s.start + n
+                req.metrics.num_computed_prompt_tokens += (end if end < num_prompt else num_prompt) - s.start
+            self.num_computed_tokens += n
+            if computed // bs != (computed - n) // bs:  # a block filled up: register it in the prefix cache
+                kv.cache_blocks(req)
             if not s.sample:
                 continue
-            self._prefill_done.add(req.request_id)
-            token = result.sampled[req.request_id]
-            req.append_output(token, result.logprobs.get(req.request_id))
-            if req.metrics.first_token_time is None:
-                req.metrics.first_token_time = now
-            req.metrics.last_token_time = now
+            rid = req.request_id
+            prefill_done.add(rid)
+            token = result.sampled[rid]
+            req.append_output(token, result.logprobs.get(rid))
+            metrics = req.metrics
+            if metrics.first_token_time is None:
+                metrics.first_token_time = now
+            metrics.last_token_time = now
             touched.append(req)
             status = self._check_stop(req, token)
             if status is not None:
@@ -234,13 +261,14 @@ class Scheduler:
 
     def _check_stop(self, req: Request, token: int) -> RequestStatus | None:
         params = req.sampling_params
-        if req.num_output_tokens >= params.min_tokens:
+        num_output = len(req.output_token_ids)
+        if num_output >= params.min_tokens:
             if token in params.stop_token_ids:
                 req.stop_reason = token
                 return RequestStatus.FINISHED_STOPPED
             if not params.ignore_eos and token in req.eos_token_ids:
                 return RequestStatus.FINISHED_STOPPED
-        if req.num_output_tokens >= req.max_tokens or req.num_tokens >= self.config.max_model_len:
+        if num_output >= req.max_tokens or len(req.all_token_ids) >= self.config.max_model_len:
             return RequestStatus.FINISHED_LENGTH
         return None
 

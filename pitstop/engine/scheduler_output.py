@@ -8,7 +8,7 @@ from typing import Any
 from pitstop.engine.request import Request
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledRequest:
     """One request's share of a step.
 
@@ -17,7 +17,8 @@ class ScheduledRequest:
         num_tokens: tokens computed this step (a prefill chunk, or 1 for a decode).
         start: ``num_computed_tokens`` before the step: the new tokens are positions
             ``start .. start + num_tokens - 1``.
-        block_ids: the request's block table after allocation (covers ``start + num_tokens`` tokens).
+        block_ids: the request's block table after allocation (covers ``start + num_tokens`` tokens); shared
+            with the KV manager until the request's blocks change: read it, never mutate it.
         sample: True when the step reaches the end of the known tokens, so a token is sampled.
     """
 
@@ -46,11 +47,15 @@ class SchedulerOutput:
 
     @property
     def num_prefill_tokens(self) -> int:
-        return sum(s.num_tokens for s in self.scheduled if s.is_prefill)
+        n = 0
+        for s in self.scheduled:
+            if s.num_tokens > 1:
+                n += s.num_tokens
+        return n
 
     @property
     def num_decode_tokens(self) -> int:
-        return sum(1 for s in self.scheduled if not s.is_prefill)
+        return sum([1 for s in self.scheduled if s.num_tokens <= 1])
 
     @property
     def is_empty(self) -> bool:

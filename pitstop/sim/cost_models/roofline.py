@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pitstop.bench.roofline import ModelShape
+from pitstop.engine.scheduler_output import SchedulerOutput
 from pitstop.sim.cost_models.interface import CostModel, StepShape
 from pitstop.sim.hardware import HardwareSpec
 
@@ -90,14 +91,37 @@ class RooflineCostModel(CostModel):
             linear_regime="compute" if lc > lm else "memory", attention_regime="compute" if ac > am else "memory")
 
     def predict(self, s: StepShape) -> float:
-        if s.num_tokens == 0:
+        return self._seconds(s.num_tokens, s.num_seqs, s.num_sampled, s.prefill_attn_pairs, s.decode_ctx_tokens,
+                             s.kv_read_tokens)
+
+    def step_time(self, so: SchedulerOutput) -> float:
+        """``predict(StepShape.from_output(so))`` in one pass over the batch (the simulator calls this every
+        step): the same sums in the same order, so the same seconds to the last bit."""
+        t = sampled = kv = dctx = 0
+        pairs = 0.0
+        for e in so.scheduled:
+            q, start = e.num_tokens, e.start
+            t += q
+            if e.sample:
+                sampled += 1
+            kv += start + q
+            if q > 1:
+                pairs += q * (start + (q + 1) * 0.5)
+            else:
+                dctx += start + 1
+        return self._seconds(t, len(so.scheduled), sampled, pairs, dctx, kv)
+
+    def _seconds(self, num_tokens: int, num_seqs: int, num_sampled: int, prefill_attn_pairs: float,
+                 decode_ctx_tokens: int, kv_read_tokens: int) -> float:
+        """The roofline sum (seconds) of one step from its ``StepShape`` counts."""
+        if num_tokens == 0:
             return 0.0
-        lin = max((self._lin_per_token * s.num_tokens + self._head_per_row * s.num_sampled) / self._flops,
-                  (self._weight_bytes + self._act_per_token * s.num_tokens) / self._bw)
-        att = max(self._attn_per_pair * (s.prefill_attn_pairs + s.decode_ctx_tokens) / self._flops,
-                  self._kv_per_token * (s.kv_read_tokens + s.num_tokens) / self._bw)
-        return (lin + att + self._comm_per_token * s.num_tokens + self.hw.step_overhead_s
-                + self.hw.seq_overhead_s * s.num_seqs)
+        lin = max((self._lin_per_token * num_tokens + self._head_per_row * num_sampled) / self._flops,
+                  (self._weight_bytes + self._act_per_token * num_tokens) / self._bw)
+        att = max(self._attn_per_pair * (prefill_attn_pairs + decode_ctx_tokens) / self._flops,
+                  self._kv_per_token * (kv_read_tokens + num_tokens) / self._bw)
+        return (lin + att + self._comm_per_token * num_tokens + self.hw.step_overhead_s
+                + self.hw.seq_overhead_s * num_seqs)
 
     def describe(self) -> dict:
         return {"name": self.name, "hardware": self.hw.to_dict(), "tp": self.tp, "dtype_bytes": self.dtype_bytes,
