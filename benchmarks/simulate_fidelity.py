@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from pitstop.config import EngineConfig
 from pitstop.engine.llm_engine import LLMEngine
@@ -26,12 +27,15 @@ def main() -> None:
     p.add_argument("--num-requests", type=int, default=40)
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--reprofile", action="store_true")
+    p.add_argument("--profile", default=None, help="profiled fit JSON (default: the model's shipped one)")
+    p.add_argument("--num-threads", type=int, default=None, help="torch threads of the real engine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None)
     a = p.parse_args()
     engine = LLMEngine(EngineConfig(model=a.model, kv_cache_memory="512MiB", max_model_len=a.max_model_len,
-                                    max_num_batched_tokens=1024, skip_tokenizer_init=True))
-    path = profile_path(a.model)
+                                    max_num_batched_tokens=1024, skip_tokenizer_init=True,
+                                    num_threads=a.num_threads))
+    path = Path(a.profile) if a.profile else profile_path(a.model)
     if a.reprofile or not path.is_file():
         prof = Profiler(engine=engine)
         prof.run(DEFAULT_GRID)

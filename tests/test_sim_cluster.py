@@ -200,12 +200,14 @@ def test_ttl_pin_expires_on_the_virtual_clock():
 
 
 def test_replica_mirrors_every_call_of_engine_step():
-    """The cluster splits LLMEngine.step() into start/finish; if step() gains a call, the simulator must mirror it."""
+    """LLMEngine.step() = begin_step + executor + finish_step; the cluster splits it at the executor (a step is
+    planned at its start and applied at its end) and must call the same halves, never engine internals."""
     import ast
     import inspect
     import textwrap
     tree = ast.parse(textwrap.dedent(inspect.getsource(LLMEngine.step)))
     calls = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
-    mirrored = {"schedule", "execute", "update", "observe_step", "_process", "clock"}
-    skipped = {"_record"}  # step_history: not kept in simulation (memory on long runs)
-    assert calls <= mirrored | skipped, f"LLMEngine.step calls {sorted(calls - mirrored - skipped)}: mirror them"
+    assert calls == {"begin_step", "execute", "finish_step"}, f"LLMEngine.step calls {sorted(calls)}: mirror them"
+    src = inspect.getsource(Replica)
+    assert "engine.begin_step(" in src and "runner.execute(" in src and "engine.finish_step(" in src
+    assert "engine._" not in src and "scheduler.schedule(" not in src and "scheduler.update(" not in src

@@ -30,12 +30,15 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import httpx
 
+from pitstop.bench.agent_replay import (  # noqa: F401 - re-exported: tests and the plot import them from here
+    ProgramRecord, ProgramReplay, PromptBuilder, TurnRecord, token_range,
+)
 from pitstop.bench.serve_client import StreamError, sse_json
 from pitstop.workloads.agent_program import (
     AgentProgram, poisson_program_arrivals, sample_programs, scale_programs, summarize_programs,
@@ -43,87 +46,6 @@ from pitstop.workloads.agent_program import (
 from pitstop.workloads.lengths import percentile
 
 PIN_STAT_KEYS = ("pin_hits", "pin_expiries", "pin_releases", "reused_tokens", "reprefilled_tokens")
-
-
-# ---- records ----------------------------------------------------------------------------------------
-@dataclass
-class TurnRecord:
-    """One turn as measured (times in seconds from the run's start)."""
-
-    turn: int
-    prompt_len: int
-    new_tokens: int
-    max_tokens: int
-    output_len: int = 0
-    tool_name: str | None = None
-    tool_time_s: float = 0.0
-    arrival_s: float = 0.0
-    first_scheduled_s: float | None = None
-    first_token_s: float | None = None
-    finished_s: float | None = None
-    cached_tokens: int = 0
-    computed_prompt_tokens: int = 0
-    preemptions: int = 0
-    ok: bool = True
-    error: str = ""
-
-    @property
-    def ttft_s(self) -> float | None:
-        return None if self.first_token_s is None else self.first_token_s - self.arrival_s
-
-    @property
-    def queue_s(self) -> float | None:
-        return None if self.first_scheduled_s is None else self.first_scheduled_s - self.arrival_s
-
-    @property
-    def reprefilled_tokens(self) -> int:
-        """Prompt tokens computed beyond the turn's new tokens (context that was not reused)."""
-        return max(0, self.computed_prompt_tokens - self.new_tokens)
-
-
-@dataclass
-class ProgramRecord:
-    program_id: str
-    start_s: float
-    num_turns_planned: int
-    turns: list[TurnRecord] = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
-
-    @property
-    def done(self) -> bool:
-        return (len(self.turns) == self.num_turns_planned and all(t.ok for t in self.turns)
-                and self.turns[-1].finished_s is not None)
-
-    @property
-    def jct_s(self) -> float | None:
-        return self.turns[-1].finished_s - self.start_s if self.done else None
-
-    @property
-    def tool_time_s(self) -> float:
-        return sum(t.tool_time_s for t in self.turns[:-1])
-
-
-# ---- prompts ----------------------------------------------------------------------------------------
-def token_range(vocab_size: int) -> tuple[int, int]:
-    """Ids to draw prompt tokens from: skip the low ids (special tokens in most vocabularies)."""
-    lo = 100 if vocab_size > 1000 else max(1, vocab_size // 8)
-    return lo, vocab_size - 1
-
-
-class PromptBuilder:
-    """Per program: the growing context (token ids) and a seeded RNG for the new tokens of each turn."""
-
-    def __init__(self, program: AgentProgram, seed: int, vocab_size: int) -> None:
-        self.rng = random.Random(f"{seed}:{program.program_id}")
-        self.lo, self.hi = token_range(vocab_size)
-        self.context: list[int] = []
-
-    def next_prompt(self, new_tokens: int) -> list[int]:
-        self.context.extend(self.rng.randint(self.lo, self.hi) for _ in range(new_tokens))
-        return list(self.context)
-
-    def add_output(self, ids: Sequence[int]) -> None:
-        self.context.extend(int(t) for t in ids)
 
 
 # ---- in-process engine backend ----------------------------------------------------------------------
@@ -160,17 +82,15 @@ def run_engine_backend(engine, programs: Sequence[AgentProgram], arrivals: Seque
     are reported as unfinished). Times are the engine's clock (``engine.clock``) minus the start.
     """
     clock = engine.clock
-    vocab = engine.vocab_size or 32000
     t0 = clock()
-    records = [ProgramRecord(p.program_id, arrivals[i], p.num_turns) for i, p in enumerate(programs)]
-    builders = [PromptBuilder(p, seed, vocab) for p in programs]
+    replay = ProgramReplay(programs, arrivals, seed, engine.vocab_size or 32000)
+    records = replay.records
     events: list[tuple[float, int, int, int]] = []  # (abs time, seq, program index, turn)
     seq = 0
-    for i, a in enumerate(arrivals):
-        heapq.heappush(events, (t0 + a, seq, i, 0))
+    for at, i, k in replay.first_turns():
+        heapq.heappush(events, (t0 + at, seq, i, k))
         seq += 1
     inflight: dict[str, tuple[int, int]] = {}
-    done_programs = 0
     try:
         while events or inflight:
             now = clock()
@@ -178,20 +98,12 @@ def run_engine_backend(engine, programs: Sequence[AgentProgram], arrivals: Seque
                 break
             while events and events[0][0] <= now:
                 at, _, i, k = heapq.heappop(events)
-                prog, rec = programs[i], records[i]
-                turn = prog.turns[k]
-                if k > 0 and report_tool_results:
-                    prev = prog.turns[k - 1]
-                    _call_optional(engine, "report_tool_result", prog.program_id, prev.tool_name or "unknown",
-                                   prev.tool_time_s)
-                prompt = builders[i].next_prompt(turn.new_input_tokens)
-                last = k == prog.num_turns - 1
-                rid = f"{prog.program_id}:{k}"
-                rec.turns.append(TurnRecord(k, len(prompt), turn.new_input_tokens if k else len(prompt),
-                                            turn.output_tokens, tool_name=turn.tool_name,
-                                            tool_time_s=turn.tool_time_s, arrival_s=at - t0))
-                _add_turn(engine, rid, prompt, turn.output_tokens, at, prog.program_id, last, turn.tool_name)
-                inflight[rid] = (i, k)
+                tq = replay.start_turn(i, k, at - t0)
+                if tq.prev_tool is not None and report_tool_results:
+                    _call_optional(engine, "report_tool_result", tq.program_id, *tq.prev_tool)
+                _add_turn(engine, tq.request_id, tq.prompt, tq.max_tokens, at, tq.program_id, tq.is_last_turn,
+                          tq.tool_name)
+                inflight[tq.request_id] = (i, k)
             if engine.has_unfinished_requests():
                 steps_before = len(engine.step_history)
                 outs = engine.step()
@@ -203,30 +115,25 @@ def run_engine_backend(engine, programs: Sequence[AgentProgram], arrivals: Seque
                     if not out.finished or out.request_id not in inflight:
                         continue
                     i, k = inflight.pop(out.request_id)
-                    prog, rec = programs[i], records[i]
-                    tr, m = rec.turns[k], out.metrics
-                    ids = list(out.outputs[0].token_ids)
-                    tr.output_len = len(ids)
-                    tr.first_scheduled_s = None if m.first_scheduled_time is None else m.first_scheduled_time - t0
-                    tr.first_token_s = None if m.first_token_time is None else m.first_token_time - t0
+                    prog, rec, m = programs[i], records[i], out.metrics
                     fin = m.finished_time if m.finished_time is not None else clock()
-                    tr.finished_s = fin - t0
-                    tr.cached_tokens = m.num_cached_tokens
-                    tr.computed_prompt_tokens = m.num_computed_prompt_tokens
-                    tr.preemptions = m.num_preemptions
-                    tr.ok = out.outputs[0].finish_reason in ("length", "stop")
-                    builders[i].add_output(ids)
+                    nxt = replay.finish_turn(
+                        i, k, list(out.outputs[0].token_ids), fin - t0,
+                        ok=out.outputs[0].finish_reason in ("length", "stop"),
+                        first_scheduled_s=None if m.first_scheduled_time is None else m.first_scheduled_time - t0,
+                        first_token_s=None if m.first_token_time is None else m.first_token_time - t0,
+                        cached_tokens=m.num_cached_tokens, computed_prompt_tokens=m.num_computed_prompt_tokens,
+                        preemptions=m.num_preemptions)
                     stats = _call_optional(engine, "program_stats", prog.program_id)
                     if isinstance(stats, dict):  # None once the engine has ended the program
                         rec.stats = dict(stats)
-                    if k + 1 < prog.num_turns and tr.ok:
-                        heapq.heappush(events, (fin + prog.turns[k].tool_time_s, seq, i, k + 1))
+                    if nxt is not None:
+                        heapq.heappush(events, (t0 + nxt, seq, i, k + 1))
                         seq += 1
                     else:
                         _call_optional(engine, "end_program", prog.program_id)
-                        done_programs += 1
                         if progress:
-                            progress(f"{done_programs}/{len(programs)} programs done "
+                            progress(f"{replay.num_done}/{len(programs)} programs done "
                                      f"(t={clock() - t0:.0f}s)")
             elif events:
                 sleep(max(0.0, min(events[0][0] - clock(), 0.05)))

@@ -5,6 +5,9 @@ Examples:
         --router prefix-affinity --output results/sim_mooncake.json
     pitstop simulate --workload azure-conv --num-requests 2000 --sweep rate=2,4,8,16 --output results/sweep.json
     pitstop simulate --workload azure-conv --cost-model profiled --model smollm2-135m --kv-cache-tokens 40000
+    pitstop simulate --workload agents --trace tracelab --replicas 2 --router program-affinity \\
+        --scheduling-policy program-fcfs --ttl-policy continuum --output results/sim_agents.json
+    pitstop simulate --workload azure-conv --disaggregation 1:1 --slo ttft=2000,tpot=20 --output results/pd.json
 """
 
 from __future__ import annotations
@@ -22,18 +25,32 @@ def add_parser(sub) -> argparse.ArgumentParser:
     from pitstop.sim.routers import ROUTERS
     from pitstop.sim.workload import WORKLOADS
     w = p.add_argument_group("workload")
-    w.add_argument("--workload", choices=WORKLOADS, default="azure-conv")
+    w.add_argument("--workload", choices=(*WORKLOADS, "agents"), default="azure-conv",
+                   help="a request trace, or agents: multi-turn agent programs (closed loop, see the agents group)")
     w.add_argument("--trace-path", default=None, help="trace file (default: full trace or vendored sample)")
     w.add_argument("--num-requests", type=int, default=None, help="a window of this many requests (default: all)")
     w.add_argument("--start", type=int, default=0, help="first request of the window")
     w.add_argument("--request-rate", type=float, default=None,
                    help="req/s, gamma arrivals (default: the trace's own timestamps; inf: all at once)")
     w.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of inter-arrivals (1 = Poisson)")
-    w.add_argument("--time-scale", type=float, default=None, help="multiply trace timestamps")
+    w.add_argument("--time-scale", type=float, default=None,
+                   help="multiply trace timestamps (agents: every tool time; default 1.0)")
     w.add_argument("--length-scale", type=float, default=None, help="multiply prompt and output lengths")
     w.add_argument("--random-input-len", type=int, default=1024)
     w.add_argument("--random-output-len", type=int, default=128)
     w.add_argument("--seed", type=int, default=0)
+    a = p.add_argument_group("agents (--workload agents; as pitstop bench agents)")
+    a.add_argument("--trace", choices=["agentcgroup", "tracelab"], default="agentcgroup",
+                   help="agentcgroup: ../shared/data/traces/agentcgroup_claude_code (GPL-2.0, read at run time) or "
+                        "--trace-path; tracelab: the vendored 48-session replay CSV or --trace-path")
+    a.add_argument("--datasets", default="all_images_local", help="agentcgroup datasets, comma list or 'all'")
+    a.add_argument("--tool-time", choices=["tool_max", "gap"], default="tool_max", help="agentcgroup tool time")
+    a.add_argument("--num-programs", type=int, default=16)
+    a.add_argument("--min-turns", type=int, default=4, help="draw only programs with at least this many turns")
+    a.add_argument("--max-turns", type=int, default=16, help="keep at most this many turns per program")
+    a.add_argument("--program-rate", type=float, default=0.5, help="program arrivals per second (Poisson)")
+    a.add_argument("--token-scale", type=float, default=1.0, help="multiply every token count (default: trace scale)")
+    a.add_argument("--max-tool-time", type=float, default=None, help="cap a scaled tool time (s)")
     c = p.add_argument_group("deployment")
     c.add_argument("--model", default="llama-3.1-8b", help="model config name or config.json path")
     c.add_argument("--hardware", default="H100-SXM", help="hardware spec name or YAML path")
@@ -52,6 +69,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     c.add_argument("--kv-cache-tokens", type=int, default=None, help="KV tokens per replica (default: from memory)")
     c.add_argument("--no-prefix-caching", action="store_true")
     c.add_argument("--no-chunked-prefill", action="store_true")
+    c.add_argument("--disaggregation", default=None, metavar="P:D",
+                   help="prefill/decode disaggregation (DistServe): P prefill + D decode replicas (replaces "
+                        "--replicas), KV sent over --kv-link-gbps")
+    c.add_argument("--kv-link-gbps", type=float, default=None,
+                   help="prefill->decode KV link per prefill replica, Gbit/s (default 400: one InfiniBand NDR port; "
+                        "NVLink 4 is 3600)")
     o = p.add_argument_group("output")
     o.add_argument("--slo", default="ttft=2000,tpot=100", help="ms limits for goodput, e.g. ttft=2000,tpot=100")
     o.add_argument("--sweep", default=None, help="rate=1,2,4 or replicas=1,2,4,8: one run per value")
@@ -101,6 +124,11 @@ def run(args: argparse.Namespace) -> int:
     from pitstop.sim.workload import build_sim_workload
 
     cfg = _config(args)
+    if args.disaggregation or args.workload == "agents":
+        if args.sweep:
+            raise ValueError("--sweep is not supported with --workload agents or --disaggregation (one run each)")
+        from pitstop.cli.simulate_extended import run_extended
+        return run_extended(args, cfg)
     vocab = __import__("pitstop.sim.simulator", fromlist=["model_facts"]).model_facts(cfg)[0]
     mml = effective_max_model_len(cfg)
     out = Path(args.output) if args.output else None
