@@ -157,6 +157,26 @@ def test_pressure_releases_pins_of_arrived_turns_last():
     progs.end("b")
 
 
+def test_admission_keeps_a_block_per_running_request_while_pins_are_held():
+    eng, ex, clock = make_engine(num_blocks=20, ttl_seconds=1000.0)
+    turn(eng, "a1", list(range(1, 30)), program="a")  # 8 pinned blocks
+    eng.add_request("r", [700] * 9, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))
+    eng.step()  # r runs and holds 3 blocks: 9 free
+    eng.add_request("s", [800] * 33, SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))  # 9 blocks
+    eng.step()
+    assert [q.request_id for q in eng.scheduler.waiting] == ["s"]  # 9 free - 9 needed < 1 block for r
+    run(eng)
+    assert eng.stats()["pin_releases"] == 0 and eng.scheduler.programs.programs["a"].has_pin
+    eng.end_program("a")
+    eng2, _, _ = make_engine(num_blocks=20, ttl_seconds=1000.0)  # no pins: no watermark
+    eng2.add_request("r", [700] * 9, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))
+    eng2.step()
+    eng2.add_request("s", [800] * 33, SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))
+    eng2.step()
+    assert not eng2.scheduler.waiting
+    run(eng2)
+
+
 def test_waiting_request_waits_for_pins_while_others_run_but_never_deadlocks():
     eng, ex, clock = make_engine(num_blocks=20, ttl_seconds=1000.0)
     turn(eng, "a1", list(range(1, 62)), program="a")  # 16 pinned blocks of 20

@@ -206,7 +206,12 @@ class Scheduler:
 
     def _allocate_waiting(self, req: Request, num_new: int, computed: list) -> bool:
         """Allocate for a waiting request. Pins of other programs are released only when nothing
-        is running (else the request waits: pins are bounded by their TTL)."""
+        is running (else the request waits: pins are bounded by their TTL). While pins are held, a
+        request is admitted only if one block per running request stays free afterwards, so that
+        running requests can grow without releasing pins (a watermark, as vLLM's block manager keeps)."""
+        if self.running and self.programs.has_pins and not self.kv.can_allocate(
+                req, num_new + len(self.running) * self.kv.block_size, computed):
+            return False
         while self.kv.allocate_slots(req, num_new, computed) is None:
             if self.running or not self.programs.release_one(exclude=req.program_id):
                 return False
