@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-output-len", type=int, default=64)
     p.add_argument("--slo", default="ttft=2000,tpot=200", help="ms limits, e.g. ttft=2000,tpot=200,e2el=20000")
     p.add_argument("--slo-target", type=float, default=0.9, help="SLO attainment a rate must reach")
+    p.add_argument("--warmup-requests", type=int, default=16,
+                   help="requests of the workload sent as a staggered burst before measuring each server")
     p.add_argument("--peer", choices=["none", "transformers"], default="none")
     p.add_argument("--peer-base-url", default=None, help="an already running peer (skips starting one)")
     p.add_argument("--peer-model", default=None, help="model id the peer expects (default: the model folder)")
@@ -104,7 +106,10 @@ def _rates(args) -> list[float]:
 def _sweep(name: str, url: str, model: str, args, workload, rates: list[float], slo: dict) -> dict:
     """Warm up, then one run per rate (or one trace-time replay when no rate is given)."""
     reqs = workload
-    asyncio.run(run_load(url, model, reqs[:2], [0.0, 0.0], args.api_key, use_ignore_eos=True))  # warm-up
+    # warm-up: a staggered burst, so that the batch shapes of the loaded runs have been seen once (oneDNN and
+    # torch build kernels per shape on first use; the first rate of a sweep would otherwise pay for them)
+    n = max(1, min(args.warmup_requests, len(reqs)))
+    asyncio.run(run_load(url, model, reqs[:n], [0.05 * i for i in range(n)], args.api_key, use_ignore_eos=True))
     runs = {}
     for rate in rates or [None]:
         if rate is None:
