@@ -19,12 +19,13 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 
 from pitstop.bench.serve_client import gamma_arrivals, parse_slo, results_json, run_load, summarize
-from pitstop.bench.serve_workloads import TRACES, build_workload, has_timestamps
+from pitstop.bench.serve_workloads import TRACES, BenchRequest, build_workload, has_timestamps
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,15 +104,30 @@ def _rates(args) -> list[float]:
     return sorted(rates)
 
 
+_SALTS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
+          "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor",
+          "whiskey", "xray", "yankee", "zulu")
+
+
+def salted(reqs: list[BenchRequest], run: int) -> list[BenchRequest]:
+    """The workload with a word unique to ``run`` in front of every prompt: runs of a sweep replay the same
+    prompts, and a server with a prefix cache would otherwise serve each run from the previous one's KV.
+    Sharing between prompts of one run (Mooncake's hash_ids) is kept: all of them get the same first word."""
+    word = _SALTS[run % len(_SALTS)] + ("" if run < len(_SALTS) else str(run))
+    return [replace(r, prompt=f" {word}" + r.prompt, prompt_len=r.prompt_len + 1) for r in reqs]
+
+
 def _sweep(name: str, url: str, model: str, args, workload, rates: list[float], slo: dict) -> dict:
-    """Warm up, then one run per rate (or one trace-time replay when no rate is given)."""
-    reqs = workload
+    """Warm up, then one run per rate (or one trace-time replay when no rate is given); every run gets its own
+    prompt salt (``salted``), so no run is served from another's prefix cache."""
     # warm-up: a staggered burst, so that the batch shapes of the loaded runs have been seen once (oneDNN and
     # torch build kernels per shape on first use; the first rate of a sweep would otherwise pay for them)
-    n = max(1, min(args.warmup_requests, len(reqs)))
-    asyncio.run(run_load(url, model, reqs[:n], [0.05 * i for i in range(n)], args.api_key, use_ignore_eos=True))
+    n = max(1, min(args.warmup_requests, len(workload)))
+    asyncio.run(run_load(url, model, salted(workload[:n], 0), [0.05 * i for i in range(n)], args.api_key,
+                         use_ignore_eos=True))
     runs = {}
-    for rate in rates or [None]:
+    for i, rate in enumerate(rates or [None]):
+        reqs = salted(workload, i + 1)
         if rate is None:
             arrivals = [r.arrival_s for r in reqs] if has_timestamps(args.trace) else [0.0] * len(reqs)
         else:
