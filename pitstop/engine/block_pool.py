@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import islice
+from typing import Iterable
 
 BlockKey = tuple  # (parent_hash | None, tuple[int, ...] token ids, extra | None)
 
@@ -79,6 +81,18 @@ class BlockPool:
             return None
         return block
 
+    def match_prefix(self, entries: list[tuple[int, BlockKey]], limit: int) -> list[KVBlock]:
+        """The cached blocks of the longest prefix of ``entries[:limit]`` (``(hash, key)`` per block, as
+        ``hash_block`` returns them): ``lookup`` of each entry until the first miss."""
+        hits: list[KVBlock] = []
+        get = self._hash_to_block.get
+        for block_hash, key in islice(entries, limit):
+            block = get(block_hash)
+            if block is None or block.key != key:
+                break
+            hits.append(block)
+        return hits
+
     # ---- mutations -----------------------------------------------------------------------
     def allocate(self, n: int) -> list[KVBlock]:
         """Take ``n`` blocks (free ones first, then evict cached free ones in LRU order); ref_cnt = 1."""
@@ -93,22 +107,26 @@ class BlockPool:
         if k:
             ids = free[-k:]
             del free[-k:]
-            for bid in reversed(ids):  # the order of k successive pop()s
-                block = blocks[bid]
+            out = [blocks[bid] for bid in reversed(ids)]  # the order of k successive pop()s
+            for block in out:
                 block.ref_cnt = 1
-                out.append(block)
         if n > k:
-            cached_free, by_hash = self._cached_free, self._hash_to_block
-            for _ in range(n - k):
-                _, block = cached_free.popitem(last=False)
-                h = block.block_hash  # _uncache, inlined (a cached free block always has a hash)
-                if by_hash.get(h) is block:
-                    del by_hash[h]
-                block.block_hash = block.key = None
-                block.ref_cnt = 1
-                out.append(block)
-            self.num_evictions += n - k
+            out += self._evict(n - k)
         return out
+
+    def _evict(self, m: int) -> list[KVBlock]:
+        """Take the ``m`` least recently freed cached blocks out of the prefix cache; ref_cnt = 1.
+
+        Every cached block is the one its hash maps to (``cache``/``cache_many`` register a block only under a hash
+        not mapped yet; only ``_uncache`` and this method remove one), so its entry is deleted without a check."""
+        pop, by_hash = self._cached_free.popitem, self._hash_to_block
+        evicted = [pop(False)[1] for _ in range(m)]
+        for block in evicted:
+            del by_hash[block.block_hash]
+            block.block_hash = block.key = None
+            block.ref_cnt = 1
+        self.num_evictions += m
+        return evicted
 
     def touch(self, blocks: list[KVBlock]) -> None:
         """Add a reference to each block (a prefix-cache hit or a share); revives cached free blocks."""
@@ -117,19 +135,22 @@ class BlockPool:
                 del self._cached_free[block.block_id]
             block.ref_cnt += 1
 
-    def free(self, blocks: list[KVBlock]) -> None:
+    def free(self, blocks: Iterable[KVBlock]) -> None:
         """Drop one reference from each block, in the given order; unreferenced cached blocks join the
         LRU tail (evicted last), unreferenced uncached ones the free list."""
-        cached_free, free_ids = self._cached_free, self._free
+        cached_free, free_append = self._cached_free, self._free.append
         for block in blocks:
-            if block.ref_cnt <= 0:
-                raise RuntimeError(f"double free of block {block.block_id}")
-            block.ref_cnt -= 1
-            if block.ref_cnt == 0:
-                if block.block_hash is not None:
-                    cached_free[block.block_id] = block
+            rc = block.ref_cnt
+            if rc == 1:  # the common case: the last reference
+                block.ref_cnt = 0
+                if block.block_hash is None:
+                    free_append(block.block_id)
                 else:
-                    free_ids.append(block.block_id)
+                    cached_free[block.block_id] = block
+            elif rc > 1:
+                block.ref_cnt = rc - 1
+            else:
+                raise RuntimeError(f"double free of block {block.block_id}")
 
     def cache(self, block: KVBlock, block_hash: int, key: BlockKey) -> None:
         """Register a full, computed block under its hash (no-op if that prefix is cached already)."""
@@ -143,9 +164,7 @@ class BlockPool:
         if not self.enable_caching:
             return
         by_hash = self._hash_to_block
-        for i in range(start, stop):
-            block = blocks[i]
-            block_hash, key = entries[i]
+        for block, (block_hash, key) in zip(blocks[start:stop], entries[start:stop]):
             if block.block_hash is None and block_hash not in by_hash:
                 block.block_hash, block.key = block_hash, key
                 by_hash[block_hash] = block

@@ -103,16 +103,9 @@ class KVCacheManager:
         if not self.enable_prefix_caching:
             return [], 0
         max_blocks = (request.num_tokens - 1) // self.block_size
-        hits: list[KVBlock] = []
         if max_blocks <= 0:
-            return hits, 0
-        lookup = self.pool.lookup
-        hashes = self._block_hashes(request, max_blocks)
-        for i in range(max_blocks):
-            block = lookup(*hashes[i])
-            if block is None:
-                break
-            hits.append(block)
+            return [], 0
+        hits = self.pool.match_prefix(self._block_hashes(request, max_blocks), max_blocks)
         return hits, len(hits) * self.block_size
 
     def record_prefix_lookup(self, num_tokens: int, num_hit_tokens: int) -> None:
@@ -167,7 +160,7 @@ class KVCacheManager:
         rid = request.request_id
         held = self.req_blocks.setdefault(rid, [])
         if computed:
-            self.pool.touch(list(computed))
+            self.pool.touch(computed)
             held.extend(computed)
             self._num_cached[rid] = len(held)
         new = self.pool.allocate(num_new_blocks)
@@ -176,8 +169,9 @@ class KVCacheManager:
 
     def free(self, request: Request) -> None:
         """Release the request's blocks, tail first so that its last blocks are evicted first."""
-        blocks = self.req_blocks.pop(request.request_id, [])
-        self.pool.free(blocks[::-1])
+        blocks = self.req_blocks.pop(request.request_id, None)
+        if blocks:
+            self.pool.free(reversed(blocks))
         self._num_cached.pop(request.request_id, None)
         self._tables.pop(request.request_id, None)
         if request.is_finished:
@@ -203,7 +197,7 @@ class KVCacheManager:
 
     def release_pin(self, blocks: list[KVBlock]) -> None:
         """Drop a pin's references; its blocks become evictable (LRU) cached blocks."""
-        self.pool.free(list(reversed(blocks)))
+        self.pool.free(reversed(blocks))
         self.num_pinned_blocks -= len(blocks)
 
     def reset_prefix_cache(self) -> int:

@@ -33,7 +33,7 @@ class ScheduledRequest:
         return self.num_tokens > 1
 
 
-@dataclass
+@dataclass(slots=True)
 class SchedulerOutput:
     """A step's batch: prefill chunks first, then decodes (query length 1)."""
 
@@ -62,7 +62,7 @@ class SchedulerOutput:
         return not self.scheduled
 
 
-@dataclass
+@dataclass(slots=True)
 class ExecutorResult:
     """Sampled tokens of one step.
 

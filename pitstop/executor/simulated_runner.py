@@ -59,4 +59,4 @@ class SimulatedRunner:
         self.last_step_time_s = dt
         if self.advance_clock:
             self.clock.advance(dt)
-        return ExecutorResult(sampled=sampled, step_time_s=dt)
+        return ExecutorResult(sampled, {}, dt)  # logprobs given: no default_factory call

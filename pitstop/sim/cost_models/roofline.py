@@ -77,6 +77,9 @@ class RooflineCostModel(CostModel):
         ic = hardware.interconnect_bandwidth
         self._comm_per_token = (2 * shape.num_layers * 2.0 * (tp - 1) / tp * shape.hidden_size * dtype_bytes / ic
                                 if tp > 1 and ic > 0 else 0.0)
+        self._consts = (self._lin_per_token, self._head_per_row, self._flops, self._weight_bytes, self._act_per_token,
+                        self._bw, self._attn_per_pair, self._kv_per_token, self._comm_per_token,
+                        hardware.step_overhead_s, hardware.seq_overhead_s)  # step_time's operands, one load
 
     def breakdown(self, s: StepShape) -> StepBreakdown:
         lin_f = self._lin_per_token * s.num_tokens + self._head_per_row * s.num_sampled
@@ -96,7 +99,8 @@ class RooflineCostModel(CostModel):
 
     def step_time(self, so: SchedulerOutput) -> float:
         """``predict(StepShape.from_output(so))`` in one pass over the batch (the simulator calls this every
-        step): the same sums in the same order, so the same seconds to the last bit."""
+        step): the same sums and the same roofline arithmetic in the same order (``_seconds``, inlined), so the
+        same seconds to the last bit."""
         t = sampled = kv = dctx = 0
         pairs = 0.0
         for e in so.scheduled:
@@ -109,7 +113,15 @@ class RooflineCostModel(CostModel):
                 pairs += q * (start + (q + 1) * 0.5)
             else:
                 dctx += start + 1
-        return self._seconds(t, len(so.scheduled), sampled, pairs, dctx, kv)
+        if t == 0:
+            return 0.0
+        lin_tok, head_row, flops, weights, act_tok, bw, attn_pair, kv_tok, comm_tok, step_oh, seq_oh = self._consts
+        lc = (lin_tok * t + head_row * sampled) / flops
+        lm = (weights + act_tok * t) / bw
+        ac = attn_pair * (pairs + dctx) / flops
+        am = kv_tok * (kv + t) / bw
+        return ((lm if lm > lc else lc) + (am if am > ac else ac) + comm_tok * t + step_oh
+                + seq_oh * len(so.scheduled))  # x if x > y else y: what max(y, x) returns
 
     def _seconds(self, num_tokens: int, num_seqs: int, num_sampled: int, prefill_attn_pairs: float,
                  decode_ctx_tokens: int, kv_read_tokens: int) -> float:
