@@ -57,6 +57,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     c.add_argument("--cost-model", choices=["roofline", "profiled"], default="roofline")
     c.add_argument("--profile", default=None, help="profiled fit JSON (default: next to the model config)")
     c.add_argument("--replicas", type=int, default=1)
+    c.add_argument("--processes", type=int, default=1,
+                   help="simulate replicas in this many forked processes when the router reads no replica state "
+                        "(round-robin; identical results); ignored otherwise")
     c.add_argument("--tp", type=int, default=1, help="tensor-parallel devices per replica")
     c.add_argument("--router", choices=list(ROUTERS), default="round-robin")
     c.add_argument("--scheduling-policy", default="fcfs", help="fcfs, program-fcfs, plas, priority")
@@ -161,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     reqs, info = build_sim_workload(args.workload, _options(args), vocab, mml)
     print(f"workload: {json.dumps(info)}", flush=True)
-    res, cluster = simulate(cfg, reqs)
+    res, cluster = simulate(cfg, reqs, processes=args.processes)
     res["workload"] = info
     print(_line(res), flush=True)
     if out:

@@ -88,7 +88,10 @@ class FinishedRequest:
 
 class Replica:
     """One engine: ``LLMEngine`` + ``SimulatedRunner`` with ``num_blocks`` KV blocks, and the load counters the
-    router reads (``outstanding_requests``, ``outstanding_tokens``, ``queued_prefill_tokens``)."""
+    router reads (``outstanding_requests``, ``outstanding_tokens``, ``queued_prefill_tokens``).
+
+    ``track_token_load`` (set by the cluster from ``Router.reads_replica_state``): keep ``outstanding_tokens`` and
+    ``queued_prefill_tokens`` (a pass over each step's batch); when False they stay 0."""
 
     def __init__(self, index: int, config: EngineConfig, cost_model: CostModel, clock: VirtualClock,
                  num_blocks: int, vocab_size: int, max_model_len: int, record_token_times: bool = True,
@@ -116,8 +119,9 @@ class Replica:
         self.outstanding_requests = 0
         self.outstanding_tokens = 0
         self.queued_prefill_tokens = 0
-        # id -> [prompt_len, total tokens to compute, remaining tokens, remaining prefill, cached at 1st admission]
-        self._work: dict[str, list] = {}
+        self.track_token_load = True
+        # id -> [prompt_len, total tokens to compute, remaining tokens, remaining prefill] (when track_token_load)
+        self._work: dict[str, list[int]] = {}
         self._times: dict[str, list[float]] = {}
         self.finished: list[FinishedRequest] = []
         self.num_steps = 0
@@ -137,18 +141,19 @@ class Replica:
         self.engine.add_request(sreq.request_id, None, params, prompt_token_ids=prompt, arrival_time=sreq.arrival_s,
                                 program_id=sreq.program_id, is_last_turn=sreq.is_last_turn,
                                 tool_name=sreq.tool_name)
-        total = sreq.prompt_len + sreq.output_len - 1
-        self._work[sreq.request_id] = [sreq.prompt_len, total, total, sreq.prompt_len, -1]
         self.outstanding_requests += 1
-        self.outstanding_tokens += total
-        self.queued_prefill_tokens += sreq.prompt_len
+        if self.track_token_load:
+            total = sreq.prompt_len + sreq.output_len - 1
+            self._work[sreq.request_id] = [sreq.prompt_len, total, total, sreq.prompt_len]
+            self.outstanding_tokens += total
+            self.queued_prefill_tokens += sreq.prompt_len
         if self.record_token_times:
             self._times[sreq.request_id] = []
 
     def start_step(self, now: float) -> float | None:
         """Plan a step at ``now``; returns its end time, or None if nothing can run."""
         so = self.engine.begin_step(now)
-        if so.is_empty:
+        if not so.scheduled:  # so.is_empty
             return None
         res = self.runner.execute(so)
         self.pending = (so, res, now)
@@ -165,14 +170,24 @@ class Replica:
         self.busy_s += res.step_time_s
         # LLMEngine.step()'s second half; outputs only for the requests that finished (the engine drops them)
         outs = self.engine.finish_step(so, res, now, finished_only=True)
+        if self.track_token_load:
+            self._count_work(so)
+        if self.record_token_times:
+            times = self._times
+            for s in so.scheduled:
+                if s.sample:  # it received a token (nothing is aborted during a simulated step)
+                    times[s.request.request_id].append(now)
+        return [self._finish(o) for o in outs] if outs else []
+
+    def _count_work(self, so: SchedulerOutput) -> None:
+        """Move ``outstanding_tokens`` / ``queued_prefill_tokens`` by the work an applied step did (its
+        preempted requests' work is back)."""
         work = self._work
         d_tok = d_pre = 0
         for s in so.scheduled:
             w = work.get(s.request.request_id)
             if w is None:
                 continue
-            if w[4] < 0:
-                w[4] = s.request.metrics.num_cached_tokens
             done = s.request.num_computed_tokens
             rem = w[1] - done
             rem = rem if rem > 0 else 0
@@ -190,22 +205,18 @@ class Replica:
                     w[2], w[3] = w[1], w[0]
         self.outstanding_tokens -= d_tok
         self.queued_prefill_tokens -= d_pre
-        if self.record_token_times:
-            times = self._times
-            for s in so.scheduled:
-                if s.sample:  # it received a token (nothing is aborted during a simulated step)
-                    times[s.request.request_id].append(now)
-        return [self._finish(o) for o in outs] if outs else []
 
     def _finish(self, out: RequestOutput) -> FinishedRequest:
         rid = out.request_id
-        w = self._work.pop(rid)
         self.outstanding_requests -= 1
-        self.outstanding_tokens -= w[2]
-        self.queued_prefill_tokens -= w[3]
+        if self.track_token_load:
+            w = self._work.pop(rid)
+            self.outstanding_tokens -= w[2]
+            self.queued_prefill_tokens -= w[3]
         m, comp = out.metrics, out.outputs[0]
+        # m.num_cached_tokens: set by the scheduler at the request's first admission only
         fr = FinishedRequest(rid, self.index, m.arrival_time, m.first_token_time, m.finished_time,
-                             len(out.prompt_token_ids), len(comp.token_ids), max(0, w[4]), m.num_preemptions,
+                             len(out.prompt_token_ids), len(comp.token_ids), m.num_cached_tokens, m.num_preemptions,
                              self._times.pop(rid, []), out.program_id, m.first_scheduled_time,
                              m.num_computed_prompt_tokens, comp.token_ids if self.keep_output_ids else None)
         self.finished.append(fr)
@@ -235,6 +246,7 @@ class ClusterStats:
     num_events: int = 0  # arrivals + step ends
     num_steps: int = 0
     sim_time_s: float = 0.0
+    process_cpu_s: list[float] = field(default_factory=list)  # per process (``pitstop.sim.parallel``), else empty
 
 
 class Cluster:
@@ -259,6 +271,8 @@ class Cluster:
         self.replicas = [make_replica(i, self.clock) for i in range(num_replicas)]
         self.router = router
         self.router.reset(num_replicas)
+        for rep in self.replicas:
+            rep.track_token_load = router.reads_replica_state
         self.stats = ClusterStats()
         self.assignment: dict[str, int] = {}
         self.on_finished: Callable[[list[FinishedRequest], float], None] | None = None
@@ -302,7 +316,8 @@ class Cluster:
                 t, r = heapq.heappop(heap)
                 if t > until_s:
                     break
-                clock.advance_to(t)
+                if t > clock.now:  # clock.advance_to(t), inlined: a step never ends before it starts
+                    clock.now = t
                 rep = replicas[r]
                 done = rep.finish_step(t)
                 if done:

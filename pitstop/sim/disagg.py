@@ -153,6 +153,8 @@ class DisaggCluster(Cluster):
         self.router.reset(num_prefill)
         self.decode_router = decode_router
         self.decode_router.reset(num_decode)
+        for rep in self.decode:
+            rep.track_token_load = decode_router.reads_replica_state
         for j, rep in enumerate(self.prefill):
             rep.name = f"prefill {j}"
             rep.keep_output_ids = True  # the first token goes on to the decode replica

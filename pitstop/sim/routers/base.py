@@ -58,7 +58,15 @@ class RouteRequest:
 
 
 class Router(ABC):
+    """Attributes:
+        reads_replica_state: ``route`` reads the replicas' ``ReplicaLoad`` (True unless a router says otherwise).
+            When False (round-robin) the cluster does not keep ``outstanding_tokens`` / ``queued_prefill_tokens``
+            (they stay 0; ``outstanding_requests`` is always kept), and the placement of every request is known
+            before the run, so ``pitstop.sim.parallel`` may simulate groups of replicas in separate processes.
+    """
+
     name = "base"
+    reads_replica_state: bool = True
 
     def reset(self, num_replicas: int) -> None:
         """Forget all state; called once before a run."""

@@ -9,6 +9,7 @@ from pitstop.sim.routers.base import ReplicaLoad, RouteRequest, Router
 
 class RoundRobinRouter(Router):
     name = "round-robin"
+    reads_replica_state = False  # it reads no replica state at all
 
     def reset(self, num_replicas: int) -> None:
         super().reset(num_replicas)
