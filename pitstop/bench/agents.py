@@ -445,7 +445,7 @@ def build_sim_engine(args: argparse.Namespace, scheduling_policy: str, ttl_polic
     bytes_per_token = 2 * cfg["num_hidden_layers"] * kv_heads * head_dim * 2  # K and V, bf16
     num_blocks = parse_bytes(args.kv_cache_memory) // (bytes_per_token * args.block_size)
     clock = VirtualClock()
-    cost = build_cost_model(args.cost_model, args.model, args.hardware)
+    cost = build_cost_model(args.cost_model, args.model, args.hardware, profile=getattr(args, "profile", None))
     runner = SimulatedRunner(cost, clock, vocab_size=cfg.get("vocab_size", 32000))
     kw: dict[str, Any] = dict(model=args.model, kv_cache_memory=args.kv_cache_memory, block_size=args.block_size,
                               max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
@@ -502,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine: in-process engine, real model; http: a server at --base-url; sim: the engine "
                         "scheduler on a virtual clock with the simulator's step-time model (no model, seconds)")
     p.add_argument("--cost-model", default="roofline", help="--backend sim: roofline or profiled")
+    p.add_argument("--profile", default=None, help="--backend sim --cost-model profiled: the fit JSON of "
+                   "`pitstop profile` (default: the model's shipped one)")
     p.add_argument("--hardware", default="CPU-this-machine", help="--backend sim: hardware name or YAML")
     p.add_argument("--base-url", default=None, help="server for --backend http (e.g. http://127.0.0.1:8000)")
     p.add_argument("--api-key", default=None)
