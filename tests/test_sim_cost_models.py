@@ -164,3 +164,19 @@ def test_roofline_step_time_equals_predict_of_the_shape():
                                   rng.random() < 0.8) for _ in range(rng.randint(0, 12))]
         so = SchedulerOutput(batch, now=0.0)
         assert cm.step_time(so) == cm.predict(StepShape.from_output(so))
+
+
+def test_profiled_padded_and_mixed_decode_features():
+    """Ragged decode batches cost decode_seqs x longest context; decodes beside a prefill chunk cost extra."""
+    from pitstop.sim.cost_models.profiled import FEATURES, ProfiledCostModel
+    coef = {k: 0.0 for k in FEATURES}
+    coef.update(intercept=0.01, decode_padded_ctx=1e-5, mixed_decode_seqs=2e-3)
+    cm = ProfiledCostModel(coef)
+    even = StepShape.of(decode_contexts=[500, 500])
+    ragged = StepShape.of(decode_contexts=[100, 900])  # same sum, longer maximum
+    assert even.decode_ctx_tokens == ragged.decode_ctx_tokens and ragged.decode_max_ctx == 900
+    assert cm.predict(ragged) - cm.predict(even) == pytest.approx(2 * 400 * 1e-5)
+    mixed = StepShape.of(prefill=[(64, 0)], decode_contexts=[500, 500])
+    assert cm.predict(mixed) == pytest.approx(cm.predict(even) + 2 * 2e-3)
+    old = {k: v for k, v in coef.items() if k not in ("decode_padded_ctx", "mixed_decode_seqs")}
+    assert ProfiledCostModel(old).predict(ragged) == pytest.approx(0.01)  # fits saved before: 0 for the new terms

@@ -27,6 +27,7 @@ DEFAULT_GRID = {
     "decode_batches": [1, 4, 16, 48],
     "decode_contexts": [64, 512, 1536],
     "mixed": [(8, 128), (8, 512), (32, 256)],
+    "decode_ragged": [(4, 64, 1536), (16, 64, 1536), (16, 256, 1024)],
     "decode_steps": 6,
     "repeats": 2,
 }
@@ -106,6 +107,15 @@ class Profiler:
                     while self.engine.has_unfinished_requests():
                         self._step("decode")
                     log(f"  decode b={b} ctx={c}: {self.points[-1]['time_s'] * 1e3:.1f} ms", flush=True)
+            for b, short, long in grid.get("decode_ragged", []):
+                # one long context and b - 1 short ones: padded decode attention costs b x long
+                self._add(self._prompt(long), grid["decode_steps"] + 2)
+                for _ in range(b - 1):
+                    self._add(self._prompt(short), grid["decode_steps"] + 2)
+                self._step("setup", keep=False)
+                while self.engine.has_unfinished_requests():
+                    self._step("decode_ragged")
+                log(f"  ragged decode b={b} ctx={short}/{long}: {self.points[-1]['time_s'] * 1e3:.1f} ms", flush=True)
             for b, p in grid["mixed"]:
                 prefix = self._prompt(512)
                 self._add(prefix, 8)

@@ -27,6 +27,8 @@ class StepShape:
         decode_seqs: sequences computing exactly one token.
         decode_ctx_tokens: keys read by the decodes: ``sum (start + 1)``.
         kv_read_tokens: KV tokens read by attention over the whole step: ``sum (start + q)``.
+        decode_max_ctx: the longest decode context (tokens); a batched decode attention that pads every sequence
+            to it reads ``decode_seqs * decode_max_ctx`` keys.
     """
 
     num_tokens: int = 0
@@ -37,10 +39,11 @@ class StepShape:
     decode_seqs: int = 0
     decode_ctx_tokens: int = 0
     kv_read_tokens: int = 0
+    decode_max_ctx: int = 0
 
     @classmethod
     def from_output(cls, so: SchedulerOutput) -> "StepShape":
-        t = s = sampled = pt = ds = dctx = kv = 0
+        t = s = sampled = pt = ds = dctx = kv = dmax = 0
         pairs = 0.0
         for e in so.scheduled:
             q, start = e.num_tokens, e.start
@@ -55,7 +58,9 @@ class StepShape:
             else:
                 ds += 1
                 dctx += start + 1
-        return cls(t, s, sampled, pt, pairs, ds, dctx, kv)
+                if start + 1 > dmax:
+                    dmax = start + 1
+        return cls(t, s, sampled, pt, pairs, ds, dctx, kv, dmax)
 
     @classmethod
     def of(cls, prefill: list[tuple[int, int]] = (), decode_contexts: list[int] = ()) -> "StepShape":
@@ -76,6 +81,7 @@ class StepShape:
             sh.decode_seqs += 1
             sh.decode_ctx_tokens += c
             sh.kv_read_tokens += c
+            sh.decode_max_ctx = max(sh.decode_max_ctx, c)
         return sh
 
 

@@ -8,6 +8,11 @@ physically meaningful features of the whole step is enough for a single machine 
       + c_seq   * num_seqs                 per-sequence work (metadata, lm_head row, sampling), s/seq
       + c_pre   * prefill_attn_pairs       causal attention of prefill chunks, s/query-key pair
       + c_dec   * decode_ctx_tokens        decode attention, KV bytes read per context token, s/token
+      + c_pad   * decode_padded_ctx        decode attention padded to the batch's longest context
+                                           (``decode_seqs * decode_max_ctx``: pitstop's CPU backend gathers whole
+                                           blocks up to it and runs one masked SDPA), s/token
+      + c_mix   * mixed_decode_seqs        decodes that share a step with a prefill chunk (they then take the
+                                           per-sequence attention path), s/seq
 
 fitted by non-negative least squares on relative error (each row divided by its measured time), so every
 coefficient is >= 0 and predictions are monotone in every count. The JSON holds the grid, the measured and
@@ -23,11 +28,15 @@ import numpy as np
 
 from pitstop.sim.cost_models.interface import CostModel, StepShape
 
-FEATURES = ("intercept", "num_tokens", "num_seqs", "prefill_attn_pairs", "decode_ctx_tokens")
+FEATURES = ("intercept", "num_tokens", "num_seqs", "prefill_attn_pairs", "decode_ctx_tokens", "decode_padded_ctx",
+            "mixed_decode_seqs")
+# fits saved before these features existed load with 0 for them
+_OPTIONAL = ("decode_padded_ctx", "mixed_decode_seqs")
 
 
 def features(s: StepShape) -> list[float]:
-    return [1.0, float(s.num_tokens), float(s.num_seqs), float(s.prefill_attn_pairs), float(s.decode_ctx_tokens)]
+    return [1.0, float(s.num_tokens), float(s.num_seqs), float(s.prefill_attn_pairs), float(s.decode_ctx_tokens),
+            float(s.decode_seqs * s.decode_max_ctx), float(s.decode_seqs if s.prefill_tokens else 0)]
 
 
 def nnls(a: np.ndarray, b: np.ndarray, iters: int = 500) -> np.ndarray:
@@ -76,18 +85,21 @@ class ProfiledCostModel(CostModel):
     name = "profiled"
 
     def __init__(self, coefficients: dict[str, float], meta: dict | None = None) -> None:
+        coefficients = {**{k: 0.0 for k in _OPTIONAL}, **coefficients}
         missing = set(FEATURES) - set(coefficients)
         if missing:
             raise ValueError(f"profiled cost model: missing coefficients {sorted(missing)}")
         self.coefficients = {k: float(coefficients[k]) for k in FEATURES}
         self.meta = meta or {}
-        (self.c0, self.c_tok, self.c_seq, self.c_pre, self.c_dec) = (self.coefficients[k] for k in FEATURES)
+        (self.c0, self.c_tok, self.c_seq, self.c_pre, self.c_dec, self.c_pad, self.c_mix) = (
+            self.coefficients[k] for k in FEATURES)
 
     def predict(self, s: StepShape) -> float:
         if s.num_tokens == 0:
             return 0.0
         return (self.c0 + self.c_tok * s.num_tokens + self.c_seq * s.num_seqs + self.c_pre * s.prefill_attn_pairs
-                + self.c_dec * s.decode_ctx_tokens)
+                + self.c_dec * s.decode_ctx_tokens + self.c_pad * s.decode_seqs * s.decode_max_ctx
+                + (self.c_mix * s.decode_seqs if s.prefill_tokens else 0.0))
 
     @classmethod
     def from_measurements(cls, shapes: list[StepShape], times_s: list[float], meta: dict | None = None
