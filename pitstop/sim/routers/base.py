@@ -112,3 +112,25 @@ class PrefixIndex:
                 keys[k] = None
         while len(keys) > self.capacity_blocks:
             keys.popitem(last=False)
+
+
+class PrefixIndexedRouter(Router):
+    """A router that keeps one ``PrefixIndex`` per replica of the prompts it routed there (prefix-affinity,
+    two-choice): created on first use, sized by the replica's KV capacity in router blocks, updated on routing."""
+
+    def __init__(self) -> None:
+        self.indexes: list[PrefixIndex] = []
+
+    def reset(self, num_replicas: int) -> None:
+        super().reset(num_replicas)
+        self.indexes = []
+
+    def ensure_indexes(self, replicas: Sequence[ReplicaLoad], block_tokens: int) -> None:
+        """One index per replica (replicas may be added between calls)."""
+        while len(self.indexes) < len(replicas):
+            cap = max(1, replicas[len(self.indexes)].kv_capacity_tokens // max(1, block_tokens))
+            self.indexes.append(PrefixIndex(cap))
+
+    def on_routed(self, req: RouteRequest, index: int, now: float) -> None:
+        if req.prefix_keys and index < len(self.indexes):
+            self.indexes[index].insert(req.prefix_keys)

@@ -14,27 +14,18 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pitstop.sim.routers.base import PrefixIndex, ReplicaLoad, RouteRequest, Router, least_loaded
+from pitstop.sim.routers.base import PrefixIndexedRouter, ReplicaLoad, RouteRequest, least_loaded
 
 
-class PrefixAffinityRouter(Router):
+class PrefixAffinityRouter(PrefixIndexedRouter):
     name = "prefix-affinity"
 
     def __init__(self, cache_threshold: float = 0.5, balance_abs_threshold: int = 32,
                  balance_rel_threshold: float = 1.5) -> None:
+        super().__init__()
         self.cache_threshold = cache_threshold
         self.balance_abs_threshold = balance_abs_threshold
         self.balance_rel_threshold = balance_rel_threshold
-        self.indexes: list[PrefixIndex] = []
-
-    def reset(self, num_replicas: int) -> None:
-        super().reset(num_replicas)
-        self.indexes = []
-
-    def _ensure(self, replicas: Sequence[ReplicaLoad], block_tokens: int) -> None:
-        while len(self.indexes) < len(replicas):
-            cap = max(1, replicas[len(self.indexes)].kv_capacity_tokens // max(1, block_tokens))
-            self.indexes.append(PrefixIndex(cap))
 
     def imbalanced(self, replicas: Sequence[ReplicaLoad]) -> bool:
         loads = [r.outstanding_requests for r in replicas]
@@ -42,7 +33,7 @@ class PrefixAffinityRouter(Router):
         return hi - lo > self.balance_abs_threshold and hi > self.balance_rel_threshold * lo
 
     def route(self, req: RouteRequest, replicas: Sequence[ReplicaLoad], now: float) -> int:
-        self._ensure(replicas, req.block_tokens)
+        self.ensure_indexes(replicas, req.block_tokens)
         if self.imbalanced(replicas) or not req.prefix_keys:
             return least_loaded(replicas)
         matches = [ix.match(req.prefix_keys) for ix in self.indexes[:len(replicas)]]
@@ -50,7 +41,3 @@ class PrefixAffinityRouter(Router):
         if best > 0 and best / len(req.prefix_keys) > self.cache_threshold:
             return least_loaded(replicas, [i for i, m in enumerate(matches) if m == best])
         return least_loaded(replicas)
-
-    def on_routed(self, req: RouteRequest, index: int, now: float) -> None:
-        if req.prefix_keys and index < len(self.indexes):
-            self.indexes[index].insert(req.prefix_keys)

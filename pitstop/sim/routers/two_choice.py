@@ -13,22 +13,18 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pitstop.sim.routers.base import PrefixIndex, ReplicaLoad, RouteRequest, Router, least_loaded
+from pitstop.sim.routers.base import PrefixIndexedRouter, ReplicaLoad, RouteRequest, least_loaded
 
 
-class TwoChoiceRouter(Router):
+class TwoChoiceRouter(PrefixIndexedRouter):
     name = "two-choice"
 
     def __init__(self, prefix_blocks: int = 4, ttft_slo_s: float = 2.0, prefill_tokens_per_s: float = 20000.0
                  ) -> None:
+        super().__init__()
         self.prefix_blocks = prefix_blocks
         self.ttft_slo_s = ttft_slo_s
         self.prefill_tokens_per_s = prefill_tokens_per_s
-        self.indexes: list[PrefixIndex] = []
-
-    def reset(self, num_replicas: int) -> None:
-        super().reset(num_replicas)
-        self.indexes = []
 
     def candidates(self, req: RouteRequest, n: int) -> tuple[int, int]:
         key = req.prefix_keys[:self.prefix_blocks] if req.prefix_keys else (req.request_id,)
@@ -43,9 +39,7 @@ class TwoChoiceRouter(Router):
 
     def route(self, req: RouteRequest, replicas: Sequence[ReplicaLoad], now: float) -> int:
         n = len(replicas)
-        while len(self.indexes) < n:
-            cap = max(1, replicas[len(self.indexes)].kv_capacity_tokens // max(1, req.block_tokens))
-            self.indexes.append(PrefixIndex(cap))
+        self.ensure_indexes(replicas, req.block_tokens)
         if n == 1:
             return 0
         a, b = self.candidates(req, n)
@@ -57,7 +51,3 @@ class TwoChoiceRouter(Router):
         if ttft[a] == ttft[b]:
             return least_loaded(replicas, [a, b])
         return min((a, b), key=lambda i: ttft[i])
-
-    def on_routed(self, req: RouteRequest, index: int, now: float) -> None:
-        if req.prefix_keys and index < len(self.indexes):
-            self.indexes[index].insert(req.prefix_keys)
