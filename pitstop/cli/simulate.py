@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -122,8 +121,7 @@ def _line(res: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pitstop.sim.metrics import to_results
-    from pitstop.sim.simulator import effective_max_model_len, simulate
+    from pitstop.sim.simulator import effective_max_model_len, model_facts, simulate
     from pitstop.sim.workload import build_sim_workload
 
     cfg = _config(args)
@@ -132,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--sweep is not supported with --workload agents or --disaggregation (one run each)")
         from pitstop.cli.simulate_extended import run_extended
         return run_extended(args, cfg)
-    vocab = __import__("pitstop.sim.simulator", fromlist=["model_facts"]).model_facts(cfg)[0]
+    vocab = model_facts(cfg)[0]
     mml = effective_max_model_len(cfg)
     out = Path(args.output) if args.output else None
     if out:
@@ -168,22 +166,29 @@ def run(args: argparse.Namespace) -> int:
     res["workload"] = info
     print(_line(res), flush=True)
     if out:
-        out.write_text(json.dumps(res, indent=1, default=_json))
-        from pitstop.sim.plot import plot_run
         finished = [f for r in cluster.replicas for f in r.finished]
-        plot_run(to_results(finished, min((f.arrival_s for f in finished), default=0.0)), info,
-                 out.with_suffix(".png"))
-        saved = [str(out), str(out.with_suffix(".png"))]
-        if not args.no_trace:
-            from pitstop.sim.trace_events import write_trace
-            tpath = out.with_name(out.stem + ".trace.json")
-            write_trace(tpath, cluster.replicas)
-            saved.append(str(tpath))
-        print("saved " + ", ".join(saved))
+        save_run(out, res, finished, info, cluster.replicas, trace=not args.no_trace)
     return 0
 
 
+def save_run(out: Path, res: dict, finished: list, info: dict, replicas: list, trace: bool = True,
+             program_records: list | None = None, redact_programs: bool = False) -> None:
+    """Write a run's JSON (``out``), its PNG (latency CDFs, next to it) and, with ``trace``, its Chrome
+    trace-event JSON (``<stem>.trace.json``: replica steps, and program phases when ``program_records``)."""
+    from pitstop.sim.metrics import to_results
+    from pitstop.sim.plot import plot_run
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1, default=_json))
+    plot_run(to_results(finished, min((f.arrival_s for f in finished), default=0.0)), info, out.with_suffix(".png"))
+    saved = [str(out), str(out.with_suffix(".png"))]
+    if trace:
+        from pitstop.sim.trace_events import write_trace
+        tpath = out.with_name(out.stem + ".trace.json")
+        write_trace(tpath, replicas, program_records=program_records, redact_programs=redact_programs)
+        saved.append(str(tpath))
+    print("saved " + ", ".join(saved))
+
+
 def _json(x):
-    if isinstance(x, float) and (math.isinf(x) or math.isnan(x)):
-        return str(x)
+    """``json.dumps`` fallback: anything it cannot encode is written as its ``str``."""
     return str(x)

@@ -31,7 +31,7 @@ def _jct_line(s: dict) -> str:
 
 
 def run_extended(args: argparse.Namespace, cfg) -> int:
-    from pitstop.cli.simulate import _json, _line, _options
+    from pitstop.cli.simulate import _line, _options, save_run
     from pitstop.sim.simulator import build_cluster, effective_max_model_len, model_facts, run_cluster
     from pitstop.sim.workload import build_sim_workload
 
@@ -81,19 +81,6 @@ def run_extended(args: argparse.Namespace, cfg) -> int:
               f"{d['transfer_bytes'] / 1e9:.2f} GB, mean {d['transfer_s_mean'] * 1e3:.2f} ms at {d['link_gbps']:g} "
               f"Gb/s, decode-side recomputed prompt tokens {d['decode_recomputed_prompt_tokens']}", flush=True)
     if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=1, default=_json))
-        from pitstop.sim.metrics import to_results
-        from pitstop.sim.plot import plot_run
-        plot_run(to_results(finished, min((f.arrival_s for f in finished), default=0.0)), info,
-                 out.with_suffix(".png"))
-        saved = [str(out), str(out.with_suffix(".png"))]
-        if not args.no_trace:
-            from pitstop.sim.trace_events import write_trace
-            tpath = out.with_name(out.stem + ".trace.json")
-            write_trace(tpath, cluster.replicas, program_records=driver.records if driver else None,
-                        redact_programs=redact)
-            saved.append(str(tpath))
-        print("saved " + ", ".join(saved))
+        save_run(Path(args.output), res, finished, info, cluster.replicas, trace=not args.no_trace,
+                 program_records=driver.records if driver else None, redact_programs=redact)
     return 0
