@@ -94,12 +94,18 @@ class RooflineCostModel(CostModel):
             linear_regime="compute" if lc > lm else "memory", attention_regime="compute" if ac > am else "memory")
 
     def predict(self, s: StepShape) -> float:
-        return self._seconds(s.num_tokens, s.num_seqs, s.num_sampled, s.prefill_attn_pairs, s.decode_ctx_tokens,
-                             s.kv_read_tokens)
+        if s.num_tokens == 0:
+            return 0.0
+        lin = max((self._lin_per_token * s.num_tokens + self._head_per_row * s.num_sampled) / self._flops,
+                  (self._weight_bytes + self._act_per_token * s.num_tokens) / self._bw)
+        att = max(self._attn_per_pair * (s.prefill_attn_pairs + s.decode_ctx_tokens) / self._flops,
+                  self._kv_per_token * (s.kv_read_tokens + s.num_tokens) / self._bw)
+        return (lin + att + self._comm_per_token * s.num_tokens + self.hw.step_overhead_s
+                + self.hw.seq_overhead_s * s.num_seqs)
 
     def step_time(self, so: SchedulerOutput) -> float:
         """``predict(StepShape.from_output(so))`` in one pass over the batch (the simulator calls this every
-        step): the same sums and the same roofline arithmetic in the same order (``_seconds``, inlined), so the
+        step): the same sums and the same roofline arithmetic in the same order (``predict``, inlined), so the
         same seconds to the last bit."""
         t = sampled = kv = dctx = 0
         pairs = 0.0
@@ -122,18 +128,6 @@ class RooflineCostModel(CostModel):
         am = kv_tok * (kv + t) / bw
         return ((lm if lm > lc else lc) + (am if am > ac else ac) + comm_tok * t + step_oh
                 + seq_oh * len(so.scheduled))  # x if x > y else y: what max(y, x) returns
-
-    def _seconds(self, num_tokens: int, num_seqs: int, num_sampled: int, prefill_attn_pairs: float,
-                 decode_ctx_tokens: int, kv_read_tokens: int) -> float:
-        """The roofline sum (seconds) of one step from its ``StepShape`` counts."""
-        if num_tokens == 0:
-            return 0.0
-        lin = max((self._lin_per_token * num_tokens + self._head_per_row * num_sampled) / self._flops,
-                  (self._weight_bytes + self._act_per_token * num_tokens) / self._bw)
-        att = max(self._attn_per_pair * (prefill_attn_pairs + decode_ctx_tokens) / self._flops,
-                  self._kv_per_token * (kv_read_tokens + num_tokens) / self._bw)
-        return (lin + att + self._comm_per_token * num_tokens + self.hw.step_overhead_s
-                + self.hw.seq_overhead_s * num_seqs)
 
     def describe(self) -> dict:
         return {"name": self.name, "hardware": self.hw.to_dict(), "tp": self.tp, "dtype_bytes": self.dtype_bytes,
