@@ -287,8 +287,7 @@ class Cluster:
     def _admit(self, sreq: SimRequest, now: float) -> int:
         """Route an arriving request and add it to its replica; returns the replica index."""
         rr = sreq.route_request()
-        idx = self.router.route(rr, self.replicas, now)
-        self.router.on_routed(rr, idx, now)
+        idx = self.router.assign(rr, self.replicas, now)
         self.assignment[sreq.request_id] = idx
         self.replicas[idx].add(sreq, sreq.make_prompt())
         return idx

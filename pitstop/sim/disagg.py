@@ -192,8 +192,7 @@ class DisaggCluster(Cluster):
             rep.add(sreq, d_prompt)
             return leg.target
         rr = sreq.route_request()
-        j = self.router.route(rr, self.prefill, now)
-        self.router.on_routed(rr, j, now)
+        j = self.router.assign(rr, self.prefill, now)
         self.assignment[sreq.request_id] = j
         prompt = sreq.make_prompt()
         self._legs[sreq.request_id] = _Leg(sreq, prompt)
@@ -216,9 +215,7 @@ class DisaggCluster(Cluster):
                 del self._legs[f.request_id]
                 self.dstats.decode_recomputed_prompt_tokens += f.computed_prompt_tokens
                 out.append(_merge(leg.prefill, f))
-        if out and self.on_finished is not None:
-            self.on_finished(out, now)
-        return out
+        return super()._on_done(out, now) if out else out
 
     def _send(self, leg: _Leg, src: int, now: float) -> None:
         """Start the KV transfer of a finished prefill leg to a decode replica; its decode leg arrives there
@@ -227,8 +224,7 @@ class DisaggCluster(Cluster):
         d_req = SimRequest(s.request_id, 0.0, s.prompt_len + 1, s.output_len - 1, _no_prompt, s.prefix_keys,
                            s.block_tokens, s.program_id, True, None)
         rr = d_req.route_request()
-        k = self.decode_router.route(rr, self.decode, now)
-        self.decode_router.on_routed(rr, k, now)
+        k = self.decode_router.assign(rr, self.decode, now)
         leg.target = self.num_prefill + k
         start = max(now, self.link_free_at[src])
         dt = kv_transfer_time_s(s.prompt_len, self.bytes_per_token, self.link_gbps, self.link_latency_s)

@@ -97,8 +97,7 @@ def place(cluster: Cluster, requests: Sequence[SimRequest]) -> dict[str, int]:
     out: dict[str, int] = {}
     for sreq in sorted(requests, key=lambda r: r.arrival_s):
         rr = sreq.route_request()
-        idx = router.route(rr, replicas, sreq.arrival_s)
-        router.on_routed(rr, idx, sreq.arrival_s)
+        idx = router.assign(rr, replicas, sreq.arrival_s)
         out[sreq.request_id] = idx
     return out
 

@@ -79,6 +79,12 @@ class Router(ABC):
     def on_routed(self, req: RouteRequest, index: int, now: float) -> None:
         """Record that ``req`` went to replica ``index``."""
 
+    def assign(self, req: RouteRequest, replicas: Sequence[ReplicaLoad], now: float) -> int:
+        """``route`` then ``on_routed``: the index of the replica that gets ``req``, recorded."""
+        index = self.route(req, replicas, now)
+        self.on_routed(req, index, now)
+        return index
+
 
 def least_loaded(replicas: Sequence[ReplicaLoad], among: Sequence[int] | None = None) -> int:
     """Index with the fewest outstanding tokens (ties: fewest requests, then lowest index)."""
