@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import heapq
 import json
 import math
@@ -406,55 +405,45 @@ def parse_combos(text: str) -> list[tuple[str, str]]:
     return combos
 
 
-def build_engine(args: argparse.Namespace, scheduling_policy: str, ttl_policy: str):
-    """A fresh ``LLMEngine`` for one policy combination (token ids only: no tokenizer)."""
-    from pitstop.config import EngineConfig
-    from pitstop.engine.llm_engine import LLMEngine
-
-    names = {f.name for f in dataclasses.fields(EngineConfig)}
-    kw: dict[str, Any] = dict(model=args.model, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
-                              max_model_len=args.max_model_len, block_size=args.block_size,
-                              max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                              num_threads=args.num_threads, seed=args.seed, skip_tokenizer_init=True,
-                              scheduling_policy=scheduling_policy)
-    extra = {"ttl_policy": ttl_policy}
-    if args.ttl_seconds is not None:
-        extra["ttl_seconds"] = args.ttl_seconds
-    for k, v in extra.items():
-        if k in names:
-            kw[k] = v
-        elif not (k == "ttl_policy" and v == "none"):
-            raise ValueError(f"this engine has no {k!r} setting yet (EngineConfig lacks it): cannot run {v!r}")
-    return LLMEngine(EngineConfig(**kw))
-
-
-def build_sim_engine(args: argparse.Namespace, scheduling_policy: str, ttl_policy: str):
-    """An ``LLMEngine`` on a virtual clock whose steps take the time the simulator's cost model predicts
-    (``--cost-model``/``--hardware``, ``pitstop.sim``); no model is loaded. KV blocks from
-    ``--kv-cache-memory`` and the model config's bytes per token. Returns (engine, clock)."""
-    from pitstop.config import EngineConfig, parse_bytes
-    from pitstop.engine.llm_engine import LLMEngine
-    from pitstop.executor.simulated_runner import SimulatedRunner
-    from pitstop.sim.clock import VirtualClock
-    from pitstop.sim.cost_models import build_cost_model
-    from pitstop.sim.model_configs import load_model_config
-
-    cfg = load_model_config(args.model)
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    kv_heads = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-    bytes_per_token = 2 * cfg["num_hidden_layers"] * kv_heads * head_dim * 2  # K and V, bf16
-    num_blocks = parse_bytes(args.kv_cache_memory) // (bytes_per_token * args.block_size)
-    clock = VirtualClock()
-    cost = build_cost_model(args.cost_model, args.model, args.hardware, profile=getattr(args, "profile", None))
-    runner = SimulatedRunner(cost, clock, vocab_size=cfg.get("vocab_size", 32000))
+def _engine_kwargs(args: argparse.Namespace, scheduling_policy: str, ttl_policy: str) -> dict[str, Any]:
+    """``EngineConfig`` fields shared by the real and the simulated engine of one policy combination."""
     kw: dict[str, Any] = dict(model=args.model, kv_cache_memory=args.kv_cache_memory, block_size=args.block_size,
                               max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                               max_num_batched_tokens=args.max_num_batched_tokens, seed=args.seed,
                               skip_tokenizer_init=True, scheduling_policy=scheduling_policy, ttl_policy=ttl_policy)
     if args.ttl_seconds is not None:
         kw["ttl_seconds"] = args.ttl_seconds
-    engine = LLMEngine(EngineConfig(**kw), executor=runner, clock=clock, num_blocks=int(num_blocks),
-                       vocab_size=cfg.get("vocab_size", 32000), max_model_len=args.max_model_len)
+    return kw
+
+
+def build_engine(args: argparse.Namespace, scheduling_policy: str, ttl_policy: str):
+    """A fresh ``LLMEngine`` for one policy combination (token ids only: no tokenizer)."""
+    from pitstop.config import EngineConfig
+    from pitstop.engine.llm_engine import LLMEngine
+
+    return LLMEngine(EngineConfig(**_engine_kwargs(args, scheduling_policy, ttl_policy), dtype=args.dtype,
+                                  num_threads=args.num_threads))
+
+
+def build_sim_engine(args: argparse.Namespace, scheduling_policy: str, ttl_policy: str):
+    """An ``LLMEngine`` on a virtual clock whose steps take the time the simulator's cost model predicts
+    (``--cost-model``/``--hardware``, ``pitstop.sim``); no model is loaded. KV blocks from
+    ``--kv-cache-memory`` and the model config's KV bytes per token (bf16). Returns (engine, clock)."""
+    from pitstop.config import EngineConfig, parse_bytes
+    from pitstop.engine.llm_engine import LLMEngine
+    from pitstop.executor.simulated_runner import SimulatedRunner
+    from pitstop.sim.clock import VirtualClock
+    from pitstop.sim.cost_models import build_cost_model
+    from pitstop.sim.model_configs import load_model_config, load_model_shape
+
+    vocab_size = load_model_config(args.model).get("vocab_size", 32000)
+    bytes_per_token = load_model_shape(args.model).kv_bytes_per_token(2)  # K and V, bf16
+    num_blocks = parse_bytes(args.kv_cache_memory) // (bytes_per_token * args.block_size)
+    clock = VirtualClock()
+    cost = build_cost_model(args.cost_model, args.model, args.hardware, profile=getattr(args, "profile", None))
+    runner = SimulatedRunner(cost, clock, vocab_size=vocab_size)
+    engine = LLMEngine(EngineConfig(**_engine_kwargs(args, scheduling_policy, ttl_policy)), executor=runner,
+                       clock=clock, num_blocks=int(num_blocks), vocab_size=vocab_size, max_model_len=args.max_model_len)
     return engine, clock
 
 
