@@ -76,10 +76,8 @@ class BlockPool:
 
     def lookup(self, block_hash: int, key: BlockKey) -> KVBlock | None:
         """The cached block holding exactly ``key``, or None."""
-        block = self._hash_to_block.get(block_hash)
-        if block is None or block.key != key:
-            return None
-        return block
+        hit = self.match_prefix([(block_hash, key)], 1)
+        return hit[0] if hit else None
 
     def match_prefix(self, entries: list[tuple[int, BlockKey]], limit: int) -> list[KVBlock]:
         """The cached blocks of the longest prefix of ``entries[:limit]`` (``(hash, key)`` per block, as
@@ -154,10 +152,7 @@ class BlockPool:
 
     def cache(self, block: KVBlock, block_hash: int, key: BlockKey) -> None:
         """Register a full, computed block under its hash (no-op if that prefix is cached already)."""
-        if not self.enable_caching or block.block_hash is not None or block_hash in self._hash_to_block:
-            return
-        block.block_hash, block.key = block_hash, key
-        self._hash_to_block[block_hash] = block
+        self.cache_many([block], [(block_hash, key)], 0, 1)
 
     def cache_many(self, blocks: list[KVBlock], entries: list[tuple[int, BlockKey]], start: int, stop: int) -> None:
         """``cache(blocks[i], *entries[i])`` for ``i`` in ``[start, stop)``."""
