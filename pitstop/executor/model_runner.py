@@ -17,6 +17,7 @@ import torch
 
 from pitstop.executor.malloc_tuning import tune_malloc
 from pitstop.engine.scheduler_output import ExecutorResult, ScheduledRequest, SchedulerOutput
+from pitstop.model.cpu_packed_linear import prepack_linears
 from pitstop.model.loader import allocate_kv_cache, kv_cache_bytes_per_block, load_model
 from pitstop.model.sampler import Sampler, SamplerOutput, SamplingRow
 from pitstop.outputs import Logprob
@@ -46,6 +47,7 @@ class ModelRunner:
             tune_malloc()
         self.block_size = block_size
         self.model = load_model(model_dir, self.dtype, attn_backend=attention_backend)
+        prepack_linears(self.model)
         self.hf_config = self.model.hf_config
         self.bytes_per_block = kv_cache_bytes_per_block(self.hf_config, block_size, self.dtype)
         self.num_blocks = int(kv_cache_memory // self.bytes_per_block)

@@ -163,7 +163,7 @@ class CausalLM(nn.Module):
         Not upcast here: the greedy hot path takes the argmax of bf16 logits directly (exactly the
         argmax of their float32 copy); the sampler upcasts to float32 where it needs to.
         """
-        return F.linear(hidden, self.lm_head.weight)
+        return self.lm_head(hidden)
 
 
 class LlamaForCausalLM(CausalLM):

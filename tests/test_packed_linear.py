@@ -1,0 +1,53 @@
+"""oneDNN pre-packed bf16 linears give exactly ``F.linear``'s results, alone and inside the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model_fixtures import make_tiny_model
+from pitstop.model import load_model
+from pitstop.model.cpu_packed_linear import PackedLinear, can_prepack, pack_weight, packed_linear, prepack_linears
+from test_model_forward import MIXED, _sequences, run_schedule
+
+needs_prepack = pytest.mark.skipif(not can_prepack(torch.bfloat16, torch.device("cpu")),
+                                   reason="oneDNN bf16 weight pre-packing is not available in this torch build")
+
+
+@needs_prepack
+@pytest.mark.parametrize("out_features,in_features,bias", [(960, 576, False), (576, 1536, True), (40, 24, True)])
+@pytest.mark.parametrize("rows", [1, 2, 7, 33, 160])
+def test_packed_linear_bit_identical(out_features: int, in_features: int, bias: bool, rows: int) -> None:
+    gen = torch.Generator().manual_seed(rows)
+    w = torch.randn(out_features, in_features, generator=gen).bfloat16()
+    b = torch.randn(out_features, generator=gen).bfloat16() if bias else None
+    x = torch.randn(rows, in_features, generator=gen).bfloat16()
+    got = packed_linear(x, w, pack_weight(w), b)
+    assert got.shape == (rows, out_features) and got.dtype == torch.bfloat16
+    assert torch.equal(got, F.linear(x, w, b))
+
+
+def test_fp32_model_is_not_packed(tmp_path: Path) -> None:
+    model = load_model(make_tiny_model(tmp_path, "llama"), torch.float32)
+    assert prepack_linears(model) == 0
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+
+
+@needs_prepack
+def test_prepacked_model_matches_plain(tmp_path: Path) -> None:
+    """Every nn.Linear is packed, and a mixed prefill/decode schedule gives the very same bf16 logits."""
+    model_dir = make_tiny_model(tmp_path, "llama")
+    plain = load_model(model_dir, torch.bfloat16)
+    packed = load_model(model_dir, torch.bfloat16)
+    num_linears = sum(type(m) is nn.Linear for m in packed.modules())
+    assert prepack_linears(packed) == num_linears > 0
+    assert all(type(m) is not nn.Linear for m in packed.modules())
+    seqs = _sequences(plain.vocab_size, 4, 16)
+    want = run_schedule(plain, seqs, MIXED, torch.bfloat16)
+    got = run_schedule(packed, seqs, MIXED, torch.bfloat16)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
