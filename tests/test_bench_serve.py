@@ -51,3 +51,15 @@ def test_slo_and_summary():
     assert s["total_output_tokens"] == 22 and s["output_throughput"] == 11.0
     assert s["goodput"] == 0.5 and s["slo_attainment"] == pytest.approx(1 / 3)
     assert s["tpot_ms"]["median"] == pytest.approx((10.0 + 50.0) / 2)
+
+
+def test_server_cpu_pinning(monkeypatch):
+    from pitstop.bench import serve
+
+    assert serve.pin_cpus(["pitstop", "serve"], None) == ["pitstop", "serve"]
+    assert serve.pin_cpus(["pitstop", "serve"], "0") == ["taskset", "-c", "0", "pitstop", "serve"]
+    monkeypatch.setattr(serve.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert serve.client_cpus(None) is None
+    assert serve.client_cpus("0") == {1, 2, 3}
+    assert serve.client_cpus("0-1,3") == {2}
+    assert serve.client_cpus("0-3") is None  # nothing left: the client stays where it is

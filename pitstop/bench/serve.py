@@ -15,6 +15,7 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--num-threads", type=int, default=None, help="torch threads of started servers")
     p.add_argument("--pitstop-args", default="", help="extra flags for the started pitstop serve")
+    p.add_argument("--server-cpus", default=None,
+                   help="CPU list (taskset -c) for the started servers, e.g. 0; the load generator is then moved "
+                        "to the other CPUs, so client and server never share a core")
     p.add_argument("--save-result", default=None, help="JSON path (a PNG with the same stem is written too)")
     return p
 
@@ -95,6 +99,33 @@ def _stop(proc: subprocess.Popen | None) -> None:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def pin_cpus(cmd: list[str], cpus: str | None) -> list[str]:
+    """``cmd`` run under ``taskset -c cpus`` (unchanged when ``cpus`` is None).
+
+    Raises:
+        RuntimeError: ``taskset`` is not installed.
+    """
+    if cpus is None:
+        return cmd
+    if shutil.which("taskset") is None:
+        raise RuntimeError("--server-cpus needs taskset (util-linux)")
+    return ["taskset", "-c", cpus, *cmd]
+
+
+def client_cpus(server_cpus: str | None) -> set[int] | None:
+    """The CPUs the load generator may use: all this process may use minus ``server_cpus``.
+
+    None when ``server_cpus`` is None or leaves no CPU (then the client stays where it is)."""
+    if server_cpus is None:
+        return None
+    taken: set[int] = set()
+    for part in server_cpus.split(","):
+        lo, _, hi = part.partition("-")
+        taken.update(range(int(lo), int(hi or lo) + 1))
+    rest = os.sched_getaffinity(0) - taken
+    return rest or None
 
 
 def _rates(args) -> list[float]:
@@ -175,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     logdir = Path(args.save_result).parent if args.save_result else Path(".")
     logdir.mkdir(parents=True, exist_ok=True)
     threads = ["--num-threads", str(args.num_threads)] if args.num_threads else []
+    own = client_cpus(args.server_cpus)
+    if own is not None:
+        os.sched_setaffinity(0, own)
     result: dict = {"args": vars(args), "workload": info, "slo_ms": slo, "servers": {}}
 
     proc = None
@@ -186,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, "-m", "pitstop.cli.main", "serve", "--model", args.model, "--dtype", args.dtype,
                    "--port", str(port), "--max-model-len", str(args.max_model_len), *threads,
                    *args.pitstop_args.split()]
-            proc = _start(cmd, url, logdir / "bench_serve_pitstop.log")
+            proc = _start(pin_cpus(cmd, args.server_cpus), url, logdir / "bench_serve_pitstop.log")
         result["servers"]["pitstop"] = _sweep("pitstop", url, args.model, args, workload, rates, slo)
     finally:
         _stop(proc)
@@ -206,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                     cmd.append("--continuous-batching")
                 if args.num_threads:
                     os.environ["OMP_NUM_THREADS"] = str(args.num_threads)
-                proc = _start(cmd, peer_url, logdir / "bench_serve_transformers.log")
+                proc = _start(pin_cpus(cmd, args.server_cpus), peer_url, logdir / "bench_serve_transformers.log")
                 result["peer_command"] = " ".join(cmd)
             result["servers"]["transformers"] = _sweep("transformers", peer_url, peer_model, args, workload,
                                                        rates, slo)
