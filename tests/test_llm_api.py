@@ -98,6 +98,19 @@ def test_prefix_cache_counts_only_new_prompt_tokens(llm):
     assert out.metrics.num_computed_prompt_tokens == prompt_len - out.num_cached_tokens
 
 
+def test_reset_prefix_cache_makes_the_next_run_cold(llm):
+    engine = llm.llm_engine
+    prompt = "Reset me: the same prompt twice, with the prefix cache dropped in between. " * 4
+    sp = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
+    first = llm.generate([prompt], sp, use_tqdm=False)[0]
+    assert llm.generate([prompt], sp, use_tqdm=False)[0].num_cached_tokens >= 16
+    free = engine.kv_manager.num_free_blocks
+    assert engine.reset_prefix_cache() >= len(first.prompt_token_ids) // 16
+    assert engine.kv_manager.num_free_blocks == free  # cached free blocks were free already: nothing leaks
+    again = llm.generate([prompt], sp, use_tqdm=False)[0]
+    assert again.num_cached_tokens == 0 and again.outputs[0].token_ids == first.outputs[0].token_ids
+
+
 def test_chat_applies_template(llm):
     out = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
                    SamplingParams(temperature=0, max_tokens=16), use_tqdm=False)[0]

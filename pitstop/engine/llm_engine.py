@@ -349,6 +349,12 @@ class LLMEngine:
     def check_kv_invariants(self) -> None:
         self.kv_manager.check_invariants()
 
+    def reset_prefix_cache(self) -> int:
+        """Forget the prefix cache: every cached free KV block becomes plain free (blocks held by requests and
+        pinned blocks are untouched). As vLLM's ``reset_prefix_cache``; used between benchmark runs that replay
+        the same prompts. Returns the number of blocks dropped."""
+        return self.kv_manager.reset_prefix_cache()
+
 
 def _plain_ids_in_range(ids: list[int], vocab_size: int | None) -> bool:
     """True if every id is a plain ``int`` in ``[0, vocab_size)`` (C-level passes: type set, min, max)."""
