@@ -180,3 +180,16 @@ def test_profiled_padded_and_mixed_decode_features():
     assert cm.predict(mixed) == pytest.approx(cm.predict(even) + 2 * 2e-3)
     old = {k: v for k, v in coef.items() if k not in ("decode_padded_ctx", "mixed_decode_seqs")}
     assert ProfiledCostModel(old).predict(ragged) == pytest.approx(0.01)  # fits saved before: 0 for the new terms
+
+
+def test_profiled_single_token_feature():
+    """A step of exactly one token (batch-1 decode, another GEMM kernel on CPU) gets its own fixed cost."""
+    from pitstop.sim.cost_models.profiled import FEATURES, ProfiledCostModel
+    coef = {k: 0.0 for k in FEATURES}
+    coef.update(intercept=0.01, num_tokens=1e-3, single_token=2e-3)
+    cm = ProfiledCostModel(coef)
+    assert cm.predict(StepShape.of(decode_contexts=[300])) == pytest.approx(0.01 + 1e-3 + 2e-3)
+    assert cm.predict(StepShape.of(decode_contexts=[300, 300])) == pytest.approx(0.01 + 2e-3)
+    assert cm.predict(StepShape.of(prefill=[(2, 0)])) == pytest.approx(0.01 + 2e-3)
+    old = {k: v for k, v in coef.items() if k != "single_token"}
+    assert ProfiledCostModel(old).predict(StepShape.of(decode_contexts=[300])) == pytest.approx(0.011)

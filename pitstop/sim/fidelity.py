@@ -14,21 +14,40 @@ import time
 from pitstop.config import EngineConfig
 from pitstop.sampling_params import SamplingParams
 from pitstop.sim.cluster import FinishedRequest
-from pitstop.sim.cost_models.interface import CostModel
+from pitstop.sim.cost_models.interface import CostModel, StepShape
 from pitstop.sim.metrics import summarize_sim
+from pitstop.sim.profiler import StepRecorder
 from pitstop.sim.simulator import SimConfig, simulate
 from pitstop.sim.workload import specs_to_sim
 from pitstop.workloads.lengths import RequestSpec
 
 
-def run_real(engine, specs: list[RequestSpec], seed: int = 0) -> list[FinishedRequest]:
-    """Replay ``specs`` on a real engine in wall-clock time; timings relative to the replay start (seconds)."""
+def run_real(engine, specs: list[RequestSpec], seed: int = 0,
+             steps: list[tuple[StepShape, float]] | None = None) -> list[FinishedRequest]:
+    """Replay ``specs`` on a real engine in wall-clock time; timings relative to the replay start (seconds).
+
+    When ``steps`` is a list, each ``engine.step()`` call appends ``(shape of the step, its wall time in s)``.
+    """
     rng = random.Random(seed)
     vocab = int(engine.vocab_size or 32000)
     prompts = [[rng.randrange(100, vocab) for _ in range(s.input_len)] for s in specs]
-    order = sorted(range(len(specs)), key=lambda k: specs[k].arrival_s)
     times: dict[str, list[float]] = {}
     out: list[FinishedRequest] = []
+    recorder = None
+    if steps is not None:
+        recorder = engine.executor = StepRecorder(engine.executor)
+    try:
+        _replay(engine, specs, prompts, times, out, steps, recorder)
+    finally:
+        if recorder is not None:
+            engine.executor = recorder.inner
+    return out
+
+
+def _replay(engine, specs: list[RequestSpec], prompts: list[list[int]], times: dict[str, list[float]],
+            out: list[FinishedRequest], steps: list | None, recorder: StepRecorder | None) -> None:
+    """The replay loop of ``run_real``: add what has arrived, step, sleep when idle."""
+    order = sorted(range(len(specs)), key=lambda k: specs[k].arrival_s)
     clock = engine.clock
     t0 = clock()
     i = 0
@@ -44,8 +63,12 @@ def run_real(engine, specs: list[RequestSpec], seed: int = 0) -> list[FinishedRe
         if not engine.has_unfinished_requests():
             time.sleep(max(0.0, specs[order[i]].arrival_s - (clock() - t0)))
             continue
+        before = clock()
         outs = engine.step()
         t = clock() - t0
+        if recorder is not None and recorder.last is not None:
+            steps.append((recorder.last, t + t0 - before))
+            recorder.last = None
         for o in outs:
             times[o.request_id].append(t)
             if o.finished:
@@ -54,7 +77,6 @@ def run_real(engine, specs: list[RequestSpec], seed: int = 0) -> list[FinishedRe
                                            m.finished_time - t0, len(o.prompt_token_ids),
                                            len(o.outputs[0].token_ids), o.num_cached_tokens, m.num_preemptions,
                                            times.pop(o.request_id)))
-    return out
 
 
 METRICS = (("ttft_ms", "mean"), ("ttft_ms", "p90"), ("tpot_ms", "mean"), ("tpot_ms", "p90"), ("e2el_ms", "mean"),
@@ -63,9 +85,12 @@ METRICS = (("ttft_ms", "mean"), ("ttft_ms", "p90"), ("tpot_ms", "mean"), ("tpot_
 
 def compare(engine, specs: list[RequestSpec], cost_model: CostModel, model: str = "smollm2-135m",
             slo_ms: dict | None = None) -> dict:
-    """Run both; returns ``{"real": summary, "sim": summary, "rel_error": {"ttft_ms.mean": ...}}``."""
+    """Run both; returns ``{"real": summary, "sim": summary, "rel_error": {"ttft_ms.mean": ...},
+    "step_error": step_errors(...) of the real run's steps}``."""
     slo = slo_ms or {}
-    real = summarize_sim(run_real(engine, specs), slo, len(specs))
+    steps: list[tuple[StepShape, float]] = []
+    engine.reset_prefix_cache()  # the simulated replica starts cold: so must the real one (same prompts per rate)
+    real = summarize_sim(run_real(engine, specs, steps=steps), slo, len(specs))
     c: EngineConfig = engine.config
     cfg = SimConfig(model=model, cost_model=cost_model.name, replicas=1, block_size=c.block_size,
                     max_num_seqs=c.max_num_seqs, max_num_batched_tokens=c.max_num_batched_tokens,
@@ -75,4 +100,27 @@ def compare(engine, specs: list[RequestSpec], cost_model: CostModel, model: str 
     sim_res, _ = simulate(cfg, specs_to_sim(specs, int(engine.vocab_size or 32000), prefix="f"), cost_model)
     sim = sim_res["summary"]
     err = {f"{m}.{q}": (sim[m][q] - real[m][q]) / real[m][q] for m, q in METRICS if real[m][q]}
-    return {"real": real, "sim": sim, "rel_error": err}
+    return {"real": real, "sim": sim, "rel_error": err, "step_error": step_errors(steps, cost_model)}
+
+
+def step_kind(s: StepShape) -> str:
+    """``prefill`` (chunks only), ``decode`` (1-token sequences only) or ``mixed``."""
+    if not s.decode_seqs:
+        return "prefill"
+    return "mixed" if s.prefill_tokens else "decode"
+
+
+def step_errors(steps: list[tuple[StepShape, float]], cost_model: CostModel) -> dict:
+    """The cost model's error on measured steps, per ``step_kind``: count, measured and predicted total seconds,
+    ``total_rel_error`` ((predicted - measured) / measured over the sum) and the mean |relative error| per step."""
+    out: dict = {}
+    for kind in ("prefill", "decode", "mixed", "all"):
+        rows = [(s, t) for s, t in steps if kind in ("all", step_kind(s)) and t > 0]
+        if not rows:
+            continue
+        pred = [cost_model.predict(s) for s, _ in rows]
+        real = sum(t for _, t in rows)
+        out[kind] = {"steps": len(rows), "measured_s": real, "predicted_s": sum(pred),
+                     "total_rel_error": (sum(pred) - real) / real,
+                     "mean_abs_rel_error": sum(abs(p - t) / t for p, (_, t) in zip(pred, rows)) / len(rows)}
+    return out

@@ -22,19 +22,20 @@ from pitstop.sim.cost_models.interface import StepShape
 from pitstop.sim.cost_models.profiled import ProfiledCostModel
 
 DEFAULT_GRID = {
-    "prefill": [32, 128, 512, 1024, 2048],
+    "prefill": [32, 64, 128, 256, 512, 1024, 2048],
     "prefill_with_prefix": [(512, 128), (512, 512), (1536, 128), (1536, 512)],
-    "decode_batches": [1, 4, 16, 48],
-    "decode_contexts": [64, 512, 1536],
-    "mixed": [(8, 128), (8, 512), (32, 256)],
+    "decode_batches": [1, 2, 4, 8, 16, 48],
+    "decode_contexts": [64, 256, 512, 1536],
+    "mixed": [(1, 128), (2, 256), (4, 512), (8, 128), (8, 512), (32, 256)],
     "decode_ragged": [(4, 64, 1536), (16, 64, 1536), (16, 256, 1024)],
     "decode_steps": 6,
     "repeats": 2,
 }
-"""The default grid: about 2-3 minutes for SmolLM2-135M on 2 CPU cores."""
+"""The default grid: small decode batches (1-8) and short prompts as a CPU server sees them, up to 48 sequences and
+2,048-token prefills; about 3 minutes for SmolLM2-135M on one core."""
 
 
-class _Recorder:
+class StepRecorder:
     """Wraps the real executor and records the shape of each step it runs."""
 
     def __init__(self, inner) -> None:
@@ -52,7 +53,7 @@ class _Recorder:
 class Profiler:
     def __init__(self, config: EngineConfig | None = None, seed: int = 0, engine: LLMEngine | None = None) -> None:
         self.engine = engine if engine is not None else LLMEngine(config)
-        self.rec = _Recorder(self.engine.executor)
+        self.rec = StepRecorder(self.engine.executor)
         self.engine.executor = self.rec
         self.vocab = int(self.engine.vocab_size or 32000)
         self.rng = random.Random(seed)
