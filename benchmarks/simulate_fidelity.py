@@ -20,7 +20,7 @@ from pitstop.config import EngineConfig
 from pitstop.engine.llm_engine import LLMEngine
 from pitstop.sim.cost_models import ProfiledCostModel, profile_path
 from pitstop.sim.fidelity import METRICS, compare, run_real
-from pitstop.sim.profiler import DEFAULT_GRID, Profiler
+from pitstop.sim.profiler import DEFAULT_GRID, Profiler, grid_within
 from pitstop.workloads import load_dataset, poisson_arrivals, sample_specs, scale_lengths
 
 
@@ -45,9 +45,11 @@ def main() -> None:
     path = Path(a.profile) if a.profile else profile_path(a.model)
     if a.reprofile or not path.is_file():
         prof = Profiler(engine=engine)
-        prof.run(DEFAULT_GRID)
+        prof.run(grid_within(DEFAULT_GRID, engine.max_model_len))
         prof.detach()
         cm = prof.fit({"model": a.model, "machine": {"tag": "cpu"}})
+        if a.output:  # the fit used for this comparison, kept beside its results
+            cm.save(Path(a.output).with_suffix(".profile.json"), grid=prof.points)
     else:
         cm = ProfiledCostModel.load(path)
     print(f"cost model: {json.dumps(cm.describe())}")

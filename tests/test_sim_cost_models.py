@@ -193,3 +193,35 @@ def test_profiled_single_token_feature():
     assert cm.predict(StepShape.of(prefill=[(2, 0)])) == pytest.approx(0.01 + 2e-3)
     old = {k: v for k, v in coef.items() if k != "single_token"}
     assert ProfiledCostModel(old).predict(StepShape.of(decode_contexts=[300])) == pytest.approx(0.011)
+
+
+def test_fidelity_step_errors_per_kind():
+    from pitstop.sim.cost_models.profiled import FEATURES, ProfiledCostModel
+    from pitstop.sim.fidelity import step_errors, step_kind
+
+    coef = {k: 0.0 for k in FEATURES}
+    coef.update(intercept=0.01, num_tokens=1e-3)
+    cm = ProfiledCostModel(coef)
+    pre, dec = StepShape.of(prefill=[(10, 0)]), StepShape.of(decode_contexts=[50, 60])
+    mix = StepShape.of(prefill=[(10, 0)], decode_contexts=[50])
+    assert [step_kind(s) for s in (pre, dec, mix)] == ["prefill", "decode", "mixed"]
+    # predictions: 0.02, 0.012, 0.021 s; measured 0.04, 0.012, 0.021 s
+    err = step_errors([(pre, 0.04), (dec, 0.012), (mix, 0.021)], cm)
+    assert err["prefill"]["steps"] == 1 and err["prefill"]["total_rel_error"] == pytest.approx(-0.5)
+    assert err["decode"]["mean_abs_rel_error"] == pytest.approx(0.0)
+    assert err["all"]["steps"] == 3
+    assert err["all"]["total_rel_error"] == pytest.approx((0.053 - 0.073) / 0.073)
+    assert step_errors([], cm) == {}
+
+
+def test_profiled_prefill_context_feature():
+    """A few-token chunk on a long cached context pays for reading that context; decodes do not count in it."""
+    from pitstop.sim.cost_models.profiled import FEATURES, ProfiledCostModel
+    coef = {k: 0.0 for k in FEATURES}
+    coef.update(intercept=0.01, prefill_ctx_tokens=1e-5)
+    cm = ProfiledCostModel(coef)
+    assert cm.predict(StepShape.of(prefill=[(4, 1000)])) == pytest.approx(0.01 + 1004 * 1e-5)
+    assert cm.predict(StepShape.of(prefill=[(4, 0)])) == pytest.approx(0.01 + 4 * 1e-5)
+    assert cm.predict(StepShape.of(prefill=[(4, 1000)], decode_contexts=[900])) == pytest.approx(0.01 + 1004 * 1e-5)
+    old = {k: v for k, v in coef.items() if k != "prefill_ctx_tokens"}
+    assert ProfiledCostModel(old).predict(StepShape.of(prefill=[(4, 1000)])) == pytest.approx(0.01)

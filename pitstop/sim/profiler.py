@@ -23,7 +23,7 @@ from pitstop.sim.cost_models.profiled import ProfiledCostModel
 
 DEFAULT_GRID = {
     "prefill": [32, 64, 128, 256, 512, 1024, 2048],
-    "prefill_with_prefix": [(512, 128), (512, 512), (1536, 128), (1536, 512)],
+    "prefill_with_prefix": [(512, 4), (1024, 16), (1536, 4), (512, 128), (512, 512), (1536, 128), (1536, 512)],
     "decode_batches": [1, 2, 4, 8, 16, 48],
     "decode_contexts": [64, 256, 512, 1536],
     "mixed": [(1, 128), (2, 256), (4, 512), (8, 128), (8, 512), (32, 256)],
@@ -31,8 +31,21 @@ DEFAULT_GRID = {
     "decode_steps": 6,
     "repeats": 2,
 }
-"""The default grid: small decode batches (1-8) and short prompts as a CPU server sees them, up to 48 sequences and
+"""The default grid: small decode batches (1-8), short prompts and few-token chunks on a long
+cached context (an agent's next turn) as a CPU server sees them, up to 48 sequences and
 2,048-token prefills; about 3 minutes for SmolLM2-135M on one core."""
+
+
+def grid_within(grid: dict, max_model_len: int) -> dict:
+    """``grid`` without the points whose prompts or decodes would not fit in ``max_model_len`` tokens."""
+    room = max_model_len - grid["decode_steps"] - 16  # decodes and the 8-16 token suffixes the scenarios add
+    g = dict(grid)
+    g["prefill"] = [p for p in grid["prefill"] if p <= room]
+    g["prefill_with_prefix"] = [(c, p) for c, p in grid["prefill_with_prefix"] if c + p <= room]
+    g["decode_contexts"] = [c for c in grid["decode_contexts"] if c <= room]
+    g["mixed"] = [(b, p) for b, p in grid["mixed"] if 512 <= room and p <= room]
+    g["decode_ragged"] = [(b, lo, hi) for b, lo, hi in grid.get("decode_ragged", []) if hi <= room]
+    return g
 
 
 class StepRecorder:

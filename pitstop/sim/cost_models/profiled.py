@@ -13,6 +13,9 @@ physically meaningful features of the whole step is enough for a single machine 
                                            blocks up to it and runs one masked SDPA), s/token
       + c_mix   * mixed_decode_seqs        decodes that share a step with a prefill chunk (they then take the
                                            per-sequence attention path), s/seq
+      + c_ctx   * prefill_ctx_tokens       context read by the prefill chunks, ``sum (start + q)``: the CPU backend
+                                           gathers a chunk's whole cached context once per layer, whatever the chunk
+                                           length (an agent's next turn: a few new tokens on a long context), s/token
       + c_one   * single_token             1 for a step of exactly one token (a batch-1 decode): pitstop's CPU
                                            runner then takes ATen's GEMV instead of oneDNN, another kernel with
                                            its own fixed cost, s/step
@@ -32,15 +35,15 @@ import numpy as np
 from pitstop.sim.cost_models.interface import CostModel, StepShape
 
 FEATURES = ("intercept", "num_tokens", "num_seqs", "prefill_attn_pairs", "decode_ctx_tokens", "decode_padded_ctx",
-            "mixed_decode_seqs", "single_token")
+            "mixed_decode_seqs", "single_token", "prefill_ctx_tokens")
 # fits saved before these features existed load with 0 for them
-_OPTIONAL = ("decode_padded_ctx", "mixed_decode_seqs", "single_token")
+_OPTIONAL = ("decode_padded_ctx", "mixed_decode_seqs", "single_token", "prefill_ctx_tokens")
 
 
 def features(s: StepShape) -> list[float]:
     return [1.0, float(s.num_tokens), float(s.num_seqs), float(s.prefill_attn_pairs), float(s.decode_ctx_tokens),
             float(s.decode_seqs * s.decode_max_ctx), float(s.decode_seqs if s.prefill_tokens else 0),
-            1.0 if s.num_tokens == 1 else 0.0]
+            1.0 if s.num_tokens == 1 else 0.0, float(s.kv_read_tokens - s.decode_ctx_tokens)]
 
 
 def nnls(a: np.ndarray, b: np.ndarray, iters: int = 500) -> np.ndarray:
@@ -95,7 +98,7 @@ class ProfiledCostModel(CostModel):
             raise ValueError(f"profiled cost model: missing coefficients {sorted(missing)}")
         self.coefficients = {k: float(coefficients[k]) for k in FEATURES}
         self.meta = meta or {}
-        (self.c0, self.c_tok, self.c_seq, self.c_pre, self.c_dec, self.c_pad, self.c_mix, self.c_one) = (
+        (self.c0, self.c_tok, self.c_seq, self.c_pre, self.c_dec, self.c_pad, self.c_mix, self.c_one, self.c_ctx) = (
             self.coefficients[k] for k in FEATURES)
 
     def predict(self, s: StepShape) -> float:
@@ -104,7 +107,8 @@ class ProfiledCostModel(CostModel):
         return (self.c0 + self.c_tok * s.num_tokens + self.c_seq * s.num_seqs + self.c_pre * s.prefill_attn_pairs
                 + self.c_dec * s.decode_ctx_tokens + self.c_pad * s.decode_seqs * s.decode_max_ctx
                 + (self.c_mix * s.decode_seqs if s.prefill_tokens else 0.0)
-                + (self.c_one if s.num_tokens == 1 else 0.0))
+                + (self.c_one if s.num_tokens == 1 else 0.0)
+                + self.c_ctx * (s.kv_read_tokens - s.decode_ctx_tokens))
 
     @classmethod
     def from_measurements(cls, shapes: list[StepShape], times_s: list[float], meta: dict | None = None
