@@ -225,3 +225,15 @@ def test_profiled_prefill_context_feature():
     assert cm.predict(StepShape.of(prefill=[(4, 1000)], decode_contexts=[900])) == pytest.approx(0.01 + 1004 * 1e-5)
     old = {k: v for k, v in coef.items() if k != "prefill_ctx_tokens"}
     assert ProfiledCostModel(old).predict(StepShape.of(prefill=[(4, 1000)])) == pytest.approx(0.01)
+
+
+def test_grid_within_clips_instead_of_dropping():
+    from pitstop.sim.profiler import DEFAULT_GRID, grid_within
+
+    assert grid_within(DEFAULT_GRID, 8192) == DEFAULT_GRID
+    g = grid_within(DEFAULT_GRID, 1024)
+    room = 1024 - DEFAULT_GRID["decode_steps"] - 16
+    assert max(g["prefill"]) == room and max(g["decode_contexts"]) == room
+    assert all(c + p <= room and c % 16 == 0 for c, p in g["prefill_with_prefix"])
+    assert len(g["decode_ragged"]) == len(DEFAULT_GRID["decode_ragged"])  # ragged batches kept (decode_padded_ctx)
+    assert all(lo < hi <= room for _, lo, hi in g["decode_ragged"])

@@ -37,14 +37,24 @@ cached context (an agent's next turn) as a CPU server sees them, up to 48 sequen
 
 
 def grid_within(grid: dict, max_model_len: int) -> dict:
-    """``grid`` without the points whose prompts or decodes would not fit in ``max_model_len`` tokens."""
+    """``grid`` moved inside ``max_model_len`` tokens: every length longer than the room is clipped to it (pairs of
+    prefix + chunk scaled down together), so a short-context engine still measures long and ragged decode batches
+    (without them the ``decode_padded_ctx`` term cannot be fitted) instead of losing those points."""
     room = max_model_len - grid["decode_steps"] - 16  # decodes and the 8-16 token suffixes the scenarios add
+
+    def clip(n: int) -> int:
+        return max(1, min(n, room))
+
+    def clip_pair(c: int, p: int) -> tuple[int, int]:
+        f = min(1.0, room / (c + p))
+        return max(16, int(c * f) // 16 * 16), max(1, int(p * f))
+
     g = dict(grid)
-    g["prefill"] = [p for p in grid["prefill"] if p <= room]
-    g["prefill_with_prefix"] = [(c, p) for c, p in grid["prefill_with_prefix"] if c + p <= room]
-    g["decode_contexts"] = [c for c in grid["decode_contexts"] if c <= room]
-    g["mixed"] = [(b, p) for b, p in grid["mixed"] if 512 <= room and p <= room]
-    g["decode_ragged"] = [(b, lo, hi) for b, lo, hi in grid.get("decode_ragged", []) if hi <= room]
+    g["prefill"] = sorted({clip(p) for p in grid["prefill"]})
+    g["prefill_with_prefix"] = list(dict.fromkeys(clip_pair(c, p) for c, p in grid["prefill_with_prefix"]))
+    g["decode_contexts"] = sorted({clip(c) for c in grid["decode_contexts"]})
+    g["mixed"] = [(b, clip(p)) for b, p in grid["mixed"]] if room >= 520 else []
+    g["decode_ragged"] = [(b, min(clip(lo), clip(hi) // 4), clip(hi)) for b, lo, hi in grid.get("decode_ragged", [])]
     return g
 
 
