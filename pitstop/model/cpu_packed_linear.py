@@ -61,10 +61,8 @@ def prepack_linears(model: nn.Module) -> int:
     """
     count = 0
     for module in model.modules():
-        for name, child in list(module.named_children()):
-            if type(child) is not nn.Linear or not can_prepack(child.weight.dtype, child.weight.device):
-                continue
-            child.__class__ = PackedLinear
-            child.packed = pack_weight(child.weight)
+        if type(module) is nn.Linear and can_prepack(module.weight.dtype, module.weight.device):
+            module.__class__ = PackedLinear
+            module.packed = pack_weight(module.weight)
             count += 1
     return count

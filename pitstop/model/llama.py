@@ -8,7 +8,6 @@ output dim. Source of the math: ``transformers/models/{llama,qwen2}/modeling_*.p
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pitstop.model.attention.backend import AttentionBackend, get_attention_backend

@@ -31,23 +31,22 @@ def run_real(engine, specs: list[RequestSpec], seed: int = 0,
     rng = random.Random(seed)
     vocab = int(engine.vocab_size or 32000)
     prompts = [[rng.randrange(100, vocab) for _ in range(s.input_len)] for s in specs]
-    times: dict[str, list[float]] = {}
-    out: list[FinishedRequest] = []
     recorder = None
     if steps is not None:
         recorder = engine.executor = StepRecorder(engine.executor)
     try:
-        _replay(engine, specs, prompts, times, out, steps, recorder)
+        return _replay(engine, specs, prompts, steps, recorder)
     finally:
         if recorder is not None:
             engine.executor = recorder.inner
-    return out
 
 
-def _replay(engine, specs: list[RequestSpec], prompts: list[list[int]], times: dict[str, list[float]],
-            out: list[FinishedRequest], steps: list | None, recorder: StepRecorder | None) -> None:
+def _replay(engine, specs: list[RequestSpec], prompts: list[list[int]], steps: list | None,
+            recorder: StepRecorder | None) -> list[FinishedRequest]:
     """The replay loop of ``run_real``: add what has arrived, step, sleep when idle."""
     order = sorted(range(len(specs)), key=lambda k: specs[k].arrival_s)
+    times: dict[str, list[float]] = {}
+    out: list[FinishedRequest] = []
     clock = engine.clock
     t0 = clock()
     i = 0
@@ -63,12 +62,13 @@ def _replay(engine, specs: list[RequestSpec], prompts: list[list[int]], times: d
         if not engine.has_unfinished_requests():
             time.sleep(max(0.0, specs[order[i]].arrival_s - (clock() - t0)))
             continue
-        before = clock()
-        outs = engine.step()
+        if recorder is None:
+            outs = engine.step()
+        else:
+            outs, shape, dt = recorder.step(engine, clock)
+            if shape is not None:
+                steps.append((shape, dt))
         t = clock() - t0
-        if recorder is not None and recorder.last is not None:
-            steps.append((recorder.last, t + t0 - before))
-            recorder.last = None
         for o in outs:
             times[o.request_id].append(t)
             if o.finished:
@@ -77,6 +77,7 @@ def _replay(engine, specs: list[RequestSpec], prompts: list[list[int]], times: d
                                            m.finished_time - t0, len(o.prompt_token_ids),
                                            len(o.outputs[0].token_ids), o.num_cached_tokens, m.num_preemptions,
                                            times.pop(o.request_id)))
+    return out
 
 
 METRICS = (("ttft_ms", "mean"), ("ttft_ms", "p90"), ("tpot_ms", "mean"), ("tpot_ms", "p90"), ("e2el_ms", "mean"),

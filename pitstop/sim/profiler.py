@@ -21,6 +21,9 @@ from pitstop.sampling_params import SamplingParams
 from pitstop.sim.cost_models.interface import StepShape
 from pitstop.sim.cost_models.profiled import ProfiledCostModel
 
+MIXED_PREFIX = 512
+"""Context (tokens) of the decodes in the ``mixed`` scenario; they decode 8 more tokens."""
+
 DEFAULT_GRID = {
     "prefill": [32, 64, 128, 256, 512, 1024, 2048],
     "prefill_with_prefix": [(512, 4), (1024, 16), (1536, 4), (512, 128), (512, 512), (1536, 128), (1536, 512)],
@@ -47,13 +50,13 @@ def grid_within(grid: dict, max_model_len: int) -> dict:
 
     def clip_pair(c: int, p: int) -> tuple[int, int]:
         f = min(1.0, room / (c + p))
-        return max(16, int(c * f) // 16 * 16), max(1, int(p * f))
+        return max(16, int(c * f) // 16 * 16), max(1, int(p * f))  # whole 16-token blocks of prefix stay cached
 
     g = dict(grid)
     g["prefill"] = sorted({clip(p) for p in grid["prefill"]})
     g["prefill_with_prefix"] = list(dict.fromkeys(clip_pair(c, p) for c, p in grid["prefill_with_prefix"]))
     g["decode_contexts"] = sorted({clip(c) for c in grid["decode_contexts"]})
-    g["mixed"] = [(b, clip(p)) for b, p in grid["mixed"]] if room >= 520 else []
+    g["mixed"] = [(b, clip(p)) for b, p in grid["mixed"]] if room >= MIXED_PREFIX + 8 else []
     g["decode_ragged"] = [(b, min(clip(lo), clip(hi) // 4), clip(hi)) for b, lo, hi in grid.get("decode_ragged", [])]
     return g
 
@@ -68,6 +71,15 @@ class StepRecorder:
     def execute(self, so):
         self.last = StepShape.from_output(so)
         return self.inner.execute(so)
+
+    def step(self, engine: LLMEngine, clock=time.perf_counter) -> tuple[list, StepShape | None, float]:
+        """One ``engine.step()`` (the engine must run this recorder as its executor): its outputs, the shape of the
+        step it executed (None when nothing ran) and the wall time of the whole call (seconds, by ``clock``)."""
+        t = clock()
+        outs = engine.step()
+        dt = clock() - t
+        shape, self.last = self.last, None
+        return outs, shape, dt
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -93,13 +105,9 @@ class Profiler:
         return rid
 
     def _step(self, kind: str, keep: bool = True) -> None:
-        t = time.perf_counter()
-        self.engine.step()
-        dt = time.perf_counter() - t
-        sh = self.rec.last
+        _, sh, dt = self.rec.step(self.engine)
         if keep and sh is not None and sh.num_tokens:
             self.points.append({"kind": kind, "time_s": dt, **asdict(sh)})
-        self.rec.last = None
 
     def _drain(self) -> None:
         while self.engine.has_unfinished_requests():
@@ -141,7 +149,7 @@ class Profiler:
                     self._step("decode_ragged")
                 log(f"  ragged decode b={b} ctx={short}/{long}: {self.points[-1]['time_s'] * 1e3:.1f} ms", flush=True)
             for b, p in grid["mixed"]:
-                prefix = self._prompt(512)
+                prefix = self._prompt(MIXED_PREFIX)
                 self._add(prefix, 8)
                 self._step("setup", keep=False)
                 for _ in range(b - 1):
