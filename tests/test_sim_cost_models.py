@@ -237,3 +237,93 @@ def test_grid_within_clips_instead_of_dropping():
     assert all(c + p <= room and c % 16 == 0 for c, p in g["prefill_with_prefix"])
     assert len(g["decode_ragged"]) == len(DEFAULT_GRID["decode_ragged"])  # ragged batches kept (decode_padded_ctx)
     assert all(lo < hi <= room for _, lo, hi in g["decode_ragged"])
+
+
+def test_rescore_reproduces_the_simulated_half_of_compare(tmp_path):
+    """A recorded real run (JSON round trip, steps kept) scored again with the same cost model gives the same
+    simulated summary and step errors; another cost model gives other predictions on the same real steps."""
+    import json
+
+    from model_fixtures import make_tiny_model
+
+    from pitstop.config import EngineConfig
+    from pitstop.engine.llm_engine import LLMEngine
+    from pitstop.sim.cost_models.profiled import FEATURES, ProfiledCostModel
+    from pitstop.sim.fidelity import compare, rescore
+    from pitstop.workloads import load_dataset, poisson_arrivals, sample_specs, scale_lengths
+
+    engine = LLMEngine(EngineConfig(model=str(make_tiny_model(tmp_path, "llama")), dtype="float32",
+                                    kv_cache_memory="1MiB", max_model_len=128, skip_tokenizer_init=True))
+    specs, _ = scale_lengths(sample_specs(load_dataset("azure-conv"), 4, seed=1), 64)
+    specs = poisson_arrivals(specs, rate_rps=50.0, seed=1)
+    coef = {k: 0.0 for k in FEATURES}
+    coef.update(intercept=1e-3, num_tokens=1e-5)
+    cm = ProfiledCostModel(coef)
+    res = json.loads(json.dumps(compare(engine, specs, cm, keep_steps=True)))
+    assert len(res["steps"]) == res["step_error"]["all"]["steps"] > 0
+    again = rescore(res, specs, cm)
+    assert again["sim"] == res["sim"] and again["rel_error"] == res["rel_error"]
+    assert again["step_error"] == res["step_error"]
+    slower = ProfiledCostModel(dict(coef, intercept=2e-3))
+    other = rescore(res, specs, slower)
+    assert other["step_error"]["all"]["predicted_s"] > res["step_error"]["all"]["predicted_s"]
+    assert other["sim"]["e2el_ms"]["mean"] > res["sim"]["e2el_ms"]["mean"]
+
+
+def test_profiler_segments_between_other_runs(tmp_path):
+    """Profiling in segments: each segment's points are tagged with it, the engine gets its own executor back
+    after each one (the runs in between are not recorded), and a fit on some points predicts those points."""
+    from model_fixtures import make_tiny_model
+
+    from pitstop.config import EngineConfig
+    from pitstop.engine.llm_engine import LLMEngine
+    from pitstop.sampling_params import SamplingParams
+    from pitstop.sim.profiler import Profiler
+
+    engine = LLMEngine(EngineConfig(model=str(make_tiny_model(tmp_path, "llama")), dtype="float32",
+                                    kv_cache_memory="1MiB", max_model_len=128, skip_tokenizer_init=True))
+    own = engine.executor
+    grid = {"prefill": [8, 32], "prefill_with_prefix": [(16, 8)], "decode_batches": [1, 3],
+            "decode_contexts": [16], "mixed": [], "decode_steps": 2, "repeats": 2}
+    prof = Profiler(engine=engine)
+    prof.detach()
+    first = prof.run_segment(grid, 0)
+    assert engine.executor is own and first and {p["segment"] for p in first} == {0}
+    engine.add_request("between", [5] * 10, SamplingParams(max_tokens=3, ignore_eos=True))
+    while engine.has_unfinished_requests():
+        engine.step()
+    second = prof.run_segment(grid, 1)
+    assert engine.executor is own and len(second) == len(first)  # one repeat each, whatever grid["repeats"]
+    assert prof.points == first + second and {p["segment"] for p in second} == {1}
+    cm = prof.fit({"model": "tiny"}, points=second)
+    assert all("predicted_s" in p for p in second) and not any("predicted_s" in p for p in first)
+    assert cm.meta["fit_error"]["num_points"] == len(second)
+
+
+def test_profiler_distinct_decode_batches(tmp_path):
+    """Decode batches under ``distinct_decode_tokens`` get their own prompts: prefilled in chunks first (kept as
+    ``decode_setup`` points, with prefill tokens), then decoded all together, with no prefix-cache hit."""
+    from model_fixtures import make_tiny_model
+
+    from pitstop.config import EngineConfig
+    from pitstop.engine.llm_engine import LLMEngine
+    from pitstop.sim.profiler import Profiler
+
+    engine = LLMEngine(EngineConfig(model=str(make_tiny_model(tmp_path, "llama")), dtype="float32",
+                                    kv_cache_memory="2MiB", max_model_len=128, max_num_batched_tokens=64,
+                                    skip_tokenizer_init=True))
+    grid = {"prefill": [], "prefill_with_prefix": [], "decode_batches": [6], "decode_contexts": [40],
+            "mixed": [], "decode_steps": 3, "distinct_decode_tokens": 1000, "repeats": 1}
+    prof = Profiler(engine=engine)
+    prof.run(grid, log=lambda *a, **k: None)
+    prof.detach()
+    setup = [p for p in prof.points if p["kind"] == "decode_setup"]
+    full = [p for p in prof.points if p["kind"] == "decode" and p["decode_seqs"] == 6]
+    assert len(setup) >= 6 * 40 // 64 and all(p["prefill_tokens"] for p in setup[:-1])
+    assert sum(p["prefill_tokens"] for p in setup) == 6 * 40  # every prompt computed: nothing from the cache
+    assert len(full) >= 3 and all(p["prefill_tokens"] == 0 for p in full)
+    grid["distinct_decode_tokens"] = 0  # shared prefix: no setup points, the others' 8-token suffixes only
+    n = len(prof.points)
+    prof.attach()
+    prof.run(grid, log=lambda *a, **k: None)
+    assert not [p for p in prof.points[n:] if p["kind"] == "decode_setup"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import astuple
 
 from pitstop.config import EngineConfig
 from pitstop.sampling_params import SamplingParams
@@ -85,23 +86,49 @@ METRICS = (("ttft_ms", "mean"), ("ttft_ms", "p90"), ("tpot_ms", "mean"), ("tpot_
 
 
 def compare(engine, specs: list[RequestSpec], cost_model: CostModel, model: str = "smollm2-135m",
-            slo_ms: dict | None = None) -> dict:
+            slo_ms: dict | None = None, keep_steps: bool = False) -> dict:
     """Run both; returns ``{"real": summary, "sim": summary, "rel_error": {"ttft_ms.mean": ...},
-    "step_error": step_errors(...) of the real run's steps}``."""
-    slo = slo_ms or {}
+    "step_error": step_errors(...) of the real run's steps, "sim_config": the simulated replica's settings}``, and
+    with ``keep_steps`` ``"steps"``: every real step as ``[*StepShape fields, wall time s]`` (``rescore`` input)."""
+    rec = record_real(engine, specs, model, slo_ms)
+    steps = rec.pop("steps")
+    res = {**rec, **rescore(rec, specs, cost_model, slo_ms, steps=[(StepShape(*r[:-1]), r[-1]) for r in steps])}
+    if keep_steps:
+        res["steps"] = steps
+    return res
+
+
+def record_real(engine, specs: list[RequestSpec], model: str = "smollm2-135m", slo_ms: dict | None = None) -> dict:
+    """The real half of ``compare``: ``{"real": summary, "sim_config": the simulated replica's settings, "steps":
+    [[*StepShape fields, wall time s], ...]}``, to be scored by ``rescore`` (now or later, with any cost model)."""
     steps: list[tuple[StepShape, float]] = []
     engine.reset_prefix_cache()  # the simulated replica starts cold: so must the real one (same prompts per rate)
-    real = summarize_sim(run_real(engine, specs, steps=steps), slo, len(specs))
+    real = summarize_sim(run_real(engine, specs, steps=steps), slo_ms or {}, len(specs))
     c: EngineConfig = engine.config
-    cfg = SimConfig(model=model, cost_model=cost_model.name, replicas=1, block_size=c.block_size,
-                    max_num_seqs=c.max_num_seqs, max_num_batched_tokens=c.max_num_batched_tokens,
-                    enable_prefix_caching=c.enable_prefix_caching, enable_chunked_prefill=c.enable_chunked_prefill,
-                    scheduling_policy=c.scheduling_policy, max_model_len=engine.max_model_len,
-                    kv_cache_tokens=engine.kv_manager.num_blocks * c.block_size, slo_ms=slo, record_steps=False)
-    sim_res, _ = simulate(cfg, specs_to_sim(specs, int(engine.vocab_size or 32000), prefix="f"), cost_model)
-    sim = sim_res["summary"]
+    cfg = dict(model=model, block_size=c.block_size, max_num_seqs=c.max_num_seqs,
+               max_num_batched_tokens=c.max_num_batched_tokens, enable_prefix_caching=c.enable_prefix_caching,
+               enable_chunked_prefill=c.enable_chunked_prefill, scheduling_policy=c.scheduling_policy,
+               max_model_len=engine.max_model_len, kv_cache_tokens=engine.kv_manager.num_blocks * c.block_size,
+               vocab_size=int(engine.vocab_size or 32000))
+    return {"real": real, "sim_config": cfg, "steps": [[*astuple(s), t] for s, t in steps]}
+
+
+def rescore(recorded: dict, specs: list[RequestSpec], cost_model: CostModel, slo_ms: dict | None = None,
+            steps: list[tuple[StepShape, float]] | None = None) -> dict:
+    """The simulated half of ``compare`` against an already recorded real run (``recorded`` holds its ``real``
+    summary, ``sim_config`` and, unless ``steps`` is given, ``steps``): ``{"sim", "rel_error", "step_error"}``.
+    ``specs`` must be the workload of the recorded run. Lets another cost model be scored without rerunning the
+    real engine."""
+    slo = slo_ms or {}
+    cfg = dict(recorded["sim_config"])
+    vocab = cfg.pop("vocab_size")
+    sim_cfg = SimConfig(cost_model=cost_model.name, replicas=1, slo_ms=slo, record_steps=False, **cfg)
+    sim_res, _ = simulate(sim_cfg, specs_to_sim(specs, vocab, prefix="f"), cost_model)
+    sim, real = sim_res["summary"], recorded["real"]
+    if steps is None:
+        steps = [(StepShape(*row[:-1]), row[-1]) for row in recorded.get("steps", [])]
     err = {f"{m}.{q}": (sim[m][q] - real[m][q]) / real[m][q] for m, q in METRICS if real[m][q]}
-    return {"real": real, "sim": sim, "rel_error": err, "step_error": step_errors(steps, cost_model)}
+    return {"sim": sim, "rel_error": err, "step_error": step_errors(steps, cost_model)}
 
 
 def step_kind(s: StepShape) -> str:

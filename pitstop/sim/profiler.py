@@ -32,11 +32,13 @@ DEFAULT_GRID = {
     "mixed": [(1, 128), (2, 256), (4, 512), (8, 128), (8, 512), (32, 256)],
     "decode_ragged": [(4, 64, 1536), (16, 64, 1536), (16, 256, 1024)],
     "decode_steps": 6,
+    "distinct_decode_tokens": 16384,
     "repeats": 2,
 }
 """The default grid: small decode batches (1-8), short prompts and few-token chunks on a long
 cached context (an agent's next turn) as a CPU server sees them, up to 48 sequences and
-2,048-token prefills; about 3 minutes for SmolLM2-135M on one core."""
+2,048-token prefills; decode batches of up to ``distinct_decode_tokens`` context tokens in all get
+distinct prompts (their own KV blocks), larger ones share a prefix."""
 
 
 def grid_within(grid: dict, max_model_len: int) -> dict:
@@ -104,10 +106,35 @@ class Profiler:
         self.engine.add_request(rid, prompt, SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
         return rid
 
-    def _step(self, kind: str, keep: bool = True) -> None:
+    def _step(self, kind: str, keep: bool = True) -> StepShape | None:
         _, sh, dt = self.rec.step(self.engine)
         if keep and sh is not None and sh.num_tokens:
             self.points.append({"kind": kind, "time_s": dt, **asdict(sh)})
+        return sh
+
+    def _decode_batch(self, b: int, c: int, n: int, distinct: bool) -> None:
+        """``b`` sequences with ``c`` tokens of context decoding together for at least ``n`` steps.
+
+        ``distinct``: every sequence has its own prompt, so its own KV blocks, as in a server's batch (they are
+        prefilled in chunks first; those mixed steps are kept as ``decode_setup`` points). Otherwise they share one
+        cached prefix and differ in their last 8 tokens: cheap to set up, but the decode attention then reads the
+        same blocks ``b`` times (cache-resident): measured 26% faster than distinct prompts at 16 x 512 tokens and
+        28% at 8 x 1,000 on this CPU, no different at 2-4 sequences (benchmarks/README.md, "Fidelity, current")."""
+        if distinct:
+            setup = -(-b * c // self.engine.config.max_num_batched_tokens) + 1
+            for _ in range(b):
+                self._add(self._prompt(c), n + 2 + setup)
+            while (sh := self._step("decode_setup")) is not None and sh.prefill_tokens:
+                pass
+        else:
+            prefix = self._prompt(c)
+            self._add(prefix, n + 2)
+            self._step("setup", keep=False)
+            for _ in range(b - 1):
+                self._add(prefix[:-8] + self._prompt(8), n + 2)
+            self._step("setup", keep=False)  # the others' short prefills (cached prefix)
+        while self.engine.has_unfinished_requests():
+            self._step("decode")
 
     def _drain(self) -> None:
         while self.engine.has_unfinished_requests():
@@ -130,14 +157,7 @@ class Profiler:
                 self._drain()
             for c in grid["decode_contexts"]:
                 for b in grid["decode_batches"]:
-                    prefix = self._prompt(c)
-                    self._add(prefix, grid["decode_steps"] + 2)
-                    self._step("setup", keep=False)
-                    for _ in range(b - 1):
-                        self._add(prefix[:-8] + self._prompt(8), grid["decode_steps"] + 2)
-                    self._step("setup", keep=False)  # the others' short prefills (cached prefix)
-                    while self.engine.has_unfinished_requests():
-                        self._step("decode")
+                    self._decode_batch(b, c, grid["decode_steps"], b * c <= grid.get("distinct_decode_tokens", 0))
                     log(f"  decode b={b} ctx={c}: {self.points[-1]['time_s'] * 1e3:.1f} ms", flush=True)
             for b, short, long in grid.get("decode_ragged", []):
                 # one long context and b - 1 short ones: padded decode attention costs b x long
@@ -166,12 +186,41 @@ class Profiler:
         """Give the engine its own executor back."""
         self.engine.executor = self.rec.inner
 
-    def fit(self, meta: dict) -> ProfiledCostModel:
-        shapes = [StepShape(**{k: p[k] for k in StepShape.__slots__}) for p in self.points]
-        model = ProfiledCostModel.from_measurements(shapes, [p["time_s"] for p in self.points], meta)
-        for p, s in zip(self.points, shapes):
-            p["predicted_s"] = model.predict(s)
+    def attach(self) -> None:
+        """Record the engine's steps again after ``detach`` (profiling in segments between other runs)."""
+        self.engine.executor = self.rec
+
+    def run_segment(self, grid: dict, segment: int) -> list[dict]:
+        """One repeat of ``grid`` between other work on the same engine (attach, run, detach); its points are
+        tagged ``"segment": segment`` and returned. Profiling in segments spread over a session lets the fit see
+        the machine over the same minutes as the runs it is compared with."""
+        n = len(self.points)
+        self.attach()
+        try:
+            self.run(dict(grid, repeats=1), log=lambda *args, **kw: None)
+        finally:
+            self.detach()
+        for p in self.points[n:]:
+            p["segment"] = segment
+        return self.points[n:]
+
+    def fit(self, meta: dict, points: list[dict] | None = None) -> ProfiledCostModel:
+        """Fit on ``points`` (default: all measured); every point fitted gets its ``predicted_s``."""
+        points = self.points if points is None else points
+        model = fit_points(points, meta)
+        for p in points:
+            p["predicted_s"] = model.predict(point_shape(p))
         return model
+
+
+def point_shape(p: dict) -> StepShape:
+    """The ``StepShape`` of a profile point (a dict holding its fields)."""
+    return StepShape(**{k: p[k] for k in StepShape.__slots__})
+
+
+def fit_points(points: list[dict], meta: dict) -> ProfiledCostModel:
+    """A ``ProfiledCostModel`` fitted on profile points (dicts with the ``StepShape`` fields and ``time_s``)."""
+    return ProfiledCostModel.from_measurements([point_shape(p) for p in points], [p["time_s"] for p in points], meta)
 
 
 def machine_info() -> dict:
