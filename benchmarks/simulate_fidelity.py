@@ -56,6 +56,8 @@ def main() -> None:
     p.add_argument("--output", default=None)
     p.add_argument("--rescore", default=None, metavar="RESULT",
                    help="a result saved with --output: simulate its workload again with --profile (no real run)")
+    p.add_argument("--refit", action="store_true",
+                   help="with --rescore: fit the --profile JSON's measured grid again (current fitting code)")
     p.add_argument("--scale-to-measured", action="store_true",
                    help="with --rescore, a diagnostic: multiply the cost model, per rate, by the recorded real steps' "
                         "total time / its prediction of them, so that only the errors of the step *mix* and of the "
@@ -129,6 +131,8 @@ def rescore_saved(a) -> None:
     saved = json.loads(Path(a.rescore).read_text())
     steps = json.loads(Path(a.rescore).with_suffix(".steps.json").read_text())
     cm = ProfiledCostModel.load(a.profile or profile_path(a.model))
+    if a.refit:  # the profile's measured grid fitted again by this version's fitting code
+        cm = fit_points(cm.meta["grid"], cm.meta)
     specs, factor = workload(a)
     if abs(factor - saved["length_scale"]) > 1e-9:
         raise SystemExit(f"--rescore: length scale {factor} != recorded {saved['length_scale']}: use the recorded "

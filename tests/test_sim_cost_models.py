@@ -327,3 +327,22 @@ def test_profiler_distinct_decode_batches(tmp_path):
     prof.attach()
     prof.run(grid, log=lambda *a, **k: None)
     assert not [p for p in prof.points[n:] if p["kind"] == "decode_setup"]
+
+
+def test_profiled_fit_total_unbiased_under_timing_noise():
+    """Repeats of each shape with 20% multiplicative noise: the fit's predicted total matches the measured total
+    (relative error against its own prediction), where dividing by the measured times leans low."""
+    from pitstop.sim.cost_models.profiled import features, fit
+
+    rng = np.random.default_rng(1)
+    truth = ProfiledCostModel(dict(zip(FEATURES, [4e-3, 6e-5, 1.5e-4, 2e-9, 3e-7])))
+    shapes = [StepShape.of(prefill=[(p, 0)]) for p in (32, 128, 512, 1024)]
+    shapes += [StepShape.of(decode_contexts=[c] * b) for b in (1, 4, 16, 48) for c in (64, 512, 1536)]
+    shapes = shapes * 40
+    times = [truth.predict(s) * rng.lognormal(-0.02, 0.2) for s in shapes]  # mean factor 1.0
+    total = sum(times)
+    coef, _ = fit(shapes, times)
+    pred = sum(float(np.dot(features(s), coef)) for s in shapes)
+    assert pred / total == pytest.approx(1.0, abs=0.015)
+    coef1, _ = fit(shapes, times, iters=1)  # the measured-time weighting alone
+    assert sum(float(np.dot(features(s), coef1)) for s in shapes) / total < 0.97
