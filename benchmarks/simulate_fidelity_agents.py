@@ -9,7 +9,8 @@ relative error of mean and p90 JCT, and of mean TTFT, per policy combination.
 last (the machine's speed drifts over minutes: the fit then spans the same minutes as the runs), and also scores a
 fit on the two repeats around each run ('adjacent'); otherwise --profile (default: the model's shipped fit). The
 simulated runs follow all real runs. Every other option is ``pitstop bench agents``'s.
-The cost model's error on every real step is printed per step kind.
+The cost model's error on every real step is printed per step kind. ``--rescore RESULT [--profile P] [--refit]``
+simulates again against the real runs saved in RESULT (same workload options), without running the engine.
 """
 
 from __future__ import annotations
@@ -88,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reprofile", action="store_true",
                    help="measure the profile grid in this process, one repeat before each policy's real run and "
                         "one after the last (the fit spans the same minutes as the runs); else --profile")
+    p.add_argument("--rescore", default=None, metavar="RESULT",
+                   help="simulate again against the real runs saved in RESULT (--output-json of an earlier run, "
+                        "same workload options), with --profile (default: RESULT's .profile.json); no real run")
+    p.add_argument("--refit", action="store_true", help="with --rescore: fit the profile's measured grid again")
     args = p.parse_args(argv)
+    if args.rescore:
+        return rescore_saved(args)
     programs, workload = load_programs(args)
     arrivals = poisson_program_arrivals(len(programs), args.program_rate, args.seed)
     combos = parse_combos(args.compare) if args.compare else [(args.scheduling_policy, args.ttl_policy)]
@@ -126,6 +133,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def rescore_saved(args) -> int:
+    """The simulated half of ``main`` against saved real runs (their steps are not saved: no step errors)."""
+    saved = json.loads(Path(args.rescore).read_text())
+    cm = ProfiledCostModel.load(args.profile or Path(args.rescore).with_suffix(".profile.json"))
+    grid = cm.meta.get("grid", [])
+    meta = {"model": args.model, "machine": {"tag": "cpu"}}
+    if args.refit:
+        cm = fit_points(grid, meta)
+    programs, _ = load_programs(args)
+    arrivals = poisson_program_arrivals(len(programs), args.program_rate, args.seed)
+    out: dict = {"workload": saved["workload"], "rescored": args.rescore, "runs": {}}
+    for i, (name, run) in enumerate(saved["runs"].items()):
+        sched, ttl = name.split("+")
+        real = run["real"]
+        res = out["runs"][name] = {"real": real, **scored(real, sim_run(args, programs, arrivals, sched, ttl, cm),
+                                                         [], cm)}
+        segment = [q for q in grid if q.get("segment") in (i, i + 1)]
+        if segment:  # the adjacent fit is always fitted here, by the current code
+            adj = fit_points(segment, meta)
+            res["variants"] = {"adjacent": scored(real, sim_run(args, programs, arrivals, sched, ttl, adj), [], adj)}
+        report(name, res)
+    if args.output_json:
+        Path(args.output_json).write_text(json.dumps(out, indent=1, default=str))
+    return 0
+
+
 def report(name: str, res: dict) -> None:
     for m, q in METRICS:
         print(f"{name:<28} {m[:-2] + ' ' + q:<10} real {res['real'][m][q]:8.2f} s  sim {res['sim'][m][q]:8.2f} s  "
@@ -135,7 +168,9 @@ def report(name: str, res: dict) -> None:
               f"{e['predicted_s']:7.2f} s ({e['total_rel_error']:+.1%})", flush=True)
     for vname, v in res.get("variants", {}).items():
         errs = " ".join(f"{k} {x:+.1%}" for k, x in v["rel_error"].items())
-        print(f"{name:<28} fit '{vname}': {errs}; steps {v['step_error']['all']['total_rel_error']:+.1%}", flush=True)
+        steps = v["step_error"].get("all")
+        print(f"{name:<28} fit '{vname}': {errs}" + (f"; steps {steps['total_rel_error']:+.1%}" if steps else ""),
+              flush=True)
 
 
 if __name__ == "__main__":
