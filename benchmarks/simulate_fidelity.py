@@ -85,10 +85,11 @@ def main() -> None:
                                 a.max_model_len)
         run_real(engine, poisson_arrivals(warm, max(rates), seed=a.seed + 1), seed=a.seed + 1, steps=warm_steps)
     recorded = {}
+    arrivals = {rate: poisson_arrivals(specs, rate, seed=a.seed) for rate in rates}
     for i, rate in enumerate(rates):
         if a.interleave:
             print(f"profile segment {i}: {len(prof.run_segment(grid, i))} points", flush=True)
-        recorded[rate] = record_real(engine, poisson_arrivals(specs, rate, seed=a.seed))
+        recorded[rate] = record_real(engine, arrivals[rate])
         print(f"rate {rate:g}: real run done ({len(recorded[rate]['steps'])} steps)", flush=True)
     if a.interleave:
         print(f"profile segment {len(rates)}: {len(prof.run_segment(grid, len(rates)))} points", flush=True)
@@ -108,10 +109,9 @@ def main() -> None:
         variants["calibrated"] = {r: calibrated for r in rates}
     for rate in rates:
         rec = recorded[rate]
-        arrivals = poisson_arrivals(specs, rate, seed=a.seed)
-        res = {**rec, **rescore(rec, arrivals, cm)}
+        res = {**rec, **rescore(rec, arrivals[rate], cm)}
         if variants:
-            res["variants"] = {name: rescore(rec, arrivals, fits[rate]) for name, fits in variants.items()}
+            res["variants"] = {name: rescore(rec, arrivals[rate], fits[rate]) for name, fits in variants.items()}
         if not a.output:
             res.pop("steps")
         out["runs"][str(rate)] = res

@@ -25,28 +25,28 @@ from pitstop.bench.agents import (build_engine, build_parser, build_sim_engine, 
 from pitstop.config import EngineConfig
 from pitstop.engine.llm_engine import LLMEngine
 from pitstop.sim.cost_models import ProfiledCostModel, profile_path
-from pitstop.sim.fidelity import step_errors
-from pitstop.sim.profiler import DEFAULT_GRID, Profiler, fit_points, grid_within
+from pitstop.sim.cost_models.interface import StepShape
+from pitstop.sim.fidelity import rel_errors, step_errors
+from pitstop.sim.profiler import DEFAULT_GRID, Profiler, StepRecorder, fit_points, grid_within
 from pitstop.workloads.agent_program import poisson_program_arrivals
 
 METRICS = (("jct_s", "mean"), ("jct_s", "p90"), ("ttft_s", "mean"))
 
 
-class _TimedRecorder:
-    """Executor wrapper keeping (shape, executor seconds) of every real step."""
+class _TimedRecorder(StepRecorder):
+    """``StepRecorder`` that also keeps (shape, executor seconds) of every step: ``bench agents``' replay loop calls
+    ``engine.step()`` itself, so the whole step cannot be timed from outside."""
 
     def __init__(self, inner) -> None:
-        from pitstop.sim.cost_models.interface import StepShape
-        self.inner, self.steps, self._shape = inner, [], StepShape.from_output
+        super().__init__(inner)
+        self.steps: list = []
 
     def execute(self, so):
+        self.last = StepShape.from_output(so)
         t = time.perf_counter()
         res = self.inner.execute(so)
-        self.steps.append((self._shape(so), time.perf_counter() - t))
+        self.steps.append((self.last, time.perf_counter() - t))
         return res
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
 
 
 def profiler(args) -> Profiler:
@@ -71,16 +71,14 @@ def real_run(args, programs, arrivals, sched: str, ttl: str) -> tuple[dict, list
 
 def sim_run(args, programs, arrivals, sched: str, ttl: str, cm: ProfiledCostModel) -> dict:
     """The same combination on the simulated engine with cost model ``cm``."""
-    engine, vclock = build_sim_engine(args, sched, ttl)
-    engine.executor.cost_model = cm
+    engine, vclock = build_sim_engine(args, sched, ttl, cost_model=cm)
     records, wall = run_engine_backend(engine, programs, arrivals, args.seed, True, args.timeout,
                                        sleep=vclock.advance)
     return summarize_run(records, wall)
 
 
 def scored(real: dict, sim: dict, steps: list, cm: ProfiledCostModel) -> dict:
-    err = {f"{m}.{q}": (sim[m][q] - real[m][q]) / real[m][q] for m, q in METRICS if real[m][q]}
-    return {"sim": sim, "rel_error": err, "step_error": step_errors(steps, cm)}
+    return {"sim": sim, "rel_error": rel_errors(real, sim, METRICS), "step_error": step_errors(steps, cm)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -425,9 +425,9 @@ def build_engine(args: argparse.Namespace, scheduling_policy: str, ttl_policy: s
                                   num_threads=args.num_threads))
 
 
-def build_sim_engine(args: argparse.Namespace, scheduling_policy: str, ttl_policy: str):
+def build_sim_engine(args: argparse.Namespace, scheduling_policy: str, ttl_policy: str, cost_model=None):
     """An ``LLMEngine`` on a virtual clock whose steps take the time the simulator's cost model predicts
-    (``--cost-model``/``--hardware``, ``pitstop.sim``); no model is loaded. KV blocks from
+    (``cost_model``, default the one ``--cost-model``/``--hardware`` name, ``pitstop.sim``); no model is loaded. KV blocks from
     ``--kv-cache-memory`` and the model config's KV bytes per token (bf16). Returns (engine, clock)."""
     from pitstop.config import EngineConfig, parse_bytes
     from pitstop.engine.llm_engine import LLMEngine
@@ -440,7 +440,8 @@ def build_sim_engine(args: argparse.Namespace, scheduling_policy: str, ttl_polic
     bytes_per_token = load_model_shape(args.model).kv_bytes_per_token(2)  # K and V, bf16
     num_blocks = parse_bytes(args.kv_cache_memory) // (bytes_per_token * args.block_size)
     clock = VirtualClock()
-    cost = build_cost_model(args.cost_model, args.model, args.hardware, profile=getattr(args, "profile", None))
+    cost = cost_model or build_cost_model(args.cost_model, args.model, args.hardware,
+                                          profile=getattr(args, "profile", None))
     runner = SimulatedRunner(cost, clock, vocab_size=vocab_size)
     engine = LLMEngine(EngineConfig(**_engine_kwargs(args, scheduling_policy, ttl_policy)), executor=runner,
                        clock=clock, num_blocks=int(num_blocks), vocab_size=vocab_size, max_model_len=args.max_model_len)

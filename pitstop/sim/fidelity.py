@@ -91,10 +91,9 @@ def compare(engine, specs: list[RequestSpec], cost_model: CostModel, model: str 
     "step_error": step_errors(...) of the real run's steps, "sim_config": the simulated replica's settings}``, and
     with ``keep_steps`` ``"steps"``: every real step as ``[*StepShape fields, wall time s]`` (``rescore`` input)."""
     rec = record_real(engine, specs, model, slo_ms)
-    steps = rec.pop("steps")
-    res = {**rec, **rescore(rec, specs, cost_model, slo_ms, steps=[(StepShape(*r[:-1]), r[-1]) for r in steps])}
-    if keep_steps:
-        res["steps"] = steps
+    res = {**rec, **rescore(rec, specs, cost_model, slo_ms)}
+    if not keep_steps:
+        res.pop("steps")
     return res
 
 
@@ -113,10 +112,9 @@ def record_real(engine, specs: list[RequestSpec], model: str = "smollm2-135m", s
     return {"real": real, "sim_config": cfg, "steps": [[*astuple(s), t] for s, t in steps]}
 
 
-def rescore(recorded: dict, specs: list[RequestSpec], cost_model: CostModel, slo_ms: dict | None = None,
-            steps: list[tuple[StepShape, float]] | None = None) -> dict:
+def rescore(recorded: dict, specs: list[RequestSpec], cost_model: CostModel, slo_ms: dict | None = None) -> dict:
     """The simulated half of ``compare`` against an already recorded real run (``recorded`` holds its ``real``
-    summary, ``sim_config`` and, unless ``steps`` is given, ``steps``): ``{"sim", "rel_error", "step_error"}``.
+    summary, ``sim_config`` and ``steps``, as ``record_real`` returns them): ``{"sim", "rel_error", "step_error"}``.
     ``specs`` must be the workload of the recorded run. Lets another cost model be scored without rerunning the
     real engine."""
     slo = slo_ms or {}
@@ -124,11 +122,15 @@ def rescore(recorded: dict, specs: list[RequestSpec], cost_model: CostModel, slo
     vocab = cfg.pop("vocab_size")
     sim_cfg = SimConfig(cost_model=cost_model.name, replicas=1, slo_ms=slo, record_steps=False, **cfg)
     sim_res, _ = simulate(sim_cfg, specs_to_sim(specs, vocab, prefix="f"), cost_model)
-    sim, real = sim_res["summary"], recorded["real"]
-    if steps is None:
-        steps = [(StepShape(*row[:-1]), row[-1]) for row in recorded.get("steps", [])]
-    err = {f"{m}.{q}": (sim[m][q] - real[m][q]) / real[m][q] for m, q in METRICS if real[m][q]}
-    return {"sim": sim, "rel_error": err, "step_error": step_errors(steps, cost_model)}
+    sim = sim_res["summary"]
+    steps = [(StepShape(*row[:-1]), row[-1]) for row in recorded.get("steps", [])]
+    return {"sim": sim, "rel_error": rel_errors(recorded["real"], sim), "step_error": step_errors(steps, cost_model)}
+
+
+def rel_errors(real: dict, sim: dict, metrics: tuple[tuple[str, str], ...] = METRICS) -> dict[str, float]:
+    """``{"metric.stat": (sim - real) / real}`` over ``metrics`` (pairs of summary key and statistic); a metric whose
+    real value is 0 is left out."""
+    return {f"{m}.{q}": (sim[m][q] - real[m][q]) / real[m][q] for m, q in metrics if real[m][q]}
 
 
 def step_kind(s: StepShape) -> str:
