@@ -33,7 +33,9 @@ class EngineConfig:
 
     Attributes:
         model: HF folder, .gguf file, or a known name (``SmolLM2-135M-Instruct``).
-        dtype: "bfloat16" (default, fastest on this CPU) or "float32".
+        dtype: "auto" (default: bfloat16 where this CPU computes it natively, AMX or AVX512-BF16 as a
+            probe at load confirms; float32 elsewhere), "bfloat16" or "float32". Resolved by the model
+            runner (``pitstop.model.cpu_features.choose_kernels``), not here.
         kv_cache_memory: bytes for the KV cache (int or a string like "1GiB").
         block_size: tokens per KV block.
         max_model_len: context limit in tokens (None: the model's, capped at 8192).
@@ -50,7 +52,7 @@ class EngineConfig:
     """
 
     model: str = "SmolLM2-135M-Instruct"
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     kv_cache_memory: int | str = "1GiB"
     block_size: int = 16
     max_model_len: int | None = None
@@ -68,9 +70,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         self.kv_cache_memory = parse_bytes(self.kv_cache_memory)
-        if self.dtype not in ("bfloat16", "float32", "auto"):
-            raise ValueError(f"dtype must be 'bfloat16' or 'float32', got {self.dtype!r}")
-        if self.dtype == "auto":
-            self.dtype = "bfloat16"
+        if self.dtype not in ("auto", "bfloat16", "float32"):
+            raise ValueError(f"dtype must be 'auto', 'bfloat16' or 'float32', got {self.dtype!r}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")

@@ -17,7 +17,7 @@ import pytest
 
 API_KEY = "test-key"
 MODEL = "SmolLM2-135M-Instruct"
-DTYPE = "bfloat16"
+DTYPE = "auto"  # the same resolution in the server and the in-process reference
 MAX_MODEL_LEN = 2048
 MAX_NUM_SEQS = 4
 MAX_QUEUE = 4

@@ -15,7 +15,7 @@ from pitstop.model.cpu_packed_linear import PackedLinear, can_prepack, pack_weig
 from test_model_forward import MIXED, _sequences, run_schedule
 
 needs_prepack = pytest.mark.skipif(not can_prepack(torch.bfloat16, torch.device("cpu")),
-                                   reason="oneDNN bf16 weight pre-packing is not available in this torch build")
+                                   reason="this CPU cannot run oneDNN bf16 weight pre-packing (its probe failed: pitstop info)")
 
 
 @needs_prepack

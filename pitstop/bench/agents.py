@@ -499,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None)
     p.add_argument("--model", default="SmolLM2-135M-Instruct")
     p.add_argument("--served-model-name", default=None, help="model field sent over HTTP (default: --model)")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="auto: bfloat16 where this CPU computes it natively, float32 elsewhere")
     p.add_argument("--trace", choices=["agentcgroup", "tracelab"], default="agentcgroup")
     p.add_argument("--trace-path", default=None,
                    help="agentcgroup: folder or llm_calls.csv (default ../shared/data/traces/agentcgroup_claude_code);"

@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-base-url", default=None, help="an already running peer (skips starting one)")
     p.add_argument("--peer-model", default=None, help="model id the peer expects (default: the model folder)")
     p.add_argument("--no-peer-continuous-batching", action="store_true")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="auto: bfloat16 where this CPU computes it natively, float32 elsewhere")
     p.add_argument("--num-threads", type=int, default=None, help="torch threads of started servers")
     p.add_argument("--pitstop-args", default="", help="extra flags for the started pitstop serve")
     p.add_argument("--server-cpus", default=None,
@@ -191,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers import AutoTokenizer
 
+    from pitstop.model.cpu_features import choose_kernels
     from pitstop.model.resolve import resolve_model
 
     slo = parse_slo(args.slo)
+    args.dtype = choose_kernels(args.dtype).dtype  # the same concrete dtype for pitstop and the peer
     model_dir = resolve_model(args.model)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     workload, info = build_workload(args.trace, tok, args.num_requests, args.max_model_len, args.seed,

@@ -38,6 +38,7 @@ import torch
 
 from pitstop.bench import peer_transformers as peer
 from pitstop.bench.roofline import MachinePeaks, ModelShape, decode_bound, measure_peaks
+from pitstop.model.cpu_features import choose_kernels, cpu_features
 from pitstop.workloads import (
     DATASETS,
     RequestSpec,
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pitstop bench throughput", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="SmolLM2-135M-Instruct", help="model name, HF folder or .gguf")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="auto: bfloat16 where this CPU computes it natively, float32 elsewhere")
     p.add_argument("--dataset", default="azure-conv", choices=DATASETS)
     p.add_argument("--trace-path", default=None, help="trace file (default: full trace if present, else sample)")
     p.add_argument("--num-requests", type=int, default=64, help="requests drawn from the dataset")
@@ -348,7 +350,7 @@ def machine_info() -> dict[str, Any]:
     """Versions and sizes of this machine, for the JSON."""
     return {"python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "memory_bytes": psutil.virtual_memory().total,
-            "platform": platform.platform(), "processor": platform.processor()}
+            "platform": platform.platform(), "processor": platform.processor(), "cpu": cpu_features().as_dict()}
 
 
 # ---------------------------------------------------------------- main
@@ -358,8 +360,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run every measurement the arguments ask for; returns the results dict."""
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
+    kernels = choose_kernels(args.dtype)
+    args.dtype = kernels.dtype  # one concrete dtype for pitstop, the peer and the roofline
     specs, workload = build_workload(args)
-    res: dict[str, Any] = {"args": vars(args), "machine": machine_info(), "workload": workload}
+    res: dict[str, Any] = {"args": vars(args), "machine": machine_info(), "workload": workload,
+                           "kernels": dict(requested_dtype=kernels.requested_dtype, summary=kernels.summary())}
     _log(f"workload: {args.dataset}, {len(specs)} requests, length scale factor {workload['length_scale_factor']:.4f}")
     llm = make_llm(args)
     model_dir = Path(llm.model_dir)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pitstop.cli.log import show_engine_log
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="interactive chat (streams tokens)")
@@ -40,6 +42,7 @@ def stream_reply(llm, messages: list[dict], params, out=sys.stdout) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    show_engine_log()
     from pitstop import LLM, SamplingParams
     from pitstop.cli.main import engine_kwargs
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from pitstop.cli.log import show_engine_log
+
 QUESTIONS = [
     "What is the capital of France?",
     "Give me three tips for writing clean Python code.",
@@ -21,13 +23,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    show_engine_log()
     from pitstop import LLM, SamplingParams
     from pitstop.cli.chat import stream_reply
     from pitstop.cli.main import engine_kwargs
 
     t0 = time.perf_counter()
     llm = LLM(**engine_kwargs(args))
-    print(f"loaded {args.model} ({args.dtype}) from {llm.model_dir} in {time.perf_counter() - t0:.1f} s; "
+    dtype = llm.llm_engine.executor.kernels.dtype
+    print(f"loaded {args.model} ({dtype}) from {llm.model_dir} in {time.perf_counter() - t0:.1f} s; "
           f"KV cache: {llm.llm_engine.kv_manager.num_blocks} blocks of {args.block_size} tokens\n")
     greedy = SamplingParams(temperature=0, max_tokens=args.max_tokens)
     for q in QUESTIONS:

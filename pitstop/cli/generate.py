@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pitstop.cli.log import show_engine_log
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="complete prompts")
@@ -18,6 +20,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    show_engine_log()
     from pitstop import LLM, SamplingParams
     from pitstop.cli.main import engine_kwargs
 

@@ -1,19 +1,20 @@
 """The ``pitstop`` console script: ``generate``, ``chat``, ``demo``, ``serve``, ``bench throughput|serve``,
-``simulate``, ``profile``."""
+``simulate``, ``profile``, ``info``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pitstop.cli import chat, demo, generate, profile, serve, simulate
+from pitstop.cli import chat, demo, generate, info, profile, serve, simulate
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     """Engine flags shared by every subcommand that builds an engine."""
     p.add_argument("--model", default="SmolLM2-135M-Instruct",
                    help="HF folder, .gguf file or a known name (default: %(default)s)")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="auto: bfloat16 where this CPU computes it natively, float32 elsewhere")
     p.add_argument("--kv-cache-memory", default="1GiB", help="KV cache size, e.g. 512MiB, 2GiB")
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--block-size", type=int, default=16)
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_engine_args(p)
         p.set_defaults(func=mod.run)
     simulate.add_parser(sub).set_defaults(func=simulate.run)
+    info.add_parser(sub).set_defaults(func=info.run)
     p = profile.add_parser(sub)
     add_engine_args(p)
     p.set_defaults(func=profile.run)

@@ -29,6 +29,7 @@ QUICK_GRID = {"prefill": [32, 256, 1024], "prefill_with_prefix": [(512, 256)], "
 def run(args: argparse.Namespace) -> int:
     from pitstop.cli.main import engine_kwargs
     from pitstop.config import EngineConfig
+    from pitstop.model.cpu_features import choose_kernels
     from pitstop.sim.cost_models import profile_path
     from pitstop.sim.profiler import DEFAULT_GRID, Profiler, machine_info
 
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     kw["max_num_batched_tokens"] = max(kw["max_num_batched_tokens"], need)
     kw["max_num_seqs"] = max(kw["max_num_seqs"], max(grid["decode_batches"]))
     kw.pop("ttl_policy", None), kw.pop("ttl_seconds", None)
+    kw["dtype"] = choose_kernels(kw["dtype"]).dtype  # the profile records the dtype it measured
     config = EngineConfig(**{k: v for k, v in kw.items() if k in EngineConfig.__dataclass_fields__},
                           skip_tokenizer_init=True)
     prof = Profiler(config)

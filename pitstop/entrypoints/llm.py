@@ -21,7 +21,8 @@ class LLM:
 
     Args:
         model: HF folder, .gguf file, or ``"SmolLM2-135M-Instruct"`` (the embedded default).
-        dtype: "bfloat16" (default) or "float32".
+        dtype: "auto" (default: bfloat16 where this CPU computes it natively, float32 elsewhere),
+            "bfloat16" (emulated and slow without AMX / AVX512-BF16: one warning) or "float32".
         kv_cache_memory: KV cache size: bytes or a string like "1GiB".
         max_model_len: context limit in tokens (default: the model's, capped at 8192).
         enable_prefix_caching: reuse KV blocks of shared prefixes.
@@ -33,7 +34,7 @@ class LLM:
         ValueError: invalid settings.
     """
 
-    def __init__(self, model: str = "SmolLM2-135M-Instruct", dtype: str = "bfloat16",
+    def __init__(self, model: str = "SmolLM2-135M-Instruct", dtype: str = "auto",
                  kv_cache_memory: int | str = "1GiB", max_model_len: int | None = None,
                  enable_prefix_caching: bool = True, **kwargs: Any) -> None:
         config = EngineConfig(model=model, dtype=dtype, kv_cache_memory=kv_cache_memory,

@@ -8,6 +8,7 @@ its sequence and KV slots (``slot = block_id * block_size + offset``).
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from contextlib import contextmanager
@@ -17,37 +18,46 @@ import torch
 
 from pitstop.executor.malloc_tuning import tune_malloc
 from pitstop.engine.scheduler_output import ExecutorResult, ScheduledRequest, SchedulerOutput
+from pitstop.model.cpu_features import KernelChoice, choose_kernels
 from pitstop.model.cpu_packed_linear import prepack_linears
 from pitstop.model.loader import allocate_kv_cache, kv_cache_bytes_per_block, load_model
 from pitstop.model.sampler import Sampler, SamplerOutput, SamplingRow
 from pitstop.outputs import Logprob
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+log = logging.getLogger("pitstop")
 
 
 class ModelRunner:
-    """Runs real forward passes on the CPU (or a device torch supports).
+    """Runs real forward passes on the CPU.
 
     Args:
         model_dir: HF folder (already resolved).
-        dtype: "bfloat16" or "float32".
+        dtype: "auto" (bf16 where this CPU computes it natively, float32 elsewhere), "bfloat16" or
+            "float32"; resolved with the kernels by ``pitstop.model.cpu_features.choose_kernels``
+            (``self.kernels``), logged in one line.
         kv_cache_memory: bytes reserved for the KV cache; sets ``num_blocks``.
         block_size: tokens per KV block.
         attention_backend: backend name (see ``pitstop.model.attention``).
 
     Raises:
-        ValueError: the KV cache memory does not hold a single block.
+        ValueError: the KV cache memory does not hold a single block, or an unknown dtype.
     """
 
     def __init__(self, model_dir: str | Path, dtype: str, kv_cache_memory: int, block_size: int,
                  attention_backend: str = "torch", device: str = "cpu") -> None:
-        self.dtype = DTYPES[dtype]
+        self.kernels: KernelChoice = choose_kernels(dtype)
+        if self.kernels.warning:
+            log.warning(self.kernels.warning)
+        log.info("pitstop: %s", self.kernels.summary())
+        self.dtype = DTYPES[self.kernels.dtype]
         self.device = torch.device(device)
         if self.device.type == "cpu":
             tune_malloc()
         self.block_size = block_size
         self.model = load_model(model_dir, self.dtype, attn_backend=attention_backend)
-        prepack_linears(self.model)
+        if self.kernels.prepack:
+            prepack_linears(self.model)
         self.hf_config = self.model.hf_config
         self.bytes_per_block = kv_cache_bytes_per_block(self.hf_config, block_size, self.dtype)
         self.num_blocks = int(kv_cache_memory // self.bytes_per_block)
@@ -67,12 +77,12 @@ class ModelRunner:
         meta = self.model.attn_backend.build_metadata(
             [s.num_tokens for s in so.scheduled], [s.start + s.num_tokens for s in so.scheduled],
             [s.block_ids for s in so.scheduled], self.block_size, self.device)
-        with _gemm_kernels(len(input_ids)):
+        with _gemm_kernels(len(input_ids), self.kernels.gemv_switch):
             hidden = self.model(input_ids, positions, self.kv_caches, meta)
         rows, sample_idx = self._sample_rows(so.scheduled)
         if not rows:
             return ExecutorResult(sampled={}, step_time_s=time.perf_counter() - t0)
-        with _gemm_kernels(len(sample_idx)):
+        with _gemm_kernels(len(sample_idx), self.kernels.gemv_switch):
             logits = self.model.compute_logits(hidden[torch.tensor(sample_idx, dtype=torch.long)])
         out = self.sampler(logits, [r for _, r in rows])
         sampled = dict(zip((s.request.request_id for s, _ in rows), out.token_ids.tolist()))
@@ -129,14 +139,15 @@ class ModelRunner:
 
 
 @contextmanager
-def _gemm_kernels(num_rows: int):
+def _gemm_kernels(num_rows: int, gemv_switch: bool):
     """Pick the CPU GEMM path by the number of activation rows.
 
-    Measured on this machine (bf16, SmolLM2 shapes, 2 threads): with one row (a batch-1 decode)
+    ``gemv_switch`` is chosen at load (``KernelChoice.gemv_switch``: native bf16, probe passed).
+    Measured on an AMX machine (bf16, SmolLM2 shapes, 2 threads): with one row (a batch-1 decode)
     ATen's native GEMV streams the weights 1.6x faster than oneDNN (20.7 vs 35.1 ms for the 30 layers'
     linears); from two rows on oneDNN wins by a widening margin. Elsewhere the default is kept.
     """
-    if num_rows != 1 or not torch.backends.mkldnn.is_available():
+    if num_rows != 1 or not gemv_switch:
         yield
         return
     with warnings.catch_warnings():

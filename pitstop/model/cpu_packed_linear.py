@@ -8,6 +8,9 @@ skips that work: measured on this machine (1 thread, the 30 layers' linears of S
 136 vs 172 ms at 160 rows and 53 vs 59 ms at 8 rows. The results are bit-identical to
 ``F.linear`` (same oneDNN kernel, same accumulation).
 
+Whether this CPU can run the ops at all is probed once at load (``pitstop.model.cpu_features``);
+the model runner packs only when the probe passed and bf16 is native.
+
 One row (a batch-1 decode) keeps the plain weight: ATen's native GEMV streams it faster than
 any oneDNN path (43 vs 54 ms), so the plain weight stays alongside the packed copy (the linear
 weights are held twice; for a 135M model that is +212 MB of RAM).
@@ -19,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pitstop.model.cpu_features import cpu_features
+
 
 def can_prepack(dtype: torch.dtype, device: torch.device) -> bool:
-    """True when oneDNN weight pre-packing applies: a bf16 model on a CPU with oneDNN."""
-    return (device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    """True when oneDNN weight pre-packing applies: a bf16 model on a CPU whose probe ran the op
+    (``pitstop.model.cpu_features.probe_prepack``: it raises on CPUs without AVX-512/AVX-NE-CONVERT)."""
+    return device.type == "cpu" and dtype == torch.bfloat16 and cpu_features().prepack.ok
 
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:

@@ -227,5 +227,9 @@ def machine_info() -> dict:
     import os
 
     import torch
+    from pitstop.model.cpu_features import cpu_features
+
+    feats = cpu_features()
     return {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "cpu_model": feats.cpu_model, "isa": list(feats.isa_flags), "native_bf16": feats.native_bf16}
