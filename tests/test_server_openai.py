@@ -28,6 +28,14 @@ def llm():
     return LLM(model=MODEL, dtype=DTYPE, kv_cache_memory="128MiB", max_model_len=MAX_MODEL_LEN, num_threads=2)
 
 
+def test_startup_line_names_the_kernel_choice(server, llm):
+    """The server logs the dtype and kernels it chose in its startup line; the in-process reference
+    (same CPU, same ``dtype=auto``) chose the same."""
+    want = llm.llm_engine.executor.kernels.summary()
+    line = next(ln for ln in server.log_path.read_text().splitlines() if ln.startswith("pitstop: serving"))
+    assert want in line
+
+
 def test_models(client):
     ids = [m.id for m in client.models.list().data]
     assert ids == [MODEL]

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(engine, names, api_key=args.api_key, max_queue=args.max_queue,
                      debug_endpoints=args.debug_endpoints)
     print(f"pitstop: serving {names[0]} on http://{args.host}:{args.port}/v1 "
-          f"(max_model_len={engine.max_model_len}, KV blocks={engine.kv_manager.num_blocks})", flush=True)
+          f"(max_model_len={engine.max_model_len}, KV blocks={engine.kv_manager.num_blocks}; "
+          f"{engine.executor.kernels.summary()})", flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                             timeout_graceful_shutdown=5)
     DrainingServer(config, app.state.async_engine, args.shutdown_timeout).run()
