@@ -21,10 +21,10 @@ demo: install
 
 # The model-level correctness tests again on the portable paths (issue 12): PITSTOP_PORTABLE=1 forces
 # pitstop's portable choices (float32 for dtype=auto, no oneDNN pre-packing, no GEMV switch); on an x86 CPU
-# with AVX2, ATen and oneDNN are also capped at AVX2, so an AVX-512/AMX machine proves the AVX2-only path too.
+# with AVX2, ATen, oneDNN and MKL are also capped at AVX2, so an AVX-512/AMX machine proves the AVX2-only path too.
 PORTABLE_TESTS := tests/test_cpu_features.py tests/test_packed_linear.py tests/test_model_forward.py \
 	tests/test_attention.py tests/test_engine_correctness.py
-AVX2_CAP := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2)
+AVX2_CAP := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2)
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests

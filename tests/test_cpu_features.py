@@ -1,6 +1,7 @@
 """dtype="auto" and the ISA-specific fast paths: probed on this CPU, chosen once at load, with a portable
-fallback. ``make test`` runs this file twice: natively, and with ``PITSTOP_PORTABLE=1`` plus oneDNN and
-ATen capped at AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``), the path an AVX2-only CPU takes."""
+fallback. ``make test`` runs this file twice: natively, and with ``PITSTOP_PORTABLE=1`` plus oneDNN,
+ATen and MKL capped at AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+MKL_ENABLE_INSTRUCTIONS=AVX2``), the path an AVX2-only CPU takes."""
 
 from __future__ import annotations
 
