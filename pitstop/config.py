@@ -49,6 +49,10 @@ class EngineConfig:
         num_threads: torch intra-op threads (None: leave torch's default).
         seed: seed of the global sampling generator (unseeded requests).
         skip_tokenizer_init: do not load a tokenizer (prompts must be token ids; no output text).
+        program_idle_timeout: seconds after which an agent program with no running or waiting turn is
+            ended, its pins released (None: never; ``pitstop serve`` defaults to 600).
+        max_programs: most live programs; a new one over the bound ends the least recently active idle
+            program or is refused (``TooManyPrograms``, HTTP 429). None: unbounded (``serve``: 10,000).
     """
 
     model: str = "SmolLM2-135M-Instruct"
@@ -67,10 +71,16 @@ class EngineConfig:
     num_threads: int | None = None
     seed: int = 0
     skip_tokenizer_init: bool = False
+    program_idle_timeout: float | None = None
+    max_programs: int | None = None
 
     def __post_init__(self) -> None:
         self.kv_cache_memory = parse_bytes(self.kv_cache_memory)
         if self.dtype not in ("auto", "bfloat16", "float32"):
             raise ValueError(f"dtype must be 'auto', 'bfloat16' or 'float32', got {self.dtype!r}")
+        if self.program_idle_timeout is not None and not self.program_idle_timeout > 0:
+            raise ValueError(f"program_idle_timeout must be > 0 seconds, got {self.program_idle_timeout}")
+        if self.max_programs is not None and self.max_programs < 1:
+            raise ValueError(f"max_programs must be >= 1, got {self.max_programs}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")

@@ -25,6 +25,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="name(s) clients use in 'model' (default: the --model value and its folder name)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0,
                    help="seconds in-flight requests get to finish on SIGINT/SIGTERM (default: %(default)s)")
+    p.add_argument("--program-idle-timeout", type=float, default=600.0,
+                   help="seconds after which an agent program with no running or waiting turn is ended and its "
+                        "pinned KV released (default: %(default)s)")
+    p.add_argument("--max-programs", type=int, default=10_000,
+                   help="most live agent programs; a new one over the bound ends the least recently active idle "
+                        "program, or gets 429 when none is idle (default: %(default)s)")
     p.add_argument("--debug-endpoints", action="store_true", help="expose GET /debug/kv (tests)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     return p
@@ -40,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from pitstop.server.uvicorn_server import DrainingServer
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine = LLMEngine(EngineConfig(**engine_kwargs(args)))
+    engine = LLMEngine(EngineConfig(**engine_kwargs(args), program_idle_timeout=args.program_idle_timeout,
+                                    max_programs=args.max_programs))
     names = args.served_model_name or [args.model]
     for extra in (Path(args.model).name, Path(str(engine.model_dir)).name if engine.model_dir else None):
         if extra and extra not in names:

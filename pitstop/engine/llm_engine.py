@@ -87,7 +87,8 @@ class LLMEngine:
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
             max_model_len=self.max_model_len, enable_chunked_prefill=config.enable_chunked_prefill,
             scheduling_policy=config.scheduling_policy, ttl_policy=config.ttl_policy,
-            ttl_seconds=config.ttl_seconds), self.kv_manager)
+            ttl_seconds=config.ttl_seconds, program_idle_timeout=config.program_idle_timeout,
+            max_programs=config.max_programs), self.kv_manager)
         self.step_history: list[StepRecord] = []
         self._parents: dict[str, _Parent] = {}
         self._child_to_parent: dict[str, str] = {}
@@ -153,6 +154,7 @@ class LLMEngine:
 
         Raises:
             ValueError: empty / too long prompt, bad token ids, or a duplicate id.
+            TooManyPrograms: a new ``program_id`` over ``max_programs`` with no idle program to end.
         """
         params = params or SamplingParams()
         request_id = request_id or self.new_request_id()
@@ -162,6 +164,7 @@ class LLMEngine:
         if prompt_token_ids is None:
             prompt_token_ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt or [])
         self.validate_prompt(prompt_token_ids)
+        self.scheduler.programs.check_new_program(program_id)
         arrival = self.clock() if arrival_time is None else arrival_time
         max_tokens = self.max_model_len - len(prompt_token_ids)
         if params.max_tokens is not None:
@@ -317,11 +320,17 @@ class LLMEngine:
         """
         if not (duration_s >= 0 and duration_s != float("inf")):
             raise ValueError(f"duration_s must be a finite number >= 0, got {duration_s!r}")
-        self.scheduler.programs.report_tool(program_id, tool_name or "unknown", float(duration_s))
+        self.scheduler.programs.report_tool(program_id, tool_name or "unknown", float(duration_s), self.clock())
 
     def end_program(self, program_id: str) -> bool:
-        """End a program: its pinned KV is released at once. False if the program is unknown."""
+        """End a program: its pinned KV is released at once; a turn still running pins nothing when it
+        ends, and the program is forgotten then. False if the program is unknown."""
         return self.scheduler.programs.end(program_id)
+
+    def expire_programs(self) -> None:
+        """Expire pins whose TTL ran out and end idle programs now (``step`` does this too; a server
+        calls it while no request runs)."""
+        self.scheduler.programs.expire(self.clock())
 
     def program_stats(self, program_id: str) -> dict | None:
         """Counters of one live program (None once it has ended)."""
@@ -343,7 +352,8 @@ class LLMEngine:
                    kv_blocks_total=kv.num_blocks, kv_blocks_free=kv.num_free_blocks,
                    kv_blocks_pinned=kv.num_pinned_blocks, prefix_queries=kv.prefix_queries,
                    prefix_hits=kv.prefix_hits, prefix_hit_rate=kv.prefix_hits / max(kv.prefix_queries, 1),
-                   num_programs=len(pm.programs), prefill_rate=pm.prefill_rate, queue_delay=pm.queue_delay)
+                   num_programs=len(pm.programs), programs_idle_ended=pm.idle_ended,
+                   prefill_rate=pm.prefill_rate, queue_delay=pm.queue_delay)
         return out
 
     def check_kv_invariants(self) -> None:

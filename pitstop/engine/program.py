@@ -51,6 +51,9 @@ class Program:
         tool_reported: a tool result was reported for the current gap (no inference from arrival).
         turn_waiting: its next turn has arrived and waits for admission while its pin holds: the pin
             no longer expires (the tool is done; only admission is pending) and is released last.
+        last_active: seconds (engine clock) of its latest arrival, turn end or tool report (idle timeout).
+        ended: the client ended it while a turn was running: that turn pins nothing and the program is
+            dropped when its last running turn ends.
     """
 
     program_id: str
@@ -67,6 +70,8 @@ class Program:
     last_context_len: int = 0
     tool_reported: bool = False
     turn_waiting: bool = False
+    last_active: float = 0.0
+    ended: bool = False
     stats: ProgramStats = field(default_factory=ProgramStats)
 
     @property

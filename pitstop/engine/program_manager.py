@@ -7,6 +7,11 @@ them through the prefix cache instead of re-prefilling the whole context. A pinn
 evicted by LRU; a pin ends when the next turn is admitted (a *hit*), when its TTL runs out (an
 *expiry*), when the engine needs the memory (a *release*: running requests must grow, or nothing
 else can run), or when the program ends.
+
+Programs end when their last turn finishes, when the client ends them (``end``; a turn still running
+then pins nothing and the program goes with it), or when they sit idle (no running or waiting turn)
+for ``idle_timeout`` seconds: clients crash and never say goodbye. ``max_programs`` bounds the table:
+a new program over the bound ends the least recently active idle one, or is refused.
 """
 
 from __future__ import annotations
@@ -19,19 +24,47 @@ from pitstop.policies.ttl_base import PinContext, TTLPolicy
 _EWMA = 0.2
 
 
-class ProgramManager:
-    """Args: kv: the KV cache manager; ttl_policy: decides pin lifetimes."""
+class TooManyPrograms(Exception):
+    """A new program would exceed ``max_programs`` and no program is idle (the server answers 429)."""
 
-    def __init__(self, kv: KVCacheManager, ttl_policy: TTLPolicy) -> None:
+
+class ProgramManager:
+    """Args: kv: the KV cache manager; ttl_policy: decides pin lifetimes; idle_timeout: seconds after
+    which a program with no running or waiting turn is ended (None: never); max_programs: most live
+    programs (None: unbounded)."""
+
+    def __init__(self, kv: KVCacheManager, ttl_policy: TTLPolicy, idle_timeout: float | None = 600.0,
+                 max_programs: int | None = None) -> None:
         self.kv = kv
         self.ttl_policy = ttl_policy
+        self.idle_timeout = idle_timeout
+        self.max_programs = max_programs
         self.programs: dict[str, Program] = {}
         self.totals = ProgramStats()
+        self.idle_ended = 0  # programs ended by the idle timeout or to make room (engine-wide counter)
         self.prefill_rate = 2000.0  # tokens/s, EWMA over steps with prefill
         self.queue_delay = 0.0  # seconds, EWMA over admissions
         self._pinned: dict[str, Program] = {}
 
     # ---- lifecycle of turns ------------------------------------------------------------------
+    def check_new_program(self, program_id: str | None) -> None:
+        """Make room for ``program_id`` if it is new and the table is full: end the least recently
+        active idle program.
+
+        Raises:
+            TooManyPrograms: the table holds ``max_programs`` programs and none is idle.
+        """
+        if program_id is None or program_id in self.programs or self.max_programs is None:
+            return
+        if len(self.programs) < self.max_programs:
+            return
+        idle = [p for p in self.programs.values() if p.active == 0]
+        if not idle:
+            raise TooManyPrograms(f"{len(self.programs)} programs are live (max_programs={self.max_programs}) "
+                                  f"and none is idle")
+        self.end(min(idle, key=lambda q: q.last_active).program_id)
+        self.idle_ended += 1
+
     def on_arrival(self, req: Request) -> None:
         """A turn arrived: create the program on its first turn; learn the tool time from the gap."""
         if req.program_id is None:
@@ -42,7 +75,9 @@ class ProgramManager:
         elif p.last_turn_end is not None and not p.tool_reported and p.last_tool is not None:
             self.ttl_policy.observe_tool(p.last_tool, req.arrival_time - p.last_turn_end)
         p.tool_reported = False
+        p.ended = False  # a turn after an end keeps the id in use
         p.turn_waiting = p.has_pin
+        p.last_active = max(p.last_active, req.arrival_time)
         p.active += 1
         self._count(p, "turns")
 
@@ -71,18 +106,21 @@ class ProgramManager:
         if p is None:
             return False
         p.active -= 1
+        p.last_active = max(p.last_active, now)
         if status is RequestStatus.FINISHED_ABORTED:
+            if p.active == 0:
+                p.turn_waiting = False  # the waiting turn is gone: its pin may expire again
             return False
         p.last_turn_end, p.last_tool = now, req.tool_name or "unknown"
         p.last_context_len = req.num_tokens
-        if req.is_last_turn:
+        if req.is_last_turn or p.ended:
             return False
         return self._pin(p, req, now)
 
     def after_finish(self, req: Request) -> None:
-        """Drop a program once its last turn has ended and nothing of it is running."""
+        """Drop a program once its last turn (or any turn, once ended) has finished and nothing of it runs."""
         p = self.programs.get(req.program_id) if req.program_id is not None else None
-        if p is not None and req.is_last_turn and p.active == 0:
+        if p is not None and (req.is_last_turn or p.ended) and p.active == 0:
             self.end(p.program_id)
 
     # ---- pins ----------------------------------------------------------------------------------
@@ -128,10 +166,17 @@ class ProgramManager:
 
     def expire(self, now: float) -> None:
         """Release every pin whose TTL has run out, except those whose next turn already arrived
-        (the TTL bounds the tool's run; a turn waiting for admission is about to use the pin)."""
+        (the TTL bounds the tool's run; a turn waiting for admission is about to use the pin); end
+        programs idle for ``idle_timeout`` seconds."""
         for p in [p for p in self._pinned.values() if p.pin_expiry <= now and not p.turn_waiting]:
             self._unpin(p)
             self._count(p, "pin_expiries")
+        if self.idle_timeout is None:
+            return
+        limit = now - self.idle_timeout
+        for p in [p for p in self.programs.values() if p.active == 0 and p.last_active <= limit]:
+            self.end(p.program_id)
+            self.idle_ended += 1
 
     def release_one(self, exclude: str | None = None) -> bool:
         """Memory pressure: release the pin that would expire last, pins whose next turn is already
@@ -149,15 +194,18 @@ class ProgramManager:
         return bool(self._pinned)
 
     # ---- client reports ------------------------------------------------------------------------
-    def report_tool(self, program_id: str, tool_name: str, duration_s: float) -> None:
-        """A client reports a finished tool run (duration in seconds)."""
+    def report_tool(self, program_id: str, tool_name: str, duration_s: float, now: float | None = None) -> None:
+        """A client reports a finished tool run (duration in seconds; ``now``: engine clock, marks activity)."""
         self.ttl_policy.observe_tool(tool_name, duration_s)
         p = self.programs.get(program_id)
         if p is not None:
             p.tool_reported = True
+            if now is not None:
+                p.last_active = max(p.last_active, now)
 
     def end(self, program_id: str) -> bool:
-        """End a program: release its pin at once; forget it when none of its turns is running."""
+        """End a program: release its pin at once; forget it now if none of its turns is running, else
+        when the last one ends (which then pins nothing). False if the program is unknown."""
         p = self.programs.get(program_id)
         if p is None:
             return False
@@ -165,6 +213,8 @@ class ProgramManager:
             self._unpin(p)
         if p.active == 0:
             del self.programs[program_id]
+        else:
+            p.ended = True
         return True
 
     def observe_step(self, num_prefill_tokens: int, step_time_s: float) -> None:

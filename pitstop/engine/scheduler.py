@@ -31,6 +31,8 @@ class SchedulerConfig:
         enable_chunked_prefill: split long prompts across steps; if False a prompt must fit the budget.
         scheduling_policy: name of the ordering policy (``pitstop.policies``).
         ttl_policy / ttl_seconds: how long a program's KV stays pinned between turns.
+        program_idle_timeout: seconds after which a program with no running or waiting turn is ended
+            (None: never). max_programs: most live programs (None: unbounded).
     """
 
     max_num_seqs: int = 128
@@ -40,6 +42,8 @@ class SchedulerConfig:
     scheduling_policy: str = "fcfs"
     ttl_policy: str = "none"
     ttl_seconds: float | None = None
+    program_idle_timeout: float | None = None
+    max_programs: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
@@ -56,7 +60,8 @@ class Scheduler:
         self.kv = kv_manager
         self.policy = policy or get_scheduling_policy(config.scheduling_policy)
         self.programs = ProgramManager(kv_manager, ttl_policy or get_ttl_policy(config.ttl_policy,
-                                                                                 config.ttl_seconds))
+                                                                                 config.ttl_seconds),
+                                       config.program_idle_timeout, config.max_programs)
         self.policy.bind(self.programs.programs)
         self.waiting: list[Request] = []
         self.running: list[Request] = []

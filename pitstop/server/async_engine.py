@@ -101,6 +101,7 @@ class AsyncEngine:
         self._dead: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self.idle_tick_s = 1.0  # while idle, pins and idle programs are checked this often (seconds)
         self._snapshot()
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -201,7 +202,8 @@ class AsyncEngine:
         while True:
             with self._cv:
                 while not self._cmds and not self._stop and not eng.has_unfinished_requests():
-                    self._cv.wait()
+                    if not self._cv.wait(self.idle_tick_s):
+                        break  # idle: expire pins and idle programs below
                 cmds, self._cmds = list(self._cmds), deque()
                 stopping = self._stop
             for cmd in cmds:
@@ -211,6 +213,7 @@ class AsyncEngine:
                 self._snapshot()
                 return
             if not eng.has_unfinished_requests():
+                eng.expire_programs()
                 self._snapshot()
                 continue
             try:
@@ -270,6 +273,7 @@ class AsyncEngine:
             "kv_usage": kv.usage, "prefix_queries": kv.prefix_queries, "prefix_hits": kv.prefix_hits,
             **{f"program_{k}": v for k, v in sched.programs.totals.as_dict().items()},
             "kv_pinned_blocks": kv.num_pinned_blocks, "num_programs": len(sched.programs.programs),
+            "programs_idle_ended": sched.programs.idle_ended,
         }
 
 

@@ -46,6 +46,8 @@ class _EngineGauges:
                 ("pitstop_kv_cache_blocks_pinned", "kv_pinned_blocks", "KV blocks pinned by agent programs "
                                                                         "between turns."),
                 ("pitstop_programs", "num_programs", "Live agent programs."),
+                ("pitstop_programs_idle_ended", "programs_idle_ended", "Programs ended by the idle timeout or "
+                                                                       "to make room under max_programs."),
                 ("pitstop_program_turns", "program_turns", "Program turns received since start."),
                 ("pitstop_pins", "program_pins", "KV pins created after non-final turns."),
                 ("pitstop_pin_hits", "program_pin_hits", "Next turns that found their pinned KV."),

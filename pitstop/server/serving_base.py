@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from pitstop.outputs import Logprob, RequestOutput
 from pitstop.sampling_params import SamplingParams
+from pitstop.engine.program_manager import TooManyPrograms
 from pitstop.server.async_engine import AsyncEngine, CompletionDelta, EngineDead, QueueFull, RequestHandle
 from pitstop.server.errors import APIError, bad_request, from_value_error
 from pitstop.server.metrics import ServerMetrics
@@ -52,11 +53,16 @@ class ServingBase:
     @staticmethod
     @contextmanager
     def stream_errors() -> Iterator[None]:
-        """Map errors posted on a request's stream to API errors: 400 (ValueError), 503, 500."""
+        """Map errors posted on a request's stream to API errors: 400 (ValueError), 429 (too many
+        programs), 503, 500."""
         try:
             yield
         except ValueError as e:
             raise from_value_error(e) from None
+        except TooManyPrograms as e:
+            raise APIError(429, f"{e}; retry later or end programs (DELETE /v1/programs/{{id}})",
+                           "rate_limit_exceeded", "program_id", "too_many_programs",
+                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         except EngineDead as e:
             raise APIError(503, str(e), "server_error", None, "unavailable") from None
         except RuntimeError as e:
