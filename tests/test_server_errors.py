@@ -130,3 +130,43 @@ def test_queue_full_429_under_bounded_flood(server):
     assert elapsed < 120
     t1 = time.monotonic()
     assert server.get("/health").status_code == 200 and time.monotonic() - t1 < 5
+
+
+@pytest.mark.parametrize("path,body,param,flag", [
+    ("/v1/completions", {"prompt": "hi", "n": 17}, "n", "--max-n"),
+    ("/v1/completions", {"prompt": "hi", "logprobs": 21}, "logprobs", "--max-logprobs"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": True,
+                              "top_logprobs": 21}, "top_logprobs", "--max-logprobs"),
+    ("/v1/completions", {"prompt": "hi", "stop": [f"s{i}" for i in range(17)]}, "stop", "--max-stop"),
+    ("/v1/completions", {"prompt": "hi", "stop": "x" * 1025}, "stop", "--max-stop-chars"),
+    ("/v1/completions", {"prompt": "hi", "logit_bias": {str(i): 1.0 for i in range(301)}}, "logit_bias",
+     "--max-logit-bias"),
+])
+def test_limits_are_400s_naming_the_limit(server, path, body, param, flag):
+    err = _error(server.post(path, json=body), 400)
+    assert err["param"] == param and flag in err["message"] and err["code"] == "limit_exceeded"
+
+
+def test_body_over_the_size_limit_is_413(server):
+    big = b'{"prompt": "' + b"a" * (8 * 2**20) + b'"}'
+    err = _error(server.post("/v1/completions", content=big, headers={"content-type": "application/json"}), 413)
+    assert err["code"] == "request_too_large" and "--max-request-bytes" in err["message"]
+
+    def chunks():  # no Content-Length: the limit is counted while the body arrives
+        yield b'{"prompt": "'
+        for _ in range(9):
+            yield b"a" * 2**20
+        yield b'"}'
+    err = _error(server.post("/v1/completions", content=chunks(), headers={"content-type": "application/json"}), 413)
+    assert err["code"] == "request_too_large"
+
+
+def test_error_bodies_carry_no_traceback_or_path(server):
+    bad = [server.post("/v1/completions", json={"prompt": "hi", "max_tokens": -1}),
+           server.post("/v1/completions", content=b"{", headers={"content-type": "application/json"}),
+           server.post("/v1/chat/completions", json={"messages": [{"role": "nobody", "content": 1}]}),
+           server.get("/v1/programs/none")]
+    for r in bad:
+        assert 400 <= r.status_code < 500, r.text
+        text = r.text
+        assert "Traceback" not in text and "/pitstop/" not in text and ".py" not in text, text

@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+from pitstop.server.limits import RequestLimits
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
@@ -31,6 +33,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-programs", type=int, default=10_000,
                    help="most live agent programs; a new one over the bound ends the least recently active idle "
                         "program, or gets 429 when none is idle (default: %(default)s)")
+    d = RequestLimits()
+    p.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes,
+                   help="request body size limit in bytes; over it: 413 (default: %(default)s)")
+    p.add_argument("--max-n", type=int, default=d.max_n, help="most completions per request (default: %(default)s)")
+    p.add_argument("--max-logprobs", type=int, default=d.max_logprobs,
+                   help="most logprobs / top_logprobs per token (default: %(default)s)")
+    p.add_argument("--max-stop", type=int, default=d.max_stop, help="most stop strings (default: %(default)s)")
+    p.add_argument("--max-stop-chars", type=int, default=d.max_stop_chars,
+                   help="longest stop string in characters (default: %(default)s)")
+    p.add_argument("--max-logit-bias", type=int, default=d.max_logit_bias,
+                   help="most logit_bias entries (default: %(default)s)")
+    p.add_argument("--max-tokens-limit", type=int, default=None,
+                   help="most tokens one request may ask to generate (default: up to the context length)")
     p.add_argument("--debug-endpoints", action="store_true", help="expose GET /debug/kv (tests)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     return p
@@ -52,8 +67,11 @@ def run(args: argparse.Namespace) -> int:
     for extra in (Path(args.model).name, Path(str(engine.model_dir)).name if engine.model_dir else None):
         if extra and extra not in names:
             names.append(extra)
+    limits = RequestLimits(max_request_bytes=args.max_request_bytes, max_n=args.max_n,
+                           max_logprobs=args.max_logprobs, max_stop=args.max_stop, max_stop_chars=args.max_stop_chars,
+                           max_logit_bias=args.max_logit_bias, max_tokens=args.max_tokens_limit)
     app = create_app(engine, names, api_key=args.api_key, max_queue=args.max_queue,
-                     debug_endpoints=args.debug_endpoints)
+                     debug_endpoints=args.debug_endpoints, limits=limits)
     print(f"pitstop: serving {names[0]} on http://{args.host}:{args.port}/v1 "
           f"(max_model_len={engine.max_model_len}, KV blocks={engine.kv_manager.num_blocks}; "
           f"{engine.executor.kernels.summary()})", flush=True)

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pitstop.engine.llm_engine import LLMEngine
 from pitstop.server.async_engine import AsyncEngine
 from pitstop.server.errors import APIError, error_body, install_handlers
+from pitstop.server.limits import RequestLimits, body_too_large
 from pitstop.server.metrics import ServerMetrics
 from pitstop.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, ToolResult
 from pitstop.server.serving_chat import ServingChat
@@ -29,8 +30,10 @@ class _AuthAndMetrics:
     """ASGI middleware: 401 without ``Authorization: Bearer <api_key>`` on /v1 and /debug routes (when a
     key is set), and a count of responses by endpoint and status code."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, metrics: ServerMetrics) -> None:
+    def __init__(self, app: ASGIApp, api_key: str | None, metrics: ServerMetrics,
+                 max_request_bytes: int = RequestLimits.max_request_bytes) -> None:
         self.app, self.api_key, self.metrics = app, api_key, metrics
+        self.max_request_bytes = max_request_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,11 +59,48 @@ class _AuthAndMetrics:
                 self.metrics.http_requests.labels(endpoint, str(message["status"])).inc()
             await send(message)
 
-        await self.app(scope, receive, send_wrapper)
+        bounded = await self._bounded_receive(scope, receive)
+        if bounded is None:
+            await body_too_large(self.max_request_bytes).response()(scope, receive, send_wrapper)
+            return
+        await self.app(scope, bounded, send_wrapper)
+
+    async def _bounded_receive(self, scope: Scope, receive: Receive) -> Receive | None:
+        """``receive`` for a body within ``max_request_bytes``, or None (answer 413). A body without
+        Content-Length (chunked) is read here up to the limit and replayed to the app."""
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit():
+            return receive if int(declared) <= self.max_request_bytes else None
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return receive
+        body = await _read_body(receive, self.max_request_bytes)
+        if body is None:
+            return None
+        replay = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def replaying() -> Message:
+            return replay.pop() if replay else await receive()
+        return replaying
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None once it exceeds ``limit`` bytes."""
+    parts, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(parts)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
 
 
 def create_app(engine: LLMEngine, model_names: list[str], api_key: str | None = None, max_queue: int = 256,
-               debug_endpoints: bool = False) -> FastAPI:
+               debug_endpoints: bool = False, limits: RequestLimits | None = None) -> FastAPI:
     """Build the app around a loaded engine. The engine thread starts and stops with the app's lifespan.
 
     Args:
@@ -69,7 +109,9 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | None = 
         api_key: if set, /v1/* and /debug/* need ``Authorization: Bearer <api_key>``.
         max_queue: requests allowed to wait beyond ``max_num_seqs`` before 429.
         debug_endpoints: expose ``GET /debug/kv``.
+        limits: per-request bounds (body size, n, logprobs, stop, logit_bias, max_tokens).
     """
+    limits = limits or RequestLimits()
     holder: dict = {}
 
     def stats() -> dict:
@@ -78,8 +120,8 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | None = 
     metrics = ServerMetrics(stats)
     async_engine = AsyncEngine(engine, max_queue=max_queue, on_finish=metrics.on_finish)
     holder["engine"] = async_engine
-    completions = ServingCompletions(async_engine, model_names, metrics)
-    chat = ServingChat(async_engine, model_names, metrics)
+    completions = ServingCompletions(async_engine, model_names, metrics, limits)
+    chat = ServingChat(async_engine, model_names, metrics, limits)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -93,7 +135,9 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | None = 
     app.state.async_engine = async_engine
     app.state.metrics = metrics
     install_handlers(app)
-    app.add_middleware(_AuthAndMetrics, api_key=api_key, metrics=metrics)
+    app.add_middleware(_AuthAndMetrics, api_key=api_key, metrics=metrics,
+                       max_request_bytes=limits.max_request_bytes)
+
 
     @app.get("/health")
     async def health() -> Response:

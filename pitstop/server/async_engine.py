@@ -220,7 +220,7 @@ class AsyncEngine:
                 outputs = eng.step()
             except Exception as e:  # noqa: BLE001 - fail the in-flight requests, keep serving
                 log.exception("engine step failed")
-                self._fail_all(RuntimeError(f"engine step failed: {e!r}"))
+                self._fail_all(RuntimeError(f"engine step failed ({type(e).__name__}; see the server log)"))
                 outputs = []
             for out in outputs:
                 self._dispatch(out)

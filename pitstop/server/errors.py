@@ -2,12 +2,14 @@
 
 Body shape (OpenAI API reference, "Error codes"): ``{"error": {"message", "type", "param", "code"}}``.
 Status codes: 400 invalid request (bad JSON, wrong types, bad values, unknown model, prompt too long),
-401 missing or wrong API key, 429 admission queue full (with ``Retry-After``), 500 engine failure,
-503 server shutting down.
+401 missing or wrong API key, 413 body too large, 429 admission queue full or too many programs (with
+``Retry-After``), 500 engine failure (the cause goes to the server log; bodies carry no tracebacks or
+paths), 503 server shutting down.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from http import HTTPStatus
 
@@ -15,6 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("pitstop.server")
 
 
 class APIError(Exception):
@@ -84,6 +88,12 @@ def install_handlers(app: FastAPI) -> None:
         parts = [f"{_loc(tuple(e.get('loc', ())))}: {e.get('msg', '')}" for e in errs[:5]]
         param = _loc(tuple(first.get("loc", ()))) if first else None
         return bad_request("; ".join(parts) or "invalid request", param=param).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)  # the cause goes to the log, never to the client
+        return JSONResponse(error_body("internal server error; see the server log", "server_error", None,
+                                       "internal_error"), status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

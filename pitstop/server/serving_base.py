@@ -12,6 +12,7 @@ from pitstop.sampling_params import SamplingParams
 from pitstop.engine.program_manager import TooManyPrograms
 from pitstop.server.async_engine import AsyncEngine, CompletionDelta, EngineDead, QueueFull, RequestHandle
 from pitstop.server.errors import APIError, bad_request, from_value_error
+from pitstop.server.limits import RequestLimits
 from pitstop.server.metrics import ServerMetrics
 from pitstop.server.protocol import _SamplingRequest
 
@@ -37,8 +38,10 @@ class ServingBase:
         metrics: the server's metrics.
     """
 
-    def __init__(self, engine: AsyncEngine, model_names: list[str], metrics: ServerMetrics) -> None:
+    def __init__(self, engine: AsyncEngine, model_names: list[str], metrics: ServerMetrics,
+                 limits: RequestLimits | None = None) -> None:
         self.engine = engine
+        self.limits = limits or RequestLimits()
         self.model_names = model_names
         self.metrics = metrics
         self.tokenizer = engine.engine.tokenizer
@@ -65,14 +68,20 @@ class ServingBase:
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         except EngineDead as e:
             raise APIError(503, str(e), "server_error", None, "unavailable") from None
-        except RuntimeError as e:
-            raise APIError(500, str(e), "server_error") from None
+        except RuntimeError:
+            # the cause is in the server log (logged where it happened); the body names no paths
+            raise APIError(500, "internal error while running the request; see the server log",
+                           "server_error") from None
 
     def check_common(self, req: _SamplingRequest) -> None:
+        """400 for a field over its limit (``RequestLimits``) or an unsupported one."""
+        chat = hasattr(req, "top_logprobs")
+        logprobs = req.top_logprobs if chat else req.logprobs
+        max_tokens = (req.max_completion_tokens if chat and req.max_completion_tokens is not None
+                      else req.max_tokens)
+        self.limits.check(req, logprobs, max_tokens)
         if req.logit_bias:
             raise bad_request("logit_bias is not supported by this server", param="logit_bias")
-        if req.n > 16:
-            raise bad_request(f"n must be <= 16, got {req.n}", param="n")
 
     def sampling_params(self, req: _SamplingRequest, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         try:
