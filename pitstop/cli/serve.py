@@ -19,8 +19,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=os.environ.get("PITSTOP_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $PITSTOP_API_KEY, none)")
+    p.add_argument("--api-key", action="append", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/*; repeat for several tenants, each with its own "
+                        "programs (default: $PITSTOP_API_KEY, none)")
+    p.add_argument("--cache-isolation", default="none", choices=["none", "per-key"],
+                   help="per-key: tenants (API keys) never share prefix-cache blocks (default: %(default)s)")
     p.add_argument("--max-queue", type=int, default=256,
                    help="requests allowed to wait beyond --max-num-seqs; more get 429 (default: %(default)s)")
     p.add_argument("--served-model-name", action="append", default=None,
@@ -70,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     limits = RequestLimits(max_request_bytes=args.max_request_bytes, max_n=args.max_n,
                            max_logprobs=args.max_logprobs, max_stop=args.max_stop, max_stop_chars=args.max_stop_chars,
                            max_logit_bias=args.max_logit_bias, max_tokens=args.max_tokens_limit)
-    app = create_app(engine, names, api_key=args.api_key, max_queue=args.max_queue,
-                     debug_endpoints=args.debug_endpoints, limits=limits)
+    keys = args.api_key or ([os.environ["PITSTOP_API_KEY"]] if os.environ.get("PITSTOP_API_KEY") else None)
+    app = create_app(engine, names, api_key=keys, max_queue=args.max_queue, debug_endpoints=args.debug_endpoints,
+                     limits=limits, cache_isolation=args.cache_isolation)
     print(f"pitstop: serving {names[0]} on http://{args.host}:{args.port}/v1 "
           f"(max_model_len={engine.max_model_len}, KV blocks={engine.kv_manager.num_blocks}; "
           f"{engine.executor.kernels.summary()})", flush=True)

@@ -7,7 +7,6 @@ checked in the engine thread between steps; used by the tests).
 
 from __future__ import annotations
 
-import hmac
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -18,6 +17,7 @@ from pitstop.engine.llm_engine import LLMEngine
 from pitstop.server.async_engine import AsyncEngine
 from pitstop.server.errors import APIError, error_body, install_handlers
 from pitstop.server.limits import RequestLimits, body_too_large
+from pitstop.server.tenants import CACHE_ISOLATION, scoped_program, tenant_of
 from pitstop.server.metrics import ServerMetrics
 from pitstop.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, ToolResult
 from pitstop.server.serving_chat import ServingChat
@@ -30,9 +30,9 @@ class _AuthAndMetrics:
     """ASGI middleware: 401 without ``Authorization: Bearer <api_key>`` on /v1 and /debug routes (when a
     key is set), and a count of responses by endpoint and status code."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, metrics: ServerMetrics,
+    def __init__(self, app: ASGIApp, api_keys: list[str], metrics: ServerMetrics,
                  max_request_bytes: int = RequestLimits.max_request_bytes) -> None:
-        self.app, self.api_key, self.metrics = app, api_key, metrics
+        self.app, self.api_keys, self.metrics = app, api_keys, metrics
         self.max_request_bytes = max_request_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -42,11 +42,13 @@ class _AuthAndMetrics:
         path = scope.get("path", "")
         endpoint = path if path in ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health",
                                     "/metrics", "/debug/kv") else "other"
-        if self.api_key and path not in _OPEN_PATHS and scope.get("method") != "OPTIONS":
+        if self.api_keys and path not in _OPEN_PATHS and scope.get("method") != "OPTIONS":
             headers = dict(scope.get("headers") or [])
             auth = headers.get(b"authorization", b"").decode("latin-1")
             token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), self.api_key.encode()):
+            tenant = tenant_of(token, self.api_keys)
+            scope.setdefault("state", {})["tenant"] = tenant
+            if tenant is None:
                 self.metrics.http_requests.labels(endpoint, "401").inc()
                 msg = "missing API key" if not token else "invalid API key"
                 resp = JSONResponse(error_body(f"{msg}: send 'Authorization: Bearer <key>'",
@@ -83,6 +85,11 @@ class _AuthAndMetrics:
         return replaying
 
 
+def _tenant(raw: Request) -> str | None:
+    """The tenant the auth middleware found for this request (None without API keys)."""
+    return getattr(raw.state, "tenant", None)
+
+
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
     """The whole request body, or None once it exceeds ``limit`` bytes."""
     parts, size = [], 0
@@ -99,19 +106,28 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(parts)
 
 
-def create_app(engine: LLMEngine, model_names: list[str], api_key: str | None = None, max_queue: int = 256,
-               debug_endpoints: bool = False, limits: RequestLimits | None = None) -> FastAPI:
+def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[str] | None = None,
+               max_queue: int = 256, debug_endpoints: bool = False, limits: RequestLimits | None = None,
+               cache_isolation: str = "none") -> FastAPI:
     """Build the app around a loaded engine. The engine thread starts and stops with the app's lifespan.
 
     Args:
         engine: a built ``LLMEngine``.
         model_names: names accepted in requests' ``model`` field; the first is listed by /v1/models.
-        api_key: if set, /v1/* and /debug/* need ``Authorization: Bearer <api_key>``.
+        api_key: one key or several (one per tenant); if set, /v1/* and /debug/* need
+            ``Authorization: Bearer <key>``, and programs are scoped per key (``pitstop.server.tenants``).
         max_queue: requests allowed to wait beyond ``max_num_seqs`` before 429.
         debug_endpoints: expose ``GET /debug/kv``.
         limits: per-request bounds (body size, n, logprobs, stop, logit_bias, max_tokens).
+        cache_isolation: ``none`` or ``per-key`` (tenants never share prefix-cache blocks).
+
+    Raises:
+        ValueError: an unknown ``cache_isolation``.
     """
     limits = limits or RequestLimits()
+    if cache_isolation not in CACHE_ISOLATION:
+        raise ValueError(f"cache_isolation must be one of {CACHE_ISOLATION}, got {cache_isolation!r}")
+    api_keys = [api_key] if isinstance(api_key, str) else list(api_key or [])
     holder: dict = {}
 
     def stats() -> dict:
@@ -120,8 +136,8 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | None = 
     metrics = ServerMetrics(stats)
     async_engine = AsyncEngine(engine, max_queue=max_queue, on_finish=metrics.on_finish)
     holder["engine"] = async_engine
-    completions = ServingCompletions(async_engine, model_names, metrics, limits)
-    chat = ServingChat(async_engine, model_names, metrics, limits)
+    completions = ServingCompletions(async_engine, model_names, metrics, limits, cache_isolation)
+    chat = ServingChat(async_engine, model_names, metrics, limits, cache_isolation)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -135,9 +151,8 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | None = 
     app.state.async_engine = async_engine
     app.state.metrics = metrics
     install_handlers(app)
-    app.add_middleware(_AuthAndMetrics, api_key=api_key, metrics=metrics,
+    app.add_middleware(_AuthAndMetrics, api_keys=api_keys, metrics=metrics,
                        max_request_bytes=limits.max_request_bytes)
-
 
     @app.get("/health")
     async def health() -> Response:
@@ -159,24 +174,27 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | None = 
         return await chat.create(req, raw)
 
     @app.post("/v1/programs/{program_id}/tool_result")
-    async def tool_result(program_id: str, body: ToolResult) -> dict:
+    async def tool_result(program_id: str, body: ToolResult, raw: Request) -> dict:
         if not (body.duration_s >= 0 and body.duration_s != float("inf")):
             raise APIError(400, f"duration_s must be a finite number >= 0, got {body.duration_s}",
                            "invalid_request_error", "duration_s", "invalid_value")
-        await async_engine.call(lambda e: e.report_tool_result(program_id, body.tool_name, body.duration_s))
+        pid = scoped_program(_tenant(raw), program_id)
+        await async_engine.call(lambda e: e.report_tool_result(pid, body.tool_name, body.duration_s))
         return {"program_id": program_id, "tool_name": body.tool_name, "duration_s": body.duration_s}
 
     @app.delete("/v1/programs/{program_id}")
-    async def end_program(program_id: str) -> dict:
-        found = await async_engine.call(lambda e: e.end_program(program_id))
+    async def end_program(program_id: str, raw: Request) -> dict:
+        pid = scoped_program(_tenant(raw), program_id)
+        found = await async_engine.call(lambda e: e.end_program(pid))
         if not found:
             raise APIError(404, f"no live program {program_id!r}", "invalid_request_error", "program_id",
                            "program_not_found")
         return {"id": program_id, "object": "program", "deleted": True}
 
     @app.get("/v1/programs/{program_id}")
-    async def program_stats(program_id: str) -> dict:
-        stats = await async_engine.call(lambda e: e.program_stats(program_id))
+    async def program_stats(program_id: str, raw: Request) -> dict:
+        pid = scoped_program(_tenant(raw), program_id)
+        stats = await async_engine.call(lambda e: e.program_stats(pid))
         if stats is None:
             raise APIError(404, f"no live program {program_id!r}", "invalid_request_error", "program_id",
                            "program_not_found")

@@ -13,6 +13,7 @@ from pitstop.engine.program_manager import TooManyPrograms
 from pitstop.server.async_engine import AsyncEngine, CompletionDelta, EngineDead, QueueFull, RequestHandle
 from pitstop.server.errors import APIError, bad_request, from_value_error
 from pitstop.server.limits import RequestLimits
+from pitstop.server.tenants import scoped_program, scoped_salt
 from pitstop.server.metrics import ServerMetrics
 from pitstop.server.protocol import _SamplingRequest
 
@@ -39,9 +40,10 @@ class ServingBase:
     """
 
     def __init__(self, engine: AsyncEngine, model_names: list[str], metrics: ServerMetrics,
-                 limits: RequestLimits | None = None) -> None:
+                 limits: RequestLimits | None = None, cache_isolation: str = "none") -> None:
         self.engine = engine
         self.limits = limits or RequestLimits()
+        self.cache_isolation = cache_isolation
         self.model_names = model_names
         self.metrics = metrics
         self.tokenizer = engine.engine.tokenizer
@@ -104,8 +106,9 @@ class ServingBase:
                            param="max_tokens", code="context_length_exceeded")
 
     def admit(self, request_id: str, prompts: list[list[int]], params: SamplingParams,
-              req: _SamplingRequest) -> list[RequestHandle]:
-        """Add one engine request per prompt, all or none (429 when the queue is full)."""
+              req: _SamplingRequest, tenant: str | None = None) -> list[RequestHandle]:
+        """Add one engine request per prompt, all or none (429 when the queue is full); the program and
+        cache salt are scoped to ``tenant`` (``pitstop.server.tenants``)."""
         try:
             self.engine.check_admission(len(prompts))
         except QueueFull as e:
@@ -114,9 +117,11 @@ class ServingBase:
                            "queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         except EngineDead as e:
             raise APIError(503, str(e), "server_error", None, "unavailable") from None
+        program = req.program_kwargs()
+        program["program_id"] = scoped_program(tenant, program["program_id"])
+        salt = scoped_salt(tenant, req.cache_salt, self.cache_isolation)
         return [self.engine.add_request(request_id if len(prompts) == 1 else f"{request_id}-p{i}", ids, params,
-                                        priority=req.priority, cache_salt=req.cache_salt,
-                                        **req.program_kwargs())
+                                        priority=req.priority, cache_salt=salt, **program)
                 for i, ids in enumerate(prompts)]
 
     @staticmethod

@@ -56,7 +56,7 @@ class ServingChat(ServingBase):
         self.check_prompt(ids, max_tokens, param="messages")
         params = self.sampling_params(req, max_tokens, top if req.logprobs else None)
         rid = random_id("chatcmpl")
-        handles = self.admit(rid, [ids], params, req)
+        handles = self.admit(rid, [ids], params, req, getattr(raw.state, "tenant", None))
         close = lambda: [h.close() for h in handles]  # noqa: E731
         if req.stream:
             return SSEResponse(self._stream(rid, model, req, handles[0]), on_close=close)

@@ -45,7 +45,7 @@ class ServingCompletions(ServingBase):
             self.check_prompt(ids, req.max_tokens)
         params = self.sampling_params(req, req.max_tokens, req.logprobs)
         rid = random_id("cmpl")
-        handles = self.admit(rid, prompts, params, req)
+        handles = self.admit(rid, prompts, params, req, getattr(raw.state, "tenant", None))
         close = lambda: [h.close() for h in handles]  # noqa: E731
         if req.stream:
             return SSEResponse(self._stream(rid, model, req, handles), on_close=close)
