@@ -17,7 +17,8 @@ class RequestLimits:
         max_logprobs: ``logprobs`` (completions) and ``top_logprobs`` (chat); OpenAI allows 0-20.
         max_stop: stop strings per request. max_stop_chars: characters of one stop string.
         max_logit_bias: entries of ``logit_bias``.
-        max_tokens: the most tokens one request may ask to generate (None: up to the context length).
+        max_tokens: the most tokens one request may ask to generate, and the default of a chat request
+            that names none (None: up to the context length).
     """
 
     max_request_bytes: int = 8 * 2**20

@@ -79,11 +79,18 @@ class ServingBase:
         """400 for a field over its limit (``RequestLimits``) or an unsupported one."""
         chat = hasattr(req, "top_logprobs")
         logprobs = req.top_logprobs if chat else req.logprobs
-        max_tokens = (req.max_completion_tokens if chat and req.max_completion_tokens is not None
-                      else req.max_tokens)
-        self.limits.check(req, logprobs, max_tokens)
+        explicit = bool({"max_tokens", "max_completion_tokens"} & req.model_fields_set)
+        self.limits.check(req, logprobs, _asked_max_tokens(req) if explicit else None)
         if req.logit_bias:
             raise bad_request("logit_bias is not supported by this server", param="logit_bias")
+
+    def max_tokens(self, req: _SamplingRequest) -> int | None:
+        """Tokens to generate: what the request asked for; a default (not asked) is capped by
+        ``--max-tokens-limit``, which is also the default where the request has none."""
+        asked, limit = _asked_max_tokens(req), self.limits.max_tokens
+        if limit is None or {"max_tokens", "max_completion_tokens"} & req.model_fields_set:
+            return asked
+        return limit if asked is None else min(asked, limit)
 
     def sampling_params(self, req: _SamplingRequest, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         try:
@@ -198,3 +205,9 @@ class ServingBase:
             offsets.append(offset)
             offset += len(tok)
         return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def _asked_max_tokens(req: _SamplingRequest) -> int | None:
+    """``max_completion_tokens`` (chat) or ``max_tokens``, as the body gives them (with their defaults)."""
+    newer = getattr(req, "max_completion_tokens", None)
+    return newer if newer is not None else req.max_tokens

@@ -50,7 +50,7 @@ class ServingChat(ServingBase):
         self.check_common(req)
         if req.top_logprobs is not None and not req.logprobs:
             raise bad_request("top_logprobs requires logprobs=true", param="top_logprobs")
-        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        max_tokens = self.max_tokens(req)
         top = req.top_logprobs or 0
         ids = self.prompt_ids(req)
         self.check_prompt(ids, max_tokens, param="messages")

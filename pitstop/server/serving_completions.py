@@ -41,9 +41,10 @@ class ServingCompletions(ServingBase):
         if req.best_of not in (None, 1, req.n):
             raise bad_request("best_of must equal n (beam search / best-of is not supported)", param="best_of")
         prompts = self.prompts(req)
+        max_tokens = self.max_tokens(req)
         for ids in prompts:
-            self.check_prompt(ids, req.max_tokens)
-        params = self.sampling_params(req, req.max_tokens, req.logprobs)
+            self.check_prompt(ids, max_tokens)
+        params = self.sampling_params(req, max_tokens, req.logprobs)
         rid = random_id("cmpl")
         handles = self.admit(rid, prompts, params, req, getattr(raw.state, "tenant", None))
         close = lambda: [h.close() for h in handles]  # noqa: E731
