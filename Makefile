@@ -20,6 +20,7 @@ demo: install
 	$(VENV)/bin/pitstop demo
 
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: install

@@ -33,14 +33,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pitstop.cli.main import engine_kwargs
+    from pitstop.cli.engine_args import engine_kwargs
     from pitstop.config import EngineConfig
-    from pitstop.engine.llm_engine import LLMEngine
+    from pitstop.entrypoints.engine_builder import build_engine
     from pitstop.server.app import create_app
     from pitstop.server.uvicorn_server import DrainingServer
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine = LLMEngine(EngineConfig(**engine_kwargs(args)))
+    engine = build_engine(EngineConfig(**engine_kwargs(args)))
     names = args.served_model_name or [args.model]
     for extra in (Path(args.model).name, Path(str(engine.model_dir)).name if engine.model_dir else None):
         if extra and extra not in names:

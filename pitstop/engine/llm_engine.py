@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pitstop.config import EngineConfig
 from pitstop.engine.detokenizer import IncrementalDetokenizer
 from pitstop.engine.kv_cache_manager import KVCacheManager
-from pitstop.engine.request import Request, RequestStatus
+from pitstop.request import Request, RequestStatus
 from pitstop.engine.scheduler import Scheduler, SchedulerConfig
-from pitstop.engine.scheduler_output import ExecutorResult, SchedulerOutput
+from pitstop.scheduler_output import ExecutorResult, SchedulerOutput
 from pitstop.executor.interface import Executor
 from pitstop.outputs import CompletionOutput, RequestOutput
 from pitstop.sampling_params import SamplingParams
@@ -44,34 +45,51 @@ class _Parent:
     children: list[Request]
     detoks: list[IncrementalDetokenizer | None]
     program_id: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class LLMEngine:
     """Synchronous engine: ``add_request`` then call ``step`` until ``has_unfinished_requests`` is False.
 
+    The engine never builds a model: on a real checkpoint use ``pitstop.entrypoints.engine_builder.build_engine``
+    (or ``pitstop.LLM``), which loads the model runner and tokenizer and passes them here.
+
     Args:
         config: engine settings.
-        executor: the model runner (built from ``config`` when None) or a simulated executor.
-        tokenizer: a transformers tokenizer (loaded from the model folder when None and an
-            executor is built here; may stay None for token-id-only use such as simulation).
+        executor: runs each step: the model runner, a simulated executor or a test double. A public attribute:
+            it may be replaced between steps (e.g. wrapped to record step times).
+        tokenizer: a transformers tokenizer (None for token-id-only use such as simulation: no output text).
         clock: seconds, monotonic; wall time here, a virtual clock in the simulator.
-        num_blocks: KV blocks when ``executor`` is given (otherwise taken from the runner).
-        eos_token_ids / vocab_size / max_model_len: model facts when ``executor`` is given.
+        num_blocks: KV blocks the executor holds.
+        eos_token_ids / vocab_size / max_model_len: model facts (tokens; ``max_model_len`` None: the config's,
+            else 8192).
         keep_step_history: append a ``StepRecord`` to ``step_history`` every step (the simulator turns it
             off: memory on long runs).
+        block_tables: put each scheduled request's block table in ``SchedulerOutput`` (an executor that reads
+            no KV, such as the simulator's, may turn it off: the per-step copy is skipped, allocation unchanged).
+        ids_in_range: ``(prompt ids, vocab_size) -> bool``, the fast check that every prompt id is a token id
+            below ``vocab_size`` (None: no bound); when it says False the engine's own scan finds the precise
+            error. The simulator passes a vectorised one for its long synthetic prompts.
+        model_dir: the folder the weights came from (reported by the server), if any.
+
+    Raises:
+        TypeError: no executor.
+        ValueError: the KV cache cannot hold one ``max_model_len`` context.
     """
 
     def __init__(self, config: EngineConfig, executor: Executor | None = None, tokenizer: Any = None,
                  clock: Callable[[], float] = time.monotonic, num_blocks: int | None = None,
                  eos_token_ids: frozenset[int] = frozenset(), vocab_size: int | None = None,
-                 max_model_len: int | None = None, keep_step_history: bool = True) -> None:
+                 max_model_len: int | None = None, keep_step_history: bool = True, *, block_tables: bool = True,
+                 ids_in_range: Callable[[list[int], int | None], bool] | None = None,
+                 model_dir: Path | None = None) -> None:
+        if executor is None or num_blocks is None:
+            raise TypeError("LLMEngine needs an executor and its num_blocks: build one on a model with "
+                            "pitstop.entrypoints.engine_builder.build_engine(config)")
         self.config = config
         self.keep_step_history = keep_step_history
         self.clock = clock
-        self.model_dir = None
-        if executor is None:
-            executor, tokenizer, num_blocks, eos_token_ids, vocab_size, max_model_len = self._build(config)
+        self.model_dir = model_dir
+        self._ids_in_range = ids_in_range or _plain_ids_in_range
         self.executor = executor
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -87,31 +105,12 @@ class LLMEngine:
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
             max_model_len=self.max_model_len, enable_chunked_prefill=config.enable_chunked_prefill,
             scheduling_policy=config.scheduling_policy, ttl_policy=config.ttl_policy,
-            ttl_seconds=config.ttl_seconds), self.kv_manager)
+            ttl_seconds=config.ttl_seconds, block_tables=block_tables), self.kv_manager)
         self.step_history: list[StepRecord] = []
         self._parents: dict[str, _Parent] = {}
         self._child_to_parent: dict[str, str] = {}
         self._aborted: list[RequestOutput] = []
         self._counter = 0
-
-    def _build(self, config: EngineConfig):
-        import torch
-
-        from pitstop.executor.model_runner import ModelRunner
-        from pitstop.model.resolve import resolve_model
-
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
-        self.model_dir = resolve_model(config.model)
-        runner = ModelRunner(self.model_dir, config.dtype, config.kv_cache_memory, config.block_size,
-                             config.attention_backend)
-        tokenizer = None if config.skip_tokenizer_init else _load_tokenizer(self.model_dir)
-        hf = runner.hf_config
-        mml = min(config.max_model_len or min(hf.max_position_embeddings, 8192), hf.max_position_embeddings)
-        eos = _eos_ids(self.model_dir, tokenizer, hf)
-        self._seed_generator = torch.Generator().manual_seed(config.seed)
-        torch.manual_seed(config.seed)
-        return runner, tokenizer, runner.num_blocks, eos, hf.vocab_size, mml
 
     # ---- requests -------------------------------------------------------------------------
     def new_request_id(self) -> str:
@@ -125,7 +124,7 @@ class LLMEngine:
 
     def validate_prompt(self, prompt_token_ids: list[int], index: int | None = None) -> None:
         """Raise ValueError if the prompt is empty, too long or has out-of-vocabulary ids."""
-        if prompt_token_ids and len(prompt_token_ids) < self.max_model_len and _plain_ids_in_range(
+        if prompt_token_ids and len(prompt_token_ids) < self.max_model_len and self._ids_in_range(
                 prompt_token_ids, self.vocab_size):
             return  # the common case, checked at C speed; otherwise the scan below finds the precise error
         where = "" if index is None else f" (request {index})"
@@ -171,7 +170,7 @@ class LLMEngine:
             cid = request_id if params.n == 1 else f"{request_id}-{i}"
             req = Request(request_id=cid, prompt_token_ids=list(prompt_token_ids), sampling_params=params,
                           arrival_time=arrival, max_tokens=max_tokens, eos_token_ids=self.eos_token_ids,
-                          parent_id=request_id, index=i, generator=self._generator(params, i),
+                          parent_id=request_id, index=i,
                           wait_for=children[0].request_id if i and self.config.enable_prefix_caching else None,
                           program_id=program_id, is_last_turn=is_last_turn, priority=priority,
                           cache_salt=cache_salt, tool_name=tool_name)
@@ -184,12 +183,6 @@ class LLMEngine:
             self._child_to_parent[req.request_id] = request_id
             self.scheduler.add_request(req)
         return request_id
-
-    def _generator(self, params: SamplingParams, index: int):
-        if params.seed is None:
-            return None
-        import torch
-        return torch.Generator().manual_seed(params.seed + index)
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         """Abort requests (by the ids ``add_request`` returned); their blocks are freed now."""
@@ -206,9 +199,6 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
-
-    def get_num_unfinished_requests(self) -> int:
-        return len(self._parents)
 
     # ---- the loop -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -359,29 +349,3 @@ class LLMEngine:
 def _plain_ids_in_range(ids: list[int], vocab_size: int | None) -> bool:
     """True if every id is a plain ``int`` in ``[0, vocab_size)`` (C-level passes: type set, min, max)."""
     return set(map(type, ids)) == {int} and min(ids) >= 0 and (vocab_size is None or max(ids) < vocab_size)
-
-
-def _load_tokenizer(model_dir):
-    from transformers import AutoTokenizer
-    try:
-        return AutoTokenizer.from_pretrained(str(model_dir))
-    except (OSError, ValueError, TypeError) as e:
-        raise ValueError(f"model {model_dir}: cannot load its tokenizer ({type(e).__name__}); add tokenizer "
-                         f"files or pass skip_tokenizer_init=True and give prompts as token ids") from None
-
-
-def _eos_ids(model_dir, tokenizer, hf_config) -> frozenset[int]:
-    ids: set[int] = set()
-    for source in (getattr(hf_config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if isinstance(source, int):
-            ids.add(source)
-        elif isinstance(source, (list, tuple)):
-            ids.update(int(t) for t in source)
-    try:
-        from transformers import GenerationConfig
-        gen = GenerationConfig.from_pretrained(str(model_dir))
-        eos = gen.eos_token_id
-        ids.update([eos] if isinstance(eos, int) else list(eos or []))
-    except (OSError, ValueError):
-        pass
-    return frozenset(ids)

@@ -12,8 +12,8 @@ else can run), or when the program ends.
 from __future__ import annotations
 
 from pitstop.engine.kv_cache_manager import KVCacheManager
-from pitstop.engine.program import Program, ProgramStats
-from pitstop.engine.request import Request, RequestStatus
+from pitstop.program import Program, ProgramStats
+from pitstop.request import Request, RequestStatus
 from pitstop.policies.ttl_base import PinContext, TTLPolicy
 
 _EWMA = 0.2

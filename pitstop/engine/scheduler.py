@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from pitstop.engine.kv_cache_manager import KVCacheManager
 from pitstop.engine.program_manager import ProgramManager
-from pitstop.engine.request import Request, RequestStatus
-from pitstop.engine.scheduler_output import ExecutorResult, ScheduledRequest, SchedulerOutput
+from pitstop.request import Request, RequestStatus
+from pitstop.scheduler_output import ExecutorResult, ScheduledRequest, SchedulerOutput
 from pitstop.policies import SchedulingPolicy, TTLPolicy, get_scheduling_policy, get_ttl_policy
 
 
@@ -31,6 +31,8 @@ class SchedulerConfig:
         enable_chunked_prefill: split long prompts across steps; if False a prompt must fit the budget.
         scheduling_policy: name of the ordering policy (``pitstop.policies``).
         ttl_policy / ttl_seconds: how long a program's KV stays pinned between turns.
+        block_tables: give every scheduled request its block table (False: an empty list, for executors that
+            read no KV, such as the simulator's; allocation, caching and freeing are unchanged).
     """
 
     max_num_seqs: int = 128
@@ -40,6 +42,7 @@ class SchedulerConfig:
     scheduling_policy: str = "fcfs"
     ttl_policy: str = "none"
     ttl_seconds: float | None = None
+    block_tables: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
@@ -150,7 +153,7 @@ class Scheduler:
         """Schedule running requests (``out`` holds nothing else yet); returns the budget left. The entries
         are built inline (as ``_entry``): this loop runs for every request of every step."""
         kv = self.kv
-        block_ids = kv.block_ids
+        block_ids = kv.block_ids if self.config.block_tables else _no_block_ids
         running_status = RequestStatus.RUNNING
         running = self.running
         for req in (running[:] if len(running) < 2 else self.policy.order(running, now)):  # = _order
@@ -219,8 +222,8 @@ class Scheduler:
 
     def _entry(self, req: Request, num_new: int) -> ScheduledRequest:
         start = req.num_computed_tokens
-        return ScheduledRequest(req, num_new, start, self.kv.block_ids(req.request_id),
-                                start + num_new == len(req.all_token_ids))
+        table = self.kv.block_ids(req.request_id) if self.config.block_tables else _NO_BLOCKS
+        return ScheduledRequest(req, num_new, start, table, start + num_new == len(req.all_token_ids))
 
     # ---- after the step -----------------------------------------------------------------
     def update(self, output: SchedulerOutput, result: ExecutorResult, now: float) -> list[Request]:
@@ -292,3 +295,10 @@ class Scheduler:
         assert refs == held + pinned, f"{refs} block references but requests hold {held} and pins {pinned}"
         if not self.has_unfinished_requests():
             self.kv.assert_idle()
+
+
+_NO_BLOCKS: list[int] = []  # the block table of every request when ``SchedulerConfig.block_tables`` is off
+
+
+def _no_block_ids(request_id: str) -> list[int]:
+    return _NO_BLOCKS

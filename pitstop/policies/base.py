@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from pitstop.engine.program import Program
-from pitstop.engine.request import Request
+from pitstop.program import Program
+from pitstop.request import Request
 
 
 class SchedulingPolicy(ABC):

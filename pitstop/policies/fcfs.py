@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pitstop.engine.request import Request
+from pitstop.request import Request
 from pitstop.policies.base import SchedulingPolicy
 
 

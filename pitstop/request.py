@@ -52,7 +52,8 @@ class Request:
         max_tokens: resolved output limit (tokens).
         eos_token_ids: tokens that stop generation unless ``ignore_eos``.
         num_computed_tokens: tokens whose K/V are in the KV cache (prompt and output).
-        generator: a seeded ``torch.Generator`` when ``sampling_params.seed`` is set (owned by the engine).
+        generator: a seeded ``torch.Generator`` when ``sampling_params.seed`` is set (made by the model runner at
+            the first sampled token, seed ``seed + index``; None until then).
         wait_for: id of a sibling whose prefill must finish before this one is admitted (``n`` > 1
             completions then share the prompt's blocks through the prefix cache).
         program_id / is_last_turn / tool_name / priority / cache_salt: scheduling hints (the program

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pitstop.engine.request import Request
+from pitstop.request import Request
 
 
 @dataclass(slots=True)
