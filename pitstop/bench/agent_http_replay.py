@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import httpx
 
 from pitstop.bench.serve_client import StreamError, sse_json
-from pitstop.replay.agent_replay import ProgramRecord, PromptBuilder, TurnRecord
+from pitstop.replay.agent_replay import ProgramRecord, ProgramReplay, PromptBuilder, TurnRecord
 from pitstop.workloads.agent_program import AgentProgram
 
 
@@ -65,6 +65,8 @@ def run_http_backend(base_url: str, model: str, programs: Sequence[AgentProgram]
         url = url[:-3]
     info = {"turns_with_server_token_ids": 0, "turns_retokenized": 0, "turns_random_output_ids": 0}
 
+    replay = ProgramReplay(programs, arrivals, seed, vocab_size)
+
     async def main() -> tuple[list[ProgramRecord], float]:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
@@ -72,29 +74,23 @@ def run_http_backend(base_url: str, model: str, programs: Sequence[AgentProgram]
             t0 = time.perf_counter()
 
             async def program(i: int, prog: AgentProgram) -> ProgramRecord:
-                rec = ProgramRecord(prog.program_id, arrivals[i], prog.num_turns)
-                builder = PromptBuilder(prog, seed, vocab_size)
-                next_at = arrivals[i]
-                for k, turn in enumerate(prog.turns):
+                next_at: float | None = arrivals[i]
+                for k in range(prog.num_turns):
                     delay = next_at - (time.perf_counter() - t0)
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    if k > 0 and report_tool_results:
-                        prev = prog.turns[k - 1]
+                    prev = prog.turns[k - 1] if k else None
+                    if prev is not None and report_tool_results:
                         try:
                             await client.post(f"{url}/v1/programs/{prog.program_id}/tool_result",
                                               json={"tool_name": prev.tool_name or "unknown",
                                                     "duration_s": prev.tool_time_s})
                         except httpx.HTTPError:
                             pass
-                    prompt = builder.next_prompt(turn.new_input_tokens)
-                    last = k == prog.num_turns - 1
-                    tr = TurnRecord(k, len(prompt), turn.new_input_tokens if k else len(prompt), turn.output_tokens,
-                                    tool_name=turn.tool_name, tool_time_s=turn.tool_time_s,
-                                    arrival_s=time.perf_counter() - t0)
-                    rec.turns.append(tr)
-                    ids, text = await _http_turn(client, url, model, prompt, turn.output_tokens, prog.program_id,
-                                           last, turn.tool_name, t0, tr)
+                    tq = replay.start_turn(i, k, time.perf_counter() - t0)
+                    tr = replay.records[i].turns[k]
+                    ids, text = await _http_turn(client, url, model, tq.prompt, tq.max_tokens, tq.program_id,
+                                                 tq.is_last_turn, tq.tool_name, t0, tr)
                     if not tr.ok:
                         break
                     if ids is not None:
@@ -103,13 +99,18 @@ def run_http_backend(base_url: str, model: str, programs: Sequence[AgentProgram]
                         info["turns_retokenized"] += 1
                     else:
                         info["turns_random_output_ids"] += 1
-                    builder.add_output(ids if ids is not None else _fallback_ids(builder, tokenizer, text, tr))
-                    next_at = tr.finished_s + turn.tool_time_s
+                    if ids is None:
+                        ids = _fallback_ids(replay.builders[i], tokenizer, text, tr)
+                    next_at = replay.finish_turn(i, k, ids, tr.finished_s, first_token_s=tr.first_token_s,
+                                                 cached_tokens=tr.cached_tokens,
+                                                 computed_prompt_tokens=tr.computed_prompt_tokens)
+                    if next_at is None:
+                        break
                 try:
                     await client.delete(f"{url}/v1/programs/{prog.program_id}")
                 except httpx.HTTPError:
                     pass
-                return rec
+                return replay.records[i]
 
             before = await _scrape_program_metrics(client, url)
             recs = await asyncio.gather(*[program(i, p) for i, p in enumerate(programs)])

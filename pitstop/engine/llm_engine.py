@@ -1,8 +1,8 @@
-"""The engine loop: add requests, step the scheduler and executor, emit outputs.
+"""The engine loop: add requests, step the scheduler and executor, abort; outputs come from ``OutputProcessor``.
 
 Data flow of one step (see ARCHITECTURE in the README):
 ``Scheduler.schedule(now)`` -> ``Executor.execute(output)`` -> ``Scheduler.update(result, now)``
--> incremental detokenization, stop strings -> ``RequestOutput`` per request.
+-> ``OutputProcessor.process`` (detokenization, stop strings, ``n > 1`` merge) -> ``RequestOutput`` per request.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from typing import Any
 from pitstop.config import EngineConfig
 from pitstop.engine.detokenizer import IncrementalDetokenizer
 from pitstop.engine.kv_cache_manager import KVCacheManager
-from pitstop.request import Request, RequestStatus
+from pitstop.engine.output_processor import OutputProcessor
 from pitstop.engine.scheduler import Scheduler, SchedulerConfig
-from pitstop.scheduler_output import ExecutorResult, SchedulerOutput
 from pitstop.executor.interface import Executor
-from pitstop.outputs import CompletionOutput, RequestOutput
+from pitstop.outputs import RequestOutput
+from pitstop.request import RequestStatus
 from pitstop.sampling_params import SamplingParams
+from pitstop.scheduler_output import ExecutorResult, SchedulerOutput
 
 
 @dataclass
@@ -33,18 +34,6 @@ class StepRecord:
     num_seqs: int
     context_tokens: int
     step_time_s: float
-
-
-@dataclass
-class _Parent:
-    """A user request: ``n`` child sequences sharing one prompt."""
-
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    children: list[Request]
-    detoks: list[IncrementalDetokenizer | None]
-    program_id: str | None = None
 
 
 class LLMEngine:
@@ -107,8 +96,7 @@ class LLMEngine:
             scheduling_policy=config.scheduling_policy, ttl_policy=config.ttl_policy,
             ttl_seconds=config.ttl_seconds, block_tables=block_tables), self.kv_manager)
         self.step_history: list[StepRecord] = []
-        self._parents: dict[str, _Parent] = {}
-        self._child_to_parent: dict[str, str] = {}
+        self.output_processor = OutputProcessor(tokenizer, self.scheduler, clock, config.enable_prefix_caching)
         self._aborted: list[RequestOutput] = []
         self._counter = 0
 
@@ -155,7 +143,7 @@ class LLMEngine:
         """
         params = params or SamplingParams()
         request_id = request_id or self.new_request_id()
-        if request_id in self._parents:
+        if request_id in self.output_processor:
             raise ValueError(f"duplicate request id {request_id!r}")
         text = prompt if isinstance(prompt, str) else None
         if prompt_token_ids is None:
@@ -165,22 +153,9 @@ class LLMEngine:
         max_tokens = self.max_model_len - len(prompt_token_ids)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
-        children, detoks = [], []
-        for i in range(params.n):
-            cid = request_id if params.n == 1 else f"{request_id}-{i}"
-            req = Request(request_id=cid, prompt_token_ids=list(prompt_token_ids), sampling_params=params,
-                          arrival_time=arrival, max_tokens=max_tokens, eos_token_ids=self.eos_token_ids,
-                          parent_id=request_id, index=i,
-                          wait_for=children[0].request_id if i and self.config.enable_prefix_caching else None,
-                          program_id=program_id, is_last_turn=is_last_turn, priority=priority,
-                          cache_salt=cache_salt, tool_name=tool_name)
-            children.append(req)
-            detoks.append(IncrementalDetokenizer(self.tokenizer, params, prompt_token_ids)
-                          if self.tokenizer is not None else None)
-        self._parents[request_id] = _Parent(request_id, text, list(prompt_token_ids), children, detoks,
-                                            program_id)
-        for req in children:
-            self._child_to_parent[req.request_id] = request_id
+        for req in self.output_processor.add(request_id, text, prompt_token_ids, params, arrival, max_tokens,
+                                             self.eos_token_ids, program_id, is_last_turn, priority, cache_salt,
+                                             tool_name):
             self.scheduler.add_request(req)
         return request_id
 
@@ -189,13 +164,11 @@ class LLMEngine:
         ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
         now = self.clock()
         for rid in ids:
-            parent = self._parents.get(rid)
-            if parent is None:
+            children = self.output_processor.children_of(rid)
+            if children is None:
                 continue
-            self.scheduler.finish_requests([c.request_id for c in parent.children],
-                                           RequestStatus.FINISHED_ABORTED, now)
-            self._aborted.append(self._make_output(parent))
-            self._drop(parent)
+            self.scheduler.finish_requests(children, RequestStatus.FINISHED_ABORTED, now)
+            self._aborted.append(self.output_processor.final_output(rid))
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
@@ -230,7 +203,7 @@ class LLMEngine:
         self.scheduler.programs.observe_step(so.num_prefill_tokens, result.step_time_s)
         if finished_only:
             touched = [r for r in touched if r.is_finished]
-        return self._process(touched) if touched else []
+        return self.output_processor.process(touched) if touched else []
 
     def _record(self, so: SchedulerOutput, step_time_s: float) -> None:
         self.step_history.append(StepRecord(
@@ -238,65 +211,9 @@ class LLMEngine:
             num_seqs=len(so.scheduled), context_tokens=sum(s.start + s.num_tokens for s in so.scheduled),
             step_time_s=step_time_s))
 
-    def _process(self, touched: list[Request]) -> list[RequestOutput]:
-        parents: dict[str, _Parent] = {}
-        for req in touched:
-            parent = self._parents.get(self._child_to_parent.get(req.request_id, ""))
-            if parent is None:
-                continue
-            detok = parent.detoks[req.index]
-            if detok is not None:
-                stop = detok.update([req.output_token_ids[-1]])
-                if stop is not None and not req.is_finished:
-                    self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED,
-                                                   self.clock())
-                    req.stop_reason = stop
-                elif stop is not None:
-                    req.status, req.stop_reason = RequestStatus.FINISHED_STOPPED, stop
-                if req.is_finished:
-                    detok.finish()
-                    self._infer_tool(req, detok.output_text)
-            parents[parent.request_id] = parent
-        outs = []
-        for parent in parents.values():
-            out = self._make_output(parent)
-            outs.append(out)
-            if out.finished:
-                self._drop(parent)
-        return outs
-
-    def _make_output(self, parent: _Parent) -> RequestOutput:
-        completions = []
-        for req, detok in zip(parent.children, parent.detoks):
-            want_lp = req.sampling_params.logprobs is not None
-            completions.append(CompletionOutput(
-                index=req.index, text=detok.output_text if detok is not None else "",
-                token_ids=list(req.output_token_ids), finish_reason=req.status.finish_reason,
-                stop_reason=req.stop_reason, logprobs=list(req.logprobs) if want_lp else None))
-        first = parent.children[0]
-        return RequestOutput(request_id=parent.request_id, prompt=parent.prompt,
-                             prompt_token_ids=parent.prompt_token_ids, outputs=completions,
-                             finished=all(c.is_finished for c in parent.children), metrics=first.metrics,
-                             num_cached_tokens=first.metrics.num_cached_tokens, program_id=parent.program_id)
-
-    def _drop(self, parent: _Parent) -> None:
-        self._parents.pop(parent.request_id, None)
-        for c in parent.children:
-            self._child_to_parent.pop(c.request_id, None)
-
     def detokenizer(self, request_id: str, index: int = 0) -> IncrementalDetokenizer | None:
         """The incremental detokenizer of a running completion (for streaming deltas)."""
-        parent = self._parents.get(request_id)
-        return parent.detoks[index] if parent is not None else None
-
-    def _infer_tool(self, req: Request, text: str) -> None:
-        if req.program_id is None or req.is_last_turn or req.tool_name is not None:
-            return
-        from pitstop.engine.tool_parse import infer_tool_name
-        tool = infer_tool_name(text)
-        if tool is not None:
-            req.tool_name = tool
-            self.scheduler.programs.retag(req.program_id, tool, self.clock())
+        return self.output_processor.detokenizer(request_id, index)
 
     # ---- programs ----------------------------------------------------------------------------
     def report_tool_result(self, program_id: str, tool_name: str, duration_s: float) -> None:
