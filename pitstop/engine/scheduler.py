@@ -61,7 +61,7 @@ class Scheduler:
         self.programs = ProgramManager(kv_manager, ttl_policy or get_ttl_policy(config.ttl_policy,
                                                                                  config.ttl_seconds))
         self.policy.bind(self.programs.programs)
-        self.waiting: list[Request] = []
+        self.waiting = self.policy.make_queue()  # a RequestQueue in the policy's order
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self._prefill_done: set[str] = set()  # ids whose prompt prefill finished (gates n>1 siblings)
@@ -77,7 +77,7 @@ class Scheduler:
         self._seq += 1
         request.status = RequestStatus.WAITING
         self.requests[request.request_id] = request
-        self.waiting.append(request)
+        self.waiting.add(request)
         self.programs.on_arrival(request)
 
     def has_unfinished_requests(self) -> bool:
@@ -100,7 +100,7 @@ class Scheduler:
                 continue
             if req in self.running:
                 self.running.remove(req)
-            elif req in self.waiting:
+            else:  # a live request is running or waiting
                 self.waiting.remove(req)
             self._finish(req, status, now)
             done.append(req)
@@ -123,7 +123,7 @@ class Scheduler:
         req.num_computed_tokens = 0
         req.metrics.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.append(req)
+        self.waiting.add(req)
 
     # ---- one step -------------------------------------------------------------------------
     def schedule(self, now: float) -> SchedulerOutput:
@@ -143,11 +143,6 @@ class Scheduler:
                 scheduled = prefills + [s for s in scheduled if s.num_tokens <= 1]
         return SchedulerOutput(scheduled=scheduled, now=now, preempted_ids=preempted)
 
-    def _order(self, requests: list[Request], now: float) -> list[Request]:
-        """``policy.order`` on a snapshot of ``requests`` (policies order by a pure key, so one request
-        needs no sort)."""
-        return requests[:] if len(requests) < 2 else self.policy.order(requests, now)
-
     def _schedule_running(self, now: float, budget: int, out: list[ScheduledRequest],
                           preempted: list[str]) -> int:
         """Schedule running requests (``out`` holds nothing else yet); returns the budget left. The entries
@@ -156,7 +151,7 @@ class Scheduler:
         block_ids = kv.block_ids if self.config.block_tables else _no_block_ids
         running_status = RequestStatus.RUNNING
         running = self.running
-        for req in (running[:] if len(running) < 2 else self.policy.order(running, now)):  # = _order
+        for req in (running[:] if len(running) < 2 else self.policy.order(running, now)):  # a snapshot
             if budget <= 0:
                 break
             if req.status is not running_status:
@@ -183,7 +178,9 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, now: float, budget: int, out: list[ScheduledRequest]) -> None:
-        for req in self._order(self.waiting, now):
+        """Admit waiting requests in the queue's order while budget, sequence slots and blocks last (the first
+        that does not fit stops admission: no skipping ahead)."""
+        for req in self.waiting.in_order(now):
             if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
                 break
             if req.wait_for is not None and req.wait_for not in self._prefill_done:
