@@ -98,17 +98,8 @@ class Request:
         return len(self.all_token_ids)
 
     @property
-    def num_output_tokens(self) -> int:
-        return len(self.output_token_ids)
-
-    @property
     def is_finished(self) -> bool:
         return self.status._value_ in _FINISHED_VALUES  # = status.finished, one call less (every request, every step)
-
-    @property
-    def in_prefill(self) -> bool:
-        """True while some known tokens (prompt, or output after a preemption) still lack K/V."""
-        return self.num_computed_tokens < self.num_tokens - 1
 
     def append_output(self, token_id: int, logprobs: Any = None) -> None:
         self.output_token_ids.append(token_id)

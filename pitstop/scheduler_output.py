@@ -38,7 +38,6 @@ class SchedulerOutput:
     """A step's batch: prefill chunks first, then decodes (query length 1)."""
 
     scheduled: list[ScheduledRequest]
-    now: float
     preempted_ids: list[str] = field(default_factory=list)
 
     @property

@@ -140,7 +140,7 @@ def test_step_shape_from_scheduler_output():
         return Request(str(i), [1] * 100, SamplingParams(), 0.0, 10)
 
     so = SchedulerOutput([ScheduledRequest(req(0), 64, 32, [], True), ScheduledRequest(req(1), 1, 99, [], True),
-                          ScheduledRequest(req(2), 16, 0, [], False)], now=0.0)
+                          ScheduledRequest(req(2), 16, 0, [], False)])
     s = StepShape.from_output(so)
     assert (s.num_tokens, s.num_seqs, s.num_sampled, s.prefill_tokens, s.decode_seqs) == (81, 3, 2, 80, 1)
     assert s.decode_ctx_tokens == 100 and s.kv_read_tokens == 96 + 100 + 16
@@ -162,7 +162,7 @@ def test_roofline_step_time_equals_predict_of_the_shape():
     for _ in range(200):
         batch = [ScheduledRequest(req, rng.choice([1, 1, rng.randint(2, 8192)]), rng.randint(0, 100_000), [],
                                   rng.random() < 0.8) for _ in range(rng.randint(0, 12))]
-        so = SchedulerOutput(batch, now=0.0)
+        so = SchedulerOutput(batch)
         assert cm.step_time(so) == cm.predict(StepShape.from_output(so))
 
 

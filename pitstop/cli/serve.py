@@ -1,8 +1,8 @@
 """``pitstop serve``: the OpenAI-compatible HTTP server (FastAPI + uvicorn) over one engine.
 
-SIGINT/SIGTERM are handled by uvicorn: it stops accepting connections, lets in-flight requests finish
-for up to ``--shutdown-timeout`` seconds, then the lifespan stops the engine thread, which aborts what
-is left (those streams end with an error event).
+SIGINT/SIGTERM: ``DrainingServer`` (``pitstop/server/uvicorn_server.py``) stops accepting connections, lets
+in-flight requests finish for up to ``--shutdown-timeout`` seconds, then stops the engine thread, which aborts what
+is left (those streams end with an error event), then runs uvicorn's own shutdown; a second signal skips the drain.
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ class Scheduler:
             prefills = [s for s in scheduled if s.num_tokens > 1]
             if prefills and len(prefills) < len(scheduled):
                 scheduled = prefills + [s for s in scheduled if s.num_tokens <= 1]
-        return SchedulerOutput(scheduled=scheduled, now=now, preempted_ids=preempted)
+        return SchedulerOutput(scheduled=scheduled, preempted_ids=preempted)
 
     def _schedule_running(self, now: float, budget: int, out: list[ScheduledRequest],
                           preempted: list[str]) -> int:

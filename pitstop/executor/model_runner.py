@@ -27,7 +27,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 class ModelRunner:
-    """Runs real forward passes on the CPU (or a device torch supports).
+    """Runs real forward passes on the CPU: weights, inputs and the KV cache all stay in CPU memory.
 
     Args:
         model_dir: HF folder (already resolved).
