@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pitstop.engine.detokenizer import IncrementalDetokenizer
 from pitstop.engine.scheduler import Scheduler
@@ -40,7 +41,7 @@ class OutputProcessor:
             (prefix caching on).
     """
 
-    def __init__(self, tokenizer: object, scheduler: Scheduler, clock: Callable[[], float],
+    def __init__(self, tokenizer: Any, scheduler: Scheduler, clock: Callable[[], float],
                  share_prompt_blocks: bool) -> None:
         self.tokenizer = tokenizer
         self.scheduler = scheduler

@@ -47,10 +47,19 @@ class RequestQueue(ABC):
 
 
 class _StaticKeyQueue(RequestQueue):
-    """Requests kept sorted by a key fixed when they are queued (a total order: keys end with ``arrival_seq``)."""
+    """Requests kept sorted by a key fixed when they are queued (a total order: keys end with ``arrival_seq``) in
+    ``_items``, a deque or a list."""
+
+    _items: deque[Request] | list[Request]
 
     def __init__(self, key: Callable[[Request], tuple]) -> None:
         self.key = key
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Request]:
+        return iter(list(self._items))
 
     def in_order(self, now: float) -> Iterator[Request]:
         q = self._items
@@ -89,12 +98,6 @@ class FCFSRequestQueue(_StaticKeyQueue):
         else:
             q.remove(request)
 
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __iter__(self) -> Iterator[Request]:
-        return iter(list(self._items))
-
 
 class PriorityRequestQueue(_StaticKeyQueue):
     """vLLM's ``priority``: a list sorted by ``key`` (``(priority, arrival_time, arrival_seq)``), smaller first;
@@ -114,12 +117,6 @@ class PriorityRequestQueue(_StaticKeyQueue):
             del items[i]
         else:
             items.remove(request)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __iter__(self) -> Iterator[Request]:
-        return iter(list(self._items))
 
 
 class PolicyOrderedQueue(RequestQueue):
