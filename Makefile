@@ -27,6 +27,7 @@ PORTABLE_TESTS := tests/test_cpu_features.py tests/test_packed_linear.py tests/t
 AVX2_CAP := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2)
 
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	env PITSTOP_PORTABLE=1 $(AVX2_CAP) $(PY) -m pytest -q -p no:cacheprovider $(PORTABLE_TESTS)
 

@@ -5,9 +5,9 @@ engine, median prefill and decode step per 10 s window. Run it before and after 
 """
 import random, statistics, sys, time
 from pitstop.config import EngineConfig
-from pitstop.engine.llm_engine import LLMEngine
+from pitstop.entrypoints.engine_builder import build_engine
 from pitstop.sampling_params import SamplingParams
-eng = LLMEngine(EngineConfig(model="SmolLM2-135M-Instruct", kv_cache_memory="512MiB", max_model_len=1024,
+eng = build_engine(EngineConfig(model="SmolLM2-135M-Instruct", kv_cache_memory="512MiB", max_model_len=1024,
                              max_num_batched_tokens=1024, skip_tokenizer_init=True, num_threads=1))
 rng = random.Random(0)
 P = lambda n: [rng.randrange(100, 30000) for _ in range(n)]

@@ -5,9 +5,9 @@ sharing one cached prefix vs distinct prompts, alternated three times on one eng
 """
 import random, statistics, time
 from pitstop.config import EngineConfig
-from pitstop.engine.llm_engine import LLMEngine
+from pitstop.entrypoints.engine_builder import build_engine
 from pitstop.sim.profiler import Profiler
-eng = LLMEngine(EngineConfig(model="SmolLM2-135M-Instruct", kv_cache_memory="512MiB", max_model_len=1100,
+eng = build_engine(EngineConfig(model="SmolLM2-135M-Instruct", kv_cache_memory="512MiB", max_model_len=1100,
                              max_num_batched_tokens=1024, skip_tokenizer_init=True, num_threads=1))
 prof = Profiler(engine=eng)
 res = {}

@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pitstop.config import EngineConfig
-from pitstop.engine.llm_engine import LLMEngine
+from pitstop.entrypoints.engine_builder import build_engine
 from pitstop.sim.cost_models import ProfiledCostModel, profile_path
 from pitstop.sim.cost_models.interface import CostModel, StepShape
 from pitstop.sim.fidelity import METRICS, record_real, rescore, run_real
@@ -65,7 +65,7 @@ def main() -> None:
     a = p.parse_args()
     if a.rescore:
         return rescore_saved(a)
-    engine = LLMEngine(EngineConfig(model=a.model, kv_cache_memory="512MiB", max_model_len=a.max_model_len,
+    engine = build_engine(EngineConfig(model=a.model, kv_cache_memory="512MiB", max_model_len=a.max_model_len,
                                     max_num_batched_tokens=1024, skip_tokenizer_init=True,
                                     num_threads=a.num_threads))
     rates = [float(x) for x in a.rates.split(",")]

@@ -20,10 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-from pitstop.bench.agents import (build_engine, build_parser, build_sim_engine, load_programs, parse_combos,
-                                  run_engine_backend, summarize_run, warm_up)
+from pitstop.bench.agent_engine_replay import run_engine_backend
+from pitstop.bench.agents import build_engine, build_parser, build_sim_engine, load_programs, parse_combos, warm_up
+from pitstop.replay.agent_summary import summarize_run
 from pitstop.config import EngineConfig
-from pitstop.engine.llm_engine import LLMEngine
+from pitstop.entrypoints.engine_builder import build_engine as build_model_engine
 from pitstop.sim.cost_models import ProfiledCostModel, profile_path
 from pitstop.sim.cost_models.interface import StepShape
 from pitstop.sim.fidelity import rel_errors, step_errors
@@ -51,7 +52,7 @@ class _TimedRecorder(StepRecorder):
 
 def profiler(args) -> Profiler:
     """A profiler on its own real engine (same model, threads and step budget as the replays)."""
-    engine = LLMEngine(EngineConfig(model=args.model, kv_cache_memory="512MiB", max_model_len=args.max_model_len,
+    engine = build_model_engine(EngineConfig(model=args.model, kv_cache_memory="512MiB", max_model_len=args.max_model_len,
                                     max_num_batched_tokens=args.max_num_batched_tokens, skip_tokenizer_init=True,
                                     num_threads=args.num_threads))
     prof = Profiler(engine=engine)

@@ -4,7 +4,7 @@ or prefix-cache hits change the output (the real model path is tested in test_en
 
 from __future__ import annotations
 
-from pitstop.engine.scheduler_output import ExecutorResult, SchedulerOutput
+from pitstop.scheduler_output import ExecutorResult, SchedulerOutput
 
 
 class PagedEchoExecutor:

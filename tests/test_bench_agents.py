@@ -9,10 +9,10 @@ import math
 import pytest
 
 from fake_executor import PagedEchoExecutor
-from pitstop.bench.agents import (
-    PromptBuilder, ProgramRecord, TurnRecord, kv_pressure, main, parse_combos, ratios, run_engine_backend,
-    summarize_run,
-)
+from pitstop.bench.agent_engine_replay import run_engine_backend
+from pitstop.bench.agents import main, parse_combos, ratios
+from pitstop.replay.agent_replay import PromptBuilder, ProgramRecord, TurnRecord
+from pitstop.replay.agent_summary import kv_pressure, summarize_run
 from pitstop.config import EngineConfig
 from pitstop.engine.llm_engine import LLMEngine
 from pitstop.workloads.agent_program import AgentProgram, AgentTurn, finalize
@@ -127,7 +127,7 @@ def test_cli_compare_with_tiny_model(tmp_path):
 def test_http_replay_against_live_server(tmp_path_factory, smollm2_dir):
     from transformers import AutoTokenizer
 
-    from pitstop.bench.agents import run_http_backend
+    from pitstop.bench.agent_http_replay import run_http_backend
     from server_helpers import API_KEY, shared_server
 
     server = shared_server(tmp_path_factory.mktemp("server"))
@@ -167,7 +167,7 @@ def test_cli_sim_backend_compare(tmp_path):
 
 
 def test_records_of_the_gpl_trace_are_redacted():
-    from pitstop.bench.agents import TRACE_DERIVED_TURN_FIELDS, records_json
+    from pitstop.replay.agent_summary import TRACE_DERIVED_TURN_FIELDS, records_json
 
     rec = ProgramRecord("all_images_local/task/attempt_1", 0.0, 1, turns=[
         TurnRecord(0, 100, 100, 10, output_len=10, tool_name="Bash", arrival_s=0.0, first_scheduled_s=0.1,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pitstop.bench.serve_client import RequestResult, gamma_arrivals, meets_slo, parse_slo, summarize
+from pitstop.replay.serving import RequestResult, gamma_arrivals, meets_slo, parse_slo, summarize
 from pitstop.workloads.mooncake import build_block_prompts, load_mooncake, scale_mooncake
 
 

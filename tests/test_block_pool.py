@@ -9,7 +9,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from pitstop.engine.block_pool import BlockPool, hash_block
 from pitstop.engine.kv_cache_manager import KVCacheManager
-from pitstop.engine.request import Request, RequestStatus
+from pitstop.request import Request, RequestStatus
 from pitstop.sampling_params import SamplingParams
 
 

@@ -9,8 +9,8 @@ import pytest
 from fake_executor import Clock, PagedEchoExecutor
 from pitstop.config import EngineConfig
 from pitstop.engine.llm_engine import LLMEngine
-from pitstop.engine.program import Program
-from pitstop.engine.request import Request
+from pitstop.program import Program
+from pitstop.request import Request
 from pitstop.engine.tool_parse import infer_tool_name
 from pitstop.policies import get_scheduling_policy, get_ttl_policy
 from pitstop.policies.ttl_base import PinContext

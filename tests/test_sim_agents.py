@@ -9,12 +9,12 @@ import json
 
 import pytest
 
-from pitstop.bench.agents import run_engine_backend
+from pitstop.bench.agent_engine_replay import run_engine_backend
 from pitstop.config import EngineConfig
 from pitstop.engine.llm_engine import LLMEngine
 from pitstop.executor.simulated_runner import SimulatedRunner
 from pitstop.sim.agents import AgentDriver, agent_summary, prefix_keys
-from pitstop.sim.clock import VirtualClock
+from pitstop.clock import VirtualClock
 from pitstop.sim.cluster import Cluster, Replica
 from pitstop.sim.cost_models import ProfiledCostModel
 from pitstop.sim.cost_models.profiled import FEATURES

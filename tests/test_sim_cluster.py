@@ -13,7 +13,7 @@ from pitstop.engine.scheduler import Scheduler
 from pitstop.executor.simulated_runner import SimulatedRunner
 from pitstop.policies import get_scheduling_policy
 from pitstop.sampling_params import SamplingParams
-from pitstop.sim.clock import VirtualClock
+from pitstop.clock import VirtualClock
 from pitstop.sim.cluster import Cluster, Replica, SimRequest
 from pitstop.sim.cost_models import ProfiledCostModel, StepShape
 from pitstop.sim.cost_models.profiled import FEATURES

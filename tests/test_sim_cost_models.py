@@ -132,15 +132,15 @@ def test_nnls_and_profiled_fit_recover_coefficients(tmp_path):
 
 
 def test_step_shape_from_scheduler_output():
-    from pitstop.engine.request import Request
-    from pitstop.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+    from pitstop.request import Request
+    from pitstop.scheduler_output import ScheduledRequest, SchedulerOutput
     from pitstop.sampling_params import SamplingParams
 
     def req(i):
         return Request(str(i), [1] * 100, SamplingParams(), 0.0, 10)
 
     so = SchedulerOutput([ScheduledRequest(req(0), 64, 32, [], True), ScheduledRequest(req(1), 1, 99, [], True),
-                          ScheduledRequest(req(2), 16, 0, [], False)], now=0.0)
+                          ScheduledRequest(req(2), 16, 0, [], False)])
     s = StepShape.from_output(so)
     assert (s.num_tokens, s.num_seqs, s.num_sampled, s.prefill_tokens, s.decode_seqs) == (81, 3, 2, 80, 1)
     assert s.decode_ctx_tokens == 100 and s.kv_read_tokens == 96 + 100 + 16
@@ -152,8 +152,8 @@ def test_roofline_step_time_equals_predict_of_the_shape():
     """The one-pass ``step_time`` the simulator calls gives exactly ``predict(StepShape.from_output(so))``."""
     import random
 
-    from pitstop.engine.request import Request
-    from pitstop.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+    from pitstop.request import Request
+    from pitstop.scheduler_output import ScheduledRequest, SchedulerOutput
     from pitstop.sampling_params import SamplingParams
 
     cm = build_cost_model("roofline", "llama-3.1-8b", "H100-SXM", tp=2)
@@ -162,7 +162,7 @@ def test_roofline_step_time_equals_predict_of_the_shape():
     for _ in range(200):
         batch = [ScheduledRequest(req, rng.choice([1, 1, rng.randint(2, 8192)]), rng.randint(0, 100_000), [],
                                   rng.random() < 0.8) for _ in range(rng.randint(0, 12))]
-        so = SchedulerOutput(batch, now=0.0)
+        so = SchedulerOutput(batch)
         assert cm.step_time(so) == cm.predict(StepShape.from_output(so))
 
 
@@ -247,12 +247,12 @@ def test_rescore_reproduces_the_simulated_half_of_compare(tmp_path):
     from model_fixtures import make_tiny_model
 
     from pitstop.config import EngineConfig
-    from pitstop.engine.llm_engine import LLMEngine
+    from pitstop.entrypoints.engine_builder import build_engine
     from pitstop.sim.cost_models.profiled import FEATURES, ProfiledCostModel
     from pitstop.sim.fidelity import compare, rescore
     from pitstop.workloads import load_dataset, poisson_arrivals, sample_specs, scale_lengths
 
-    engine = LLMEngine(EngineConfig(model=str(make_tiny_model(tmp_path, "llama")), dtype="float32",
+    engine = build_engine(EngineConfig(model=str(make_tiny_model(tmp_path, "llama")), dtype="float32",
                                     kv_cache_memory="1MiB", max_model_len=128, skip_tokenizer_init=True))
     specs, _ = scale_lengths(sample_specs(load_dataset("azure-conv"), 4, seed=1), 64)
     specs = poisson_arrivals(specs, rate_rps=50.0, seed=1)
@@ -276,11 +276,11 @@ def test_profiler_segments_between_other_runs(tmp_path):
     from model_fixtures import make_tiny_model
 
     from pitstop.config import EngineConfig
-    from pitstop.engine.llm_engine import LLMEngine
+    from pitstop.entrypoints.engine_builder import build_engine
     from pitstop.sampling_params import SamplingParams
     from pitstop.sim.profiler import Profiler
 
-    engine = LLMEngine(EngineConfig(model=str(make_tiny_model(tmp_path, "llama")), dtype="float32",
+    engine = build_engine(EngineConfig(model=str(make_tiny_model(tmp_path, "llama")), dtype="float32",
                                     kv_cache_memory="1MiB", max_model_len=128, skip_tokenizer_init=True))
     own = engine.executor
     grid = {"prefill": [8, 32], "prefill_with_prefix": [(16, 8)], "decode_batches": [1, 3],
@@ -306,10 +306,10 @@ def test_profiler_distinct_decode_batches(tmp_path):
     from model_fixtures import make_tiny_model
 
     from pitstop.config import EngineConfig
-    from pitstop.engine.llm_engine import LLMEngine
+    from pitstop.entrypoints.engine_builder import build_engine
     from pitstop.sim.profiler import Profiler
 
-    engine = LLMEngine(EngineConfig(model=str(make_tiny_model(tmp_path, "llama")), dtype="float32",
+    engine = build_engine(EngineConfig(model=str(make_tiny_model(tmp_path, "llama")), dtype="float32",
                                     kv_cache_memory="2MiB", max_model_len=128, max_num_batched_tokens=64,
                                     skip_tokenizer_init=True))
     grid = {"prefill": [], "prefill_with_prefix": [], "decode_batches": [6], "decode_contexts": [40],

@@ -12,7 +12,7 @@ import os
 import pytest
 
 from pitstop.config import EngineConfig
-from pitstop.engine.llm_engine import LLMEngine
+from pitstop.entrypoints.engine_builder import build_engine
 from pitstop.sim.fidelity import compare
 from pitstop.sim.profiler import Profiler
 from pitstop.workloads import load_dataset, poisson_arrivals, sample_specs, scale_lengths
@@ -26,7 +26,7 @@ QUICK = {"prefill": [32, 256, 768], "prefill_with_prefix": [(256, 256)], "decode
                            "set PITSTOP_RUN_FIDELITY=1 on an idle machine")
 @pytest.mark.timeout(300)
 def test_simulated_latencies_within_25_percent_of_the_real_engine(smollm2_dir):
-    engine = LLMEngine(EngineConfig(model=str(smollm2_dir), kv_cache_memory="256MiB", max_model_len=1024,
+    engine = build_engine(EngineConfig(model=str(smollm2_dir), kv_cache_memory="256MiB", max_model_len=1024,
                                     max_num_batched_tokens=1024, skip_tokenizer_init=True))
     prof = Profiler(engine=engine)
     prof.run(QUICK, log=lambda *a, **k: None)

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import httpx
 
-from pitstop.bench.serve_client import gamma_arrivals, parse_slo, results_json, run_load, summarize
+from pitstop.bench.serve_client import run_load
+from pitstop.replay.serving import gamma_arrivals, parse_slo, results_json, summarize
 from pitstop.bench.serve_workloads import TRACES, BenchRequest, build_workload, has_timestamps
 
 
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratios (pitstop / transformers): {json.dumps(result['ratios'])}", flush=True)
 
     if args.save_result:
-        from pitstop.bench.serve_plot import plot
+        from pitstop.replay.serving_plot import plot
         plot(result, Path(args.save_result).with_suffix(".png"))
         for srv in result["servers"].values():
             for run in srv.values():

@@ -44,7 +44,7 @@ def stream_reply(llm, messages: list[dict], params, out=sys.stdout) -> str:
 def run(args: argparse.Namespace) -> int:
     show_engine_log()
     from pitstop import LLM, SamplingParams
-    from pitstop.cli.main import engine_kwargs
+    from pitstop.cli.engine_args import engine_kwargs
 
     llm = LLM(**engine_kwargs(args))
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     show_engine_log()
     from pitstop import LLM, SamplingParams
     from pitstop.cli.chat import stream_reply
-    from pitstop.cli.main import engine_kwargs
+    from pitstop.cli.engine_args import engine_kwargs
 
     t0 = time.perf_counter()
     llm = LLM(**engine_kwargs(args))

@@ -22,7 +22,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     show_engine_log()
     from pitstop import LLM, SamplingParams
-    from pitstop.cli.main import engine_kwargs
+    from pitstop.cli.engine_args import engine_kwargs
 
     llm = LLM(**engine_kwargs(args))
     sp = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,

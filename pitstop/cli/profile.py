@@ -27,7 +27,7 @@ QUICK_GRID = {"prefill": [32, 256, 1024], "prefill_with_prefix": [(512, 256)], "
 
 
 def run(args: argparse.Namespace) -> int:
-    from pitstop.cli.main import engine_kwargs
+    from pitstop.cli.engine_args import engine_kwargs
     from pitstop.config import EngineConfig
     from pitstop.model.cpu_features import choose_kernels
     from pitstop.sim.cost_models import profile_path

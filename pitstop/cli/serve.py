@@ -1,8 +1,8 @@
 """``pitstop serve``: the OpenAI-compatible HTTP server (FastAPI + uvicorn) over one engine.
 
-SIGINT/SIGTERM are handled by uvicorn: it stops accepting connections, lets in-flight requests finish
-for up to ``--shutdown-timeout`` seconds, then the lifespan stops the engine thread, which aborts what
-is left (those streams end with an error event).
+SIGINT/SIGTERM: ``DrainingServer`` (``pitstop/server/uvicorn_server.py``) stops accepting connections, lets
+in-flight requests finish for up to ``--shutdown-timeout`` seconds, then stops the engine thread, which aborts what
+is left (those streams end with an error event), then runs uvicorn's own shutdown; a second signal skips the drain.
 """
 
 from __future__ import annotations
@@ -57,15 +57,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pitstop.cli.main import engine_kwargs
+    from pitstop.cli.engine_args import engine_kwargs
     from pitstop.config import EngineConfig
-    from pitstop.engine.llm_engine import LLMEngine
+    from pitstop.entrypoints.engine_builder import build_engine
     from pitstop.server.app import create_app
     from pitstop.server.uvicorn_server import DrainingServer
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine = LLMEngine(EngineConfig(**engine_kwargs(args), program_idle_timeout=args.program_idle_timeout,
-                                    max_programs=args.max_programs))
+    engine = build_engine(EngineConfig(**engine_kwargs(args), program_idle_timeout=args.program_idle_timeout,
+                                       max_programs=args.max_programs))
     names = args.served_model_name or [args.model]
     for extra in (Path(args.model).name, Path(str(engine.model_dir)).name if engine.model_dir else None):
         if extra and extra not in names:

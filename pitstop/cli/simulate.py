@@ -1,5 +1,10 @@
 """``pitstop simulate``: a workload on N simulated replicas of pitstop's own scheduler (see ``pitstop.sim``).
 
+One pipeline: build the cluster (``--disaggregation P:D``: prefill and decode pools, ``pitstop.sim.disagg``), its
+workload (a trace, or ``--workload agents``: closed-loop agent programs, ``pitstop.sim.agents``), run it, write the
+JSON (summary; with agents also ``agents``, ``bench agents``'s per-run summary, and ``programs``, per-turn records;
+with disaggregation ``disaggregation``, transfer counters), a PNG and a Chrome trace; or ``--sweep`` plain runs.
+
 Examples:
     pitstop simulate --workload mooncake --hardware H100-SXM --model llama-3.1-8b --replicas 8 \\
         --router prefix-affinity --output results/sim_mooncake.json
@@ -87,7 +92,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _config(args):
-    from pitstop.bench.serve_client import parse_slo
+    from pitstop.replay.serving import parse_slo
     from pitstop.sim.simulator import SimConfig
     return SimConfig(model=args.model, hardware=args.hardware, cost_model=args.cost_model, profile=args.profile,
                      replicas=args.replicas, tp=args.tp, router=args.router,
@@ -120,54 +125,118 @@ def _line(res: dict) -> str:
             f"({sim['events_per_s']:.0f} events/s, {sim['sim_time_s']:.0f} s simulated)")
 
 
+def program_args(args: argparse.Namespace, max_model_len: int) -> argparse.Namespace:
+    """The namespace ``pitstop.bench.agents.load_programs`` reads, from ``pitstop simulate``'s options
+    (``--time-scale`` scales tool times, 1.0 when not given; programs are clipped to the engine's context)."""
+    return argparse.Namespace(
+        trace=args.trace, trace_path=args.trace_path, datasets=args.datasets, tool_time=args.tool_time,
+        num_programs=args.num_programs, seed=args.seed, min_turns=args.min_turns, max_turns=args.max_turns,
+        token_scale=args.token_scale, time_scale=1.0 if args.time_scale is None else args.time_scale,
+        max_tool_time=args.max_tool_time, max_model_len=max_model_len, program_rate=args.program_rate)
+
+
+def _jct_line(s: dict) -> str:
+    j = s.get("jct_s")
+    if not j:
+        return ""
+    return (f"JCT mean/p50/p90/p99 {j['mean']:.2f}/{j['median']:.2f}/{j['p90']:.2f}/{j['p99']:.2f} s over "
+            f"{s['num_programs']} programs")
+
+
 def run(args: argparse.Namespace) -> int:
-    from pitstop.sim.simulator import effective_max_model_len, model_facts, simulate
+    """One run (a trace, or agent programs closed-loop; colocated or ``--disaggregation P:D``), or a ``--sweep``."""
+    from pitstop.sim.simulator import build_cluster, effective_max_model_len, model_facts, run_cluster
     from pitstop.sim.workload import build_sim_workload
 
     cfg = _config(args)
-    if args.disaggregation or args.workload == "agents":
-        if args.sweep:
+    if args.sweep:
+        if args.disaggregation or args.workload == "agents":
             raise ValueError("--sweep is not supported with --workload agents or --disaggregation (one run each)")
-        from pitstop.cli.simulate_extended import run_extended
-        return run_extended(args, cfg)
+        return _sweep(args, cfg)
+    num_prefill = None
+    if args.disaggregation:
+        from pitstop.sim.disagg import parse_disaggregation
+        num_prefill, num_decode = parse_disaggregation(args.disaggregation)
+        cfg = replace(cfg, replicas=num_prefill + num_decode)
+    vocab = model_facts(cfg)[0]
+    mml = effective_max_model_len(cfg)
+    cluster = build_cluster(cfg)
+    if num_prefill is not None:
+        from pitstop.sim.disagg import build_disagg_cluster
+        cluster = build_disagg_cluster(cluster, num_prefill, cfg.router, cfg.router_kwargs, cfg.model,
+                                       args.kv_link_gbps)
+    driver = None
+    if args.workload == "agents":
+        from pitstop.bench.agents import load_programs
+        from pitstop.sim.agents import AgentDriver
+        from pitstop.workloads.agent_program import poisson_program_arrivals
+        programs, info = load_programs(program_args(args, mml))
+        arrivals = poisson_program_arrivals(len(programs), args.program_rate, args.seed)
+        driver = AgentDriver(cluster, programs, arrivals, args.seed, vocab)
+        reqs, num_sent = driver.first_requests(), driver.num_turns_planned
+    else:
+        reqs, info = build_sim_workload(args.workload, _options(args), vocab, mml)
+        num_sent = len(reqs)
+    print(f"workload: {json.dumps(info)}", flush=True)
+    res, finished = run_cluster(cfg, cluster, reqs, num_sent, processes=args.processes)
+    res["workload"] = info
+    redact = driver is not None and args.trace == "agentcgroup"  # GPL-2.0 trace: no per-turn trace values out
+    if driver is not None:
+        from pitstop.replay.agent_summary import records_json
+        from pitstop.sim.agents import agent_summary
+        res["agents"] = agent_summary(driver, cluster)
+        res["programs"] = records_json(driver.records, redact=redact)
+    if num_prefill is not None:
+        res["disaggregation"] = cluster.dstats.as_dict()
+    print(_line(res), flush=True)
+    if driver is not None:
+        a = res["agents"]
+        print(f"{_jct_line(res['summary'])}; {a['programs_completed']}/{a['programs_total']} programs, "
+              f"re-prefilled {a['reprefilled_tokens']} tok, prefix hit {a['prefix_hit_rate']:.3f}", flush=True)
+    if num_prefill is not None:
+        d = res["disaggregation"]
+        print(f"disaggregation {args.disaggregation}: {d['transfers']} KV transfers, "
+              f"{d['transfer_bytes'] / 1e9:.2f} GB, mean {d['transfer_s_mean'] * 1e3:.2f} ms at {d['link_gbps']:g} "
+              f"Gb/s, decode-side recomputed prompt tokens {d['decode_recomputed_prompt_tokens']}", flush=True)
+    if args.output:
+        save_run(Path(args.output), res, finished, info, cluster.replicas, trace=not args.no_trace,
+                 program_records=driver.records if driver else None, redact_programs=redact)
+    return 0
+
+
+def _sweep(args: argparse.Namespace, cfg) -> int:
+    """``--sweep rate=...`` or ``replicas=...``: one plain run per value, a JSON of all and a PNG."""
+    from pitstop.sim.simulator import effective_max_model_len, model_facts, simulate
+    from pitstop.sim.workload import build_sim_workload
+
     vocab = model_facts(cfg)[0]
     mml = effective_max_model_len(cfg)
     out = Path(args.output) if args.output else None
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-    if args.sweep:
-        key, _, values = args.sweep.partition("=")
-        if key not in ("rate", "replicas") or not values:
-            raise ValueError("--sweep takes rate=V1,V2,... or replicas=N1,N2,...")
-        points = []
-        for v in values.split(","):
-            run_cfg, rate = cfg, None
-            if key == "rate":
-                rate = float(v)
-            else:
-                run_cfg = replace(cfg, replicas=int(v))
-            run_cfg = replace(run_cfg, record_steps=False)
-            reqs, info = build_sim_workload(args.workload, _options(args, rate), vocab, mml)
-            res, _ = simulate(run_cfg, reqs)
-            res["workload"] = info
-            point = {**res, ("request_rate" if key == "rate" else "num_replicas"): rate if key == "rate" else int(v)}
-            points.append(point)
-            print(f"[{key}={v}] {_line(res)}", flush=True)
-        if out:
-            from pitstop.sim.plot import plot_sweep
-            xkey = "request_rate" if key == "rate" else "num_replicas"
-            out.write_text(json.dumps({"sweep": key, "points": points}, indent=1, default=_json))
-            plot_sweep(points, xkey, out.with_suffix(".png"))
-            print(f"saved {out} and {out.with_suffix('.png')}")
-        return 0
-    reqs, info = build_sim_workload(args.workload, _options(args), vocab, mml)
-    print(f"workload: {json.dumps(info)}", flush=True)
-    res, cluster = simulate(cfg, reqs, processes=args.processes)
-    res["workload"] = info
-    print(_line(res), flush=True)
+    key, _, values = args.sweep.partition("=")
+    if key not in ("rate", "replicas") or not values:
+        raise ValueError("--sweep takes rate=V1,V2,... or replicas=N1,N2,...")
+    points = []
+    for v in values.split(","):
+        run_cfg, rate = cfg, None
+        if key == "rate":
+            rate = float(v)
+        else:
+            run_cfg = replace(cfg, replicas=int(v))
+        run_cfg = replace(run_cfg, record_steps=False)
+        reqs, info = build_sim_workload(args.workload, _options(args, rate), vocab, mml)
+        res, _ = simulate(run_cfg, reqs)
+        res["workload"] = info
+        point = {**res, ("request_rate" if key == "rate" else "num_replicas"): rate if key == "rate" else int(v)}
+        points.append(point)
+        print(f"[{key}={v}] {_line(res)}", flush=True)
     if out:
-        finished = [f for r in cluster.replicas for f in r.finished]
-        save_run(out, res, finished, info, cluster.replicas, trace=not args.no_trace)
+        from pitstop.sim.plot import plot_sweep
+        xkey = "request_rate" if key == "rate" else "num_replicas"
+        out.write_text(json.dumps({"sweep": key, "points": points}, indent=1, default=_json))
+        plot_sweep(points, xkey, out.with_suffix(".png"))
+        print(f"saved {out} and {out.with_suffix('.png')}")
     return 0
 
 

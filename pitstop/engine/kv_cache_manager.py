@@ -7,7 +7,8 @@ Source: vLLM's paged attention (Kwon et al., SOSP'23) and its v1 KV cache manage
 from __future__ import annotations
 
 from pitstop.engine.block_pool import BlockPool, KVBlock
-from pitstop.engine.request import Request
+from pitstop.request import Request, RequestStatus
+from pitstop.sampling_params import SamplingParams
 
 
 def cdiv(a: int, b: int) -> int:
@@ -176,6 +177,32 @@ class KVCacheManager:
         self._tables.pop(request.request_id, None)
         if request.is_finished:
             self._hashes.pop(request.request_id, None)
+
+    def import_prefix(self, key: str, token_ids: list[int], now: float = 0.0) -> tuple[int, int]:
+        """Place KV computed elsewhere (e.g. a prefill replica's, sent to this decode replica) in the prefix cache:
+        the full blocks of ``token_ids`` that a request with these tokens can hit (its last token is always
+        computed) are allocated, registered under their chained hashes and released, so they end as cached free
+        blocks, most recently used. ``key`` names the import (unique among live requests); ``now``: seconds.
+
+        Returns ``(blocks already cached here, blocks written)``; ``(0, 0)`` with nothing changed when prefix
+        caching is off or the pool cannot take the blocks.
+        """
+        if not self.enable_prefix_caching:
+            return 0, 0
+        carrier = Request(f"{key}@kv-import", token_ids, SamplingParams(max_tokens=1), arrival_time=now,
+                          max_tokens=1)
+        bs = self.block_size
+        n_full = (len(token_ids) - 1) // bs
+        hits, n_hit_tokens = self.get_computed_blocks(carrier)
+        new = self.allocate_slots(carrier, n_full * bs - n_hit_tokens, hits)
+        written = 0
+        if new is not None:
+            carrier.num_computed_tokens = n_full * bs
+            self.cache_blocks(carrier)
+            written = len(new)
+        carrier.status = RequestStatus.FINISHED_LENGTH  # a finished carrier: free() drops its memoised hashes
+        self.free(carrier)
+        return (len(hits), written) if new is not None else (0, 0)
 
     def pin_blocks(self, request: Request) -> list[KVBlock]:
         """End a request but keep its cached full blocks referenced for a program pin.

@@ -1,26 +1,28 @@
-"""The engine loop: add requests, step the scheduler and executor, emit outputs.
+"""The engine loop: add requests, step the scheduler and executor, abort; outputs come from ``OutputProcessor``.
 
 Data flow of one step (see ARCHITECTURE in the README):
 ``Scheduler.schedule(now)`` -> ``Executor.execute(output)`` -> ``Scheduler.update(result, now)``
--> incremental detokenization, stop strings -> ``RequestOutput`` per request.
+-> ``OutputProcessor.process`` (detokenization, stop strings, ``n > 1`` merge) -> ``RequestOutput`` per request.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pitstop.config import EngineConfig
 from pitstop.engine.detokenizer import IncrementalDetokenizer
 from pitstop.engine.kv_cache_manager import KVCacheManager
-from pitstop.engine.request import Request, RequestStatus
+from pitstop.engine.output_processor import OutputProcessor
 from pitstop.engine.scheduler import Scheduler, SchedulerConfig
-from pitstop.engine.scheduler_output import ExecutorResult, SchedulerOutput
 from pitstop.executor.interface import Executor
-from pitstop.outputs import CompletionOutput, RequestOutput
+from pitstop.outputs import RequestOutput
+from pitstop.request import RequestStatus
 from pitstop.sampling_params import SamplingParams
+from pitstop.scheduler_output import ExecutorResult, SchedulerOutput
 
 
 @dataclass
@@ -34,44 +36,49 @@ class StepRecord:
     step_time_s: float
 
 
-@dataclass
-class _Parent:
-    """A user request: ``n`` child sequences sharing one prompt."""
-
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    children: list[Request]
-    detoks: list[IncrementalDetokenizer | None]
-    program_id: str | None = None
-    extra: dict = field(default_factory=dict)
-
-
 class LLMEngine:
     """Synchronous engine: ``add_request`` then call ``step`` until ``has_unfinished_requests`` is False.
 
+    The engine never builds a model: on a real checkpoint use ``pitstop.entrypoints.engine_builder.build_engine``
+    (or ``pitstop.LLM``), which loads the model runner and tokenizer and passes them here.
+
     Args:
         config: engine settings.
-        executor: the model runner (built from ``config`` when None) or a simulated executor.
-        tokenizer: a transformers tokenizer (loaded from the model folder when None and an
-            executor is built here; may stay None for token-id-only use such as simulation).
+        executor: runs each step: the model runner, a simulated executor or a test double. A public attribute:
+            it may be replaced between steps (e.g. wrapped to record step times).
+        tokenizer: a transformers tokenizer (None for token-id-only use such as simulation: no output text).
         clock: seconds, monotonic; wall time here, a virtual clock in the simulator.
-        num_blocks: KV blocks when ``executor`` is given (otherwise taken from the runner).
-        eos_token_ids / vocab_size / max_model_len: model facts when ``executor`` is given.
+        num_blocks: KV blocks the executor holds.
+        eos_token_ids / vocab_size / max_model_len: model facts (tokens; ``max_model_len`` None: the config's,
+            else 8192).
         keep_step_history: append a ``StepRecord`` to ``step_history`` every step (the simulator turns it
             off: memory on long runs).
+        block_tables: put each scheduled request's block table in ``SchedulerOutput`` (an executor that reads
+            no KV, such as the simulator's, may turn it off: the per-step copy is skipped, allocation unchanged).
+        ids_in_range: ``(prompt ids, vocab_size) -> bool``, the fast check that every prompt id is a token id
+            below ``vocab_size`` (None: no bound); when it says False the engine's own scan finds the precise
+            error. The simulator passes a vectorised one for its long synthetic prompts.
+        model_dir: the folder the weights came from (reported by the server), if any.
+
+    Raises:
+        TypeError: no executor.
+        ValueError: the KV cache cannot hold one ``max_model_len`` context.
     """
 
     def __init__(self, config: EngineConfig, executor: Executor | None = None, tokenizer: Any = None,
                  clock: Callable[[], float] = time.monotonic, num_blocks: int | None = None,
                  eos_token_ids: frozenset[int] = frozenset(), vocab_size: int | None = None,
-                 max_model_len: int | None = None, keep_step_history: bool = True) -> None:
+                 max_model_len: int | None = None, keep_step_history: bool = True, *, block_tables: bool = True,
+                 ids_in_range: Callable[[list[int], int | None], bool] | None = None,
+                 model_dir: Path | None = None) -> None:
+        if executor is None or num_blocks is None:
+            raise TypeError("LLMEngine needs an executor and its num_blocks: build one on a model with "
+                            "pitstop.entrypoints.engine_builder.build_engine(config)")
         self.config = config
         self.keep_step_history = keep_step_history
         self.clock = clock
-        self.model_dir = None
-        if executor is None:
-            executor, tokenizer, num_blocks, eos_token_ids, vocab_size, max_model_len = self._build(config)
+        self.model_dir = model_dir
+        self._ids_in_range = ids_in_range or _plain_ids_in_range
         self.executor = executor
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -88,31 +95,11 @@ class LLMEngine:
             max_model_len=self.max_model_len, enable_chunked_prefill=config.enable_chunked_prefill,
             scheduling_policy=config.scheduling_policy, ttl_policy=config.ttl_policy,
             ttl_seconds=config.ttl_seconds, program_idle_timeout=config.program_idle_timeout,
-            max_programs=config.max_programs), self.kv_manager)
+            max_programs=config.max_programs, block_tables=block_tables), self.kv_manager)
         self.step_history: list[StepRecord] = []
-        self._parents: dict[str, _Parent] = {}
-        self._child_to_parent: dict[str, str] = {}
+        self.output_processor = OutputProcessor(tokenizer, self.scheduler, clock, config.enable_prefix_caching)
         self._aborted: list[RequestOutput] = []
         self._counter = 0
-
-    def _build(self, config: EngineConfig):
-        import torch
-
-        from pitstop.executor.model_runner import ModelRunner
-        from pitstop.model.resolve import resolve_model
-
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
-        self.model_dir = resolve_model(config.model)
-        runner = ModelRunner(self.model_dir, config.dtype, config.kv_cache_memory, config.block_size,
-                             config.attention_backend)
-        tokenizer = None if config.skip_tokenizer_init else _load_tokenizer(self.model_dir)
-        hf = runner.hf_config
-        mml = min(config.max_model_len or min(hf.max_position_embeddings, 8192), hf.max_position_embeddings)
-        eos = _eos_ids(self.model_dir, tokenizer, hf)
-        self._seed_generator = torch.Generator().manual_seed(config.seed)
-        torch.manual_seed(config.seed)
-        return runner, tokenizer, runner.num_blocks, eos, hf.vocab_size, mml
 
     # ---- requests -------------------------------------------------------------------------
     def new_request_id(self) -> str:
@@ -126,7 +113,7 @@ class LLMEngine:
 
     def validate_prompt(self, prompt_token_ids: list[int], index: int | None = None) -> None:
         """Raise ValueError if the prompt is empty, too long or has out-of-vocabulary ids."""
-        if prompt_token_ids and len(prompt_token_ids) < self.max_model_len and _plain_ids_in_range(
+        if prompt_token_ids and len(prompt_token_ids) < self.max_model_len and self._ids_in_range(
                 prompt_token_ids, self.vocab_size):
             return  # the common case, checked at C speed; otherwise the scan below finds the precise error
         where = "" if index is None else f" (request {index})"
@@ -158,7 +145,7 @@ class LLMEngine:
         """
         params = params or SamplingParams()
         request_id = request_id or self.new_request_id()
-        if request_id in self._parents:
+        if request_id in self.output_processor:
             raise ValueError(f"duplicate request id {request_id!r}")
         text = prompt if isinstance(prompt, str) else None
         if prompt_token_ids is None:
@@ -169,49 +156,25 @@ class LLMEngine:
         max_tokens = self.max_model_len - len(prompt_token_ids)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
-        children, detoks = [], []
-        for i in range(params.n):
-            cid = request_id if params.n == 1 else f"{request_id}-{i}"
-            req = Request(request_id=cid, prompt_token_ids=list(prompt_token_ids), sampling_params=params,
-                          arrival_time=arrival, max_tokens=max_tokens, eos_token_ids=self.eos_token_ids,
-                          parent_id=request_id, index=i, generator=self._generator(params, i),
-                          wait_for=children[0].request_id if i and self.config.enable_prefix_caching else None,
-                          program_id=program_id, is_last_turn=is_last_turn, priority=priority,
-                          cache_salt=cache_salt, tool_name=tool_name)
-            children.append(req)
-            detoks.append(IncrementalDetokenizer(self.tokenizer, params, prompt_token_ids)
-                          if self.tokenizer is not None else None)
-        self._parents[request_id] = _Parent(request_id, text, list(prompt_token_ids), children, detoks,
-                                            program_id)
-        for req in children:
-            self._child_to_parent[req.request_id] = request_id
+        for req in self.output_processor.add(request_id, text, prompt_token_ids, params, arrival, max_tokens,
+                                             self.eos_token_ids, program_id, is_last_turn, priority, cache_salt,
+                                             tool_name):
             self.scheduler.add_request(req)
         return request_id
-
-    def _generator(self, params: SamplingParams, index: int):
-        if params.seed is None:
-            return None
-        import torch
-        return torch.Generator().manual_seed(params.seed + index)
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         """Abort requests (by the ids ``add_request`` returned); their blocks are freed now."""
         ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
         now = self.clock()
         for rid in ids:
-            parent = self._parents.get(rid)
-            if parent is None:
+            children = self.output_processor.children_of(rid)
+            if children is None:
                 continue
-            self.scheduler.finish_requests([c.request_id for c in parent.children],
-                                           RequestStatus.FINISHED_ABORTED, now)
-            self._aborted.append(self._make_output(parent))
-            self._drop(parent)
+            self.scheduler.finish_requests(children, RequestStatus.FINISHED_ABORTED, now)
+            self._aborted.append(self.output_processor.final_output(rid))
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
-
-    def get_num_unfinished_requests(self) -> int:
-        return len(self._parents)
 
     # ---- the loop -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -243,7 +206,7 @@ class LLMEngine:
         self.scheduler.programs.observe_step(so.num_prefill_tokens, result.step_time_s)
         if finished_only:
             touched = [r for r in touched if r.is_finished]
-        return self._process(touched) if touched else []
+        return self.output_processor.process(touched) if touched else []
 
     def _record(self, so: SchedulerOutput, step_time_s: float) -> None:
         self.step_history.append(StepRecord(
@@ -251,65 +214,9 @@ class LLMEngine:
             num_seqs=len(so.scheduled), context_tokens=sum(s.start + s.num_tokens for s in so.scheduled),
             step_time_s=step_time_s))
 
-    def _process(self, touched: list[Request]) -> list[RequestOutput]:
-        parents: dict[str, _Parent] = {}
-        for req in touched:
-            parent = self._parents.get(self._child_to_parent.get(req.request_id, ""))
-            if parent is None:
-                continue
-            detok = parent.detoks[req.index]
-            if detok is not None:
-                stop = detok.update([req.output_token_ids[-1]])
-                if stop is not None and not req.is_finished:
-                    self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED,
-                                                   self.clock())
-                    req.stop_reason = stop
-                elif stop is not None:
-                    req.status, req.stop_reason = RequestStatus.FINISHED_STOPPED, stop
-                if req.is_finished:
-                    detok.finish()
-                    self._infer_tool(req, detok.output_text)
-            parents[parent.request_id] = parent
-        outs = []
-        for parent in parents.values():
-            out = self._make_output(parent)
-            outs.append(out)
-            if out.finished:
-                self._drop(parent)
-        return outs
-
-    def _make_output(self, parent: _Parent) -> RequestOutput:
-        completions = []
-        for req, detok in zip(parent.children, parent.detoks):
-            want_lp = req.sampling_params.logprobs is not None
-            completions.append(CompletionOutput(
-                index=req.index, text=detok.output_text if detok is not None else "",
-                token_ids=list(req.output_token_ids), finish_reason=req.status.finish_reason,
-                stop_reason=req.stop_reason, logprobs=list(req.logprobs) if want_lp else None))
-        first = parent.children[0]
-        return RequestOutput(request_id=parent.request_id, prompt=parent.prompt,
-                             prompt_token_ids=parent.prompt_token_ids, outputs=completions,
-                             finished=all(c.is_finished for c in parent.children), metrics=first.metrics,
-                             num_cached_tokens=first.metrics.num_cached_tokens, program_id=parent.program_id)
-
-    def _drop(self, parent: _Parent) -> None:
-        self._parents.pop(parent.request_id, None)
-        for c in parent.children:
-            self._child_to_parent.pop(c.request_id, None)
-
     def detokenizer(self, request_id: str, index: int = 0) -> IncrementalDetokenizer | None:
         """The incremental detokenizer of a running completion (for streaming deltas)."""
-        parent = self._parents.get(request_id)
-        return parent.detoks[index] if parent is not None else None
-
-    def _infer_tool(self, req: Request, text: str) -> None:
-        if req.program_id is None or req.is_last_turn or req.tool_name is not None:
-            return
-        from pitstop.engine.tool_parse import infer_tool_name
-        tool = infer_tool_name(text)
-        if tool is not None:
-            req.tool_name = tool
-            self.scheduler.programs.retag(req.program_id, tool, self.clock())
+        return self.output_processor.detokenizer(request_id, index)
 
     # ---- programs ----------------------------------------------------------------------------
     def report_tool_result(self, program_id: str, tool_name: str, duration_s: float) -> None:
@@ -369,29 +276,3 @@ class LLMEngine:
 def _plain_ids_in_range(ids: list[int], vocab_size: int | None) -> bool:
     """True if every id is a plain ``int`` in ``[0, vocab_size)`` (C-level passes: type set, min, max)."""
     return set(map(type, ids)) == {int} and min(ids) >= 0 and (vocab_size is None or max(ids) < vocab_size)
-
-
-def _load_tokenizer(model_dir):
-    from transformers import AutoTokenizer
-    try:
-        return AutoTokenizer.from_pretrained(str(model_dir))
-    except (OSError, ValueError, TypeError) as e:
-        raise ValueError(f"model {model_dir}: cannot load its tokenizer ({type(e).__name__}); add tokenizer "
-                         f"files or pass skip_tokenizer_init=True and give prompts as token ids") from None
-
-
-def _eos_ids(model_dir, tokenizer, hf_config) -> frozenset[int]:
-    ids: set[int] = set()
-    for source in (getattr(hf_config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if isinstance(source, int):
-            ids.add(source)
-        elif isinstance(source, (list, tuple)):
-            ids.update(int(t) for t in source)
-    try:
-        from transformers import GenerationConfig
-        gen = GenerationConfig.from_pretrained(str(model_dir))
-        eos = gen.eos_token_id
-        ids.update([eos] if isinstance(eos, int) else list(eos or []))
-    except (OSError, ValueError):
-        pass
-    return frozenset(ids)

@@ -17,8 +17,8 @@ a new program over the bound ends the least recently active idle one, or is refu
 from __future__ import annotations
 
 from pitstop.engine.kv_cache_manager import KVCacheManager
-from pitstop.engine.program import Program, ProgramStats
-from pitstop.engine.request import Request, RequestStatus
+from pitstop.program import Program, ProgramStats
+from pitstop.request import Request, RequestStatus
 from pitstop.policies.ttl_base import PinContext, TTLPolicy
 
 _EWMA = 0.2

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from pitstop.engine.kv_cache_manager import KVCacheManager
 from pitstop.engine.program_manager import ProgramManager
-from pitstop.engine.request import Request, RequestStatus
-from pitstop.engine.scheduler_output import ExecutorResult, ScheduledRequest, SchedulerOutput
+from pitstop.request import Request, RequestStatus
+from pitstop.scheduler_output import ExecutorResult, ScheduledRequest, SchedulerOutput
 from pitstop.policies import SchedulingPolicy, TTLPolicy, get_scheduling_policy, get_ttl_policy
 
 
@@ -33,6 +33,8 @@ class SchedulerConfig:
         ttl_policy / ttl_seconds: how long a program's KV stays pinned between turns.
         program_idle_timeout: seconds after which a program with no running or waiting turn is ended
             (None: never). max_programs: most live programs (None: unbounded).
+        block_tables: give every scheduled request its block table (False: an empty list, for executors that
+            read no KV, such as the simulator's; allocation, caching and freeing are unchanged).
     """
 
     max_num_seqs: int = 128
@@ -44,6 +46,7 @@ class SchedulerConfig:
     ttl_seconds: float | None = None
     program_idle_timeout: float | None = None
     max_programs: int | None = None
+    block_tables: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
@@ -63,7 +66,7 @@ class Scheduler:
                                                                                  config.ttl_seconds),
                                        config.program_idle_timeout, config.max_programs)
         self.policy.bind(self.programs.programs)
-        self.waiting: list[Request] = []
+        self.waiting = self.policy.make_queue()  # a RequestQueue in the policy's order
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self._prefill_done: set[str] = set()  # ids whose prompt prefill finished (gates n>1 siblings)
@@ -79,7 +82,7 @@ class Scheduler:
         self._seq += 1
         request.status = RequestStatus.WAITING
         self.requests[request.request_id] = request
-        self.waiting.append(request)
+        self.waiting.add(request)
         self.programs.on_arrival(request)
 
     def has_unfinished_requests(self) -> bool:
@@ -102,7 +105,7 @@ class Scheduler:
                 continue
             if req in self.running:
                 self.running.remove(req)
-            elif req in self.waiting:
+            else:  # a live request is running or waiting
                 self.waiting.remove(req)
             self._finish(req, status, now)
             done.append(req)
@@ -125,7 +128,7 @@ class Scheduler:
         req.num_computed_tokens = 0
         req.metrics.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.append(req)
+        self.waiting.add(req)
 
     # ---- one step -------------------------------------------------------------------------
     def schedule(self, now: float) -> SchedulerOutput:
@@ -143,22 +146,17 @@ class Scheduler:
             prefills = [s for s in scheduled if s.num_tokens > 1]
             if prefills and len(prefills) < len(scheduled):
                 scheduled = prefills + [s for s in scheduled if s.num_tokens <= 1]
-        return SchedulerOutput(scheduled=scheduled, now=now, preempted_ids=preempted)
-
-    def _order(self, requests: list[Request], now: float) -> list[Request]:
-        """``policy.order`` on a snapshot of ``requests`` (policies order by a pure key, so one request
-        needs no sort)."""
-        return requests[:] if len(requests) < 2 else self.policy.order(requests, now)
+        return SchedulerOutput(scheduled=scheduled, preempted_ids=preempted)
 
     def _schedule_running(self, now: float, budget: int, out: list[ScheduledRequest],
                           preempted: list[str]) -> int:
         """Schedule running requests (``out`` holds nothing else yet); returns the budget left. The entries
         are built inline (as ``_entry``): this loop runs for every request of every step."""
         kv = self.kv
-        block_ids = kv.block_ids
+        block_ids = kv.block_ids if self.config.block_tables else _no_block_ids
         running_status = RequestStatus.RUNNING
         running = self.running
-        for req in (running[:] if len(running) < 2 else self.policy.order(running, now)):  # = _order
+        for req in (running[:] if len(running) < 2 else self.policy.order(running, now)):  # a snapshot
             if budget <= 0:
                 break
             if req.status is not running_status:
@@ -185,7 +183,9 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, now: float, budget: int, out: list[ScheduledRequest]) -> None:
-        for req in self._order(self.waiting, now):
+        """Admit waiting requests in the queue's order while budget, sequence slots and blocks last (the first
+        that does not fit stops admission: no skipping ahead)."""
+        for req in self.waiting.in_order(now):
             if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
                 break
             if req.wait_for is not None and req.wait_for not in self._prefill_done:
@@ -224,8 +224,8 @@ class Scheduler:
 
     def _entry(self, req: Request, num_new: int) -> ScheduledRequest:
         start = req.num_computed_tokens
-        return ScheduledRequest(req, num_new, start, self.kv.block_ids(req.request_id),
-                                start + num_new == len(req.all_token_ids))
+        table = self.kv.block_ids(req.request_id) if self.config.block_tables else _NO_BLOCKS
+        return ScheduledRequest(req, num_new, start, table, start + num_new == len(req.all_token_ids))
 
     # ---- after the step -----------------------------------------------------------------
     def update(self, output: SchedulerOutput, result: ExecutorResult, now: float) -> list[Request]:
@@ -297,3 +297,10 @@ class Scheduler:
         assert refs == held + pinned, f"{refs} block references but requests hold {held} and pins {pinned}"
         if not self.has_unfinished_requests():
             self.kv.assert_idle()
+
+
+_NO_BLOCKS: list[int] = []  # the block table of every request when ``SchedulerConfig.block_tables`` is off
+
+
+def _no_block_ids(request_id: str) -> list[int]:
+    return _NO_BLOCKS

@@ -1,1 +1,1 @@
-"""User-facing entry points: the offline ``LLM`` class (and later the OpenAI server)."""
+"""User-facing entry points: the offline ``LLM`` class and ``build_engine`` (an ``LLMEngine`` on a real model)."""

@@ -8,7 +8,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pitstop.config import EngineConfig
-from pitstop.engine.llm_engine import LLMEngine
+from pitstop.entrypoints.engine_builder import build_engine
 from pitstop.outputs import RequestOutput
 from pitstop.sampling_params import SamplingParams
 
@@ -40,7 +40,7 @@ class LLM:
         config = EngineConfig(model=model, dtype=dtype, kv_cache_memory=kv_cache_memory,
                               max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
                               **kwargs)
-        self.llm_engine = LLMEngine(config)
+        self.llm_engine = build_engine(config)
 
     @property
     def model_dir(self):

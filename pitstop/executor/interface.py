@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from pitstop.engine.scheduler_output import ExecutorResult, SchedulerOutput
+from pitstop.scheduler_output import ExecutorResult, SchedulerOutput
 
 
 class Executor(Protocol):
@@ -15,3 +15,12 @@ class Executor(Protocol):
     """
 
     def execute(self, scheduler_output: SchedulerOutput) -> ExecutorResult: ...
+
+
+class StepTimeModel(Protocol):
+    """Predicts the duration of one step (what ``SimulatedRunner`` needs of a cost model; the simulator's
+    ``pitstop.sim.cost_models.CostModel`` implements it)."""
+
+    def step_time(self, scheduler_output: SchedulerOutput) -> float:
+        """Seconds the step would take."""
+        ...

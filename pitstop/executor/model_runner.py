@@ -17,19 +17,20 @@ from pathlib import Path
 import torch
 
 from pitstop.executor.malloc_tuning import tune_malloc
-from pitstop.engine.scheduler_output import ExecutorResult, ScheduledRequest, SchedulerOutput
+from pitstop.scheduler_output import ExecutorResult, ScheduledRequest, SchedulerOutput
 from pitstop.model.cpu_features import KernelChoice, choose_kernels
 from pitstop.model.cpu_packed_linear import prepack_linears
 from pitstop.model.loader import allocate_kv_cache, kv_cache_bytes_per_block, load_model
 from pitstop.model.sampler import Sampler, SamplerOutput, SamplingRow
 from pitstop.outputs import Logprob
+from pitstop.request import Request
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 log = logging.getLogger("pitstop")
 
 
 class ModelRunner:
-    """Runs real forward passes on the CPU.
+    """Runs real forward passes on the CPU: weights, inputs and the KV cache all stay in CPU memory.
 
     Args:
         model_dir: HF folder (already resolved).
@@ -105,7 +106,7 @@ class ModelRunner:
             if not s.sample:
                 continue
             r = s.request
-            rows.append((s, SamplingRow(params=r.sampling_params, generator=r.generator,
+            rows.append((s, SamplingRow(params=r.sampling_params, generator=_seeded_generator(r),
                                         prompt_token_ids=r.prompt_token_ids,
                                         output_token_ids=r.output_token_ids,
                                         eos_token_ids=r.eos_token_ids)))
@@ -154,3 +155,11 @@ def _gemm_kernels(num_rows: int, gemv_switch: bool):
         warnings.simplefilter("ignore")
         with torch.backends.mkldnn.flags(enabled=False):
             yield
+
+
+def _seeded_generator(request: Request) -> torch.Generator | None:
+    """The request's sampling generator: seeded ``seed + index`` at its first sampled token and kept on the request
+    (so it continues across preemption); None when ``sampling_params.seed`` is unset."""
+    if request.generator is None and request.sampling_params.seed is not None:
+        request.generator = torch.Generator().manual_seed(request.sampling_params.seed + request.index)
+    return request.generator

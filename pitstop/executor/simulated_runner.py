@@ -1,6 +1,6 @@
 """The simulated executor: same interface as ``ModelRunner`` (``execute(SchedulerOutput) -> ExecutorResult``),
-but no model. The step time comes from a cost model (``pitstop.sim.cost_models``) and the sampled tokens are
-synthetic: output lengths are forced by the workload through ``SamplingParams(max_tokens=n, ignore_eos=True)``,
+but no model. The step time comes from a cost model (a ``StepTimeModel``: ``pitstop.sim.cost_models``) and the
+sampled tokens are synthetic: output lengths are forced by the workload through ``SamplingParams(max_tokens=n, ignore_eos=True)``,
 so token values never decide when a request ends.
 
 With a ``VirtualClock`` and ``advance_clock=True`` the runner moves the clock by the predicted step time, so an
@@ -11,9 +11,9 @@ passes ``advance_clock=False``.
 
 from __future__ import annotations
 
-from pitstop.engine.scheduler_output import ExecutorResult, SchedulerOutput
-from pitstop.sim.clock import VirtualClock
-from pitstop.sim.cost_models.interface import CostModel
+from pitstop.clock import VirtualClock
+from pitstop.executor.interface import StepTimeModel
+from pitstop.scheduler_output import ExecutorResult, SchedulerOutput
 
 
 class SimulatedRunner:
@@ -27,7 +27,7 @@ class SimulatedRunner:
         advance_clock: move ``clock`` forward by each step's predicted time.
     """
 
-    def __init__(self, cost_model: CostModel, clock: VirtualClock | None = None, vocab_size: int = 32000,
+    def __init__(self, cost_model: StepTimeModel, clock: VirtualClock | None = None, vocab_size: int = 32000,
                  avoid_token_ids: frozenset[int] = frozenset(), advance_clock: bool = True) -> None:
         self.cost_model = cost_model
         self.clock = clock

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pitstop.model.attention.backend import AttentionBackend, get_attention_backend
+from pitstop.model.attention import AttentionBackend, get_attention_backend
 from pitstop.model.attention.metadata import AttentionMetadata
 from pitstop.model.layers import GatedMLP, RMSNorm, apply_rope, rms_norm, rope_cos_sin
 

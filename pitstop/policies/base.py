@@ -4,9 +4,11 @@ machinery; a policy only decides order (who is served first) and preemption vict
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 
-from pitstop.engine.program import Program
-from pitstop.engine.request import Request
+from pitstop.policies.request_queue import PolicyOrderedQueue, RequestQueue
+from pitstop.program import Program
+from pitstop.request import Request
 
 
 class SchedulingPolicy(ABC):
@@ -28,9 +30,14 @@ class SchedulingPolicy(ABC):
     def sort_key(self, request: Request, now: float) -> tuple:
         """Key ordering requests: smaller is served first."""
 
-    def order(self, requests: list[Request], now: float) -> list[Request]:
+    def order(self, requests: Iterable[Request], now: float) -> list[Request]:
         """Requests in service order, most deserving first (stable for equal keys)."""
         return sorted(requests, key=lambda r: self.sort_key(r, now))
+
+    def make_queue(self) -> RequestQueue:
+        """The scheduler's waiting queue in this policy's order (default: ``order`` at every scheduling pass; a
+        policy whose key never changes once a request is queued returns a queue kept in key order)."""
+        return PolicyOrderedQueue(self.order)
 
     def pick_victim(self, running: list[Request], now: float) -> Request:
         """The running request to preempt when blocks run out: the one served last."""

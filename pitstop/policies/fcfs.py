@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pitstop.engine.request import Request
+from pitstop.request import Request
 from pitstop.policies.base import SchedulingPolicy
+from pitstop.policies.request_queue import FCFSRequestQueue, RequestQueue
 
 
 class FCFSPolicy(SchedulingPolicy):
@@ -11,3 +12,7 @@ class FCFSPolicy(SchedulingPolicy):
 
     def sort_key(self, request: Request, now: float) -> tuple:
         return (request.arrival_time, request.arrival_seq)
+
+    def make_queue(self) -> RequestQueue:
+        """A deque in ``sort_key`` order (arrival; the key does not depend on ``now``)."""
+        return FCFSRequestQueue(lambda r: self.sort_key(r, 0.0))

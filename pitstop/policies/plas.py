@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from pitstop.engine.request import Request
+from pitstop.request import Request
 from pitstop.policies.base import SchedulingPolicy
 
 

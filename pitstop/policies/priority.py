@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pitstop.engine.request import Request
+from pitstop.request import Request
 from pitstop.policies.base import SchedulingPolicy
+from pitstop.policies.request_queue import PriorityRequestQueue, RequestQueue
 
 
 class PriorityPolicy(SchedulingPolicy):
@@ -11,3 +12,7 @@ class PriorityPolicy(SchedulingPolicy):
 
     def sort_key(self, request: Request, now: float) -> tuple:
         return (request.priority, request.arrival_time, request.arrival_seq)
+
+    def make_queue(self) -> RequestQueue:
+        """A list kept in ``sort_key`` order (the key does not depend on ``now``)."""
+        return PriorityRequestQueue(lambda r: self.sort_key(r, 0.0))

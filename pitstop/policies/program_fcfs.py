@@ -7,7 +7,7 @@ all others (their cache is waiting for them). Requests without a program are pro
 
 from __future__ import annotations
 
-from pitstop.engine.request import Request
+from pitstop.request import Request
 from pitstop.policies.base import SchedulingPolicy
 
 

@@ -23,7 +23,7 @@ from pitstop.server.protocol import ChatCompletionRequest, CompletionRequest, Mo
 from pitstop.server.serving_chat import ServingChat
 from pitstop.server.serving_completions import ServingCompletions
 
-_OPEN_PATHS = {"/health", "/metrics", "/ping"}
+_OPEN_PATHS = {"/health", "/metrics"}
 
 
 class _AuthAndMetrics:

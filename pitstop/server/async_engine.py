@@ -16,7 +16,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pitstop.engine.detokenizer import IncrementalDetokenizer
@@ -74,8 +74,6 @@ class _Tracked:
     sent: list[int]
     done: list[bool]
     want_logprobs: bool
-    on_finish: Callable[[RequestOutput], None] | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class AsyncEngine:

@@ -79,8 +79,7 @@ class ServingBase:
         """400 for a field over its limit (``RequestLimits``) or an unsupported one."""
         chat = hasattr(req, "top_logprobs")
         logprobs = req.top_logprobs if chat else req.logprobs
-        explicit = bool({"max_tokens", "max_completion_tokens"} & req.model_fields_set)
-        self.limits.check(req, logprobs, _asked_max_tokens(req) if explicit else None)
+        self.limits.check(req, logprobs, _asked_max_tokens(req) if _explicit_max_tokens(req) else None)
         if req.logit_bias:
             raise bad_request("logit_bias is not supported by this server", param="logit_bias")
 
@@ -88,9 +87,9 @@ class ServingBase:
         """Tokens to generate: what the request asked for; a default (not asked) is capped by
         ``--max-tokens-limit``, which is also the default where the request has none."""
         asked, limit = _asked_max_tokens(req), self.limits.max_tokens
-        if limit is None or {"max_tokens", "max_completion_tokens"} & req.model_fields_set:
-            return asked
-        return limit if asked is None else min(asked, limit)
+        if limit is None or asked is None:
+            return asked if limit is None else limit
+        return asked if _explicit_max_tokens(req) else min(asked, limit)
 
     def sampling_params(self, req: _SamplingRequest, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         try:
@@ -211,3 +210,9 @@ def _asked_max_tokens(req: _SamplingRequest) -> int | None:
     """``max_completion_tokens`` (chat) or ``max_tokens``, as the body gives them (with their defaults)."""
     newer = getattr(req, "max_completion_tokens", None)
     return newer if newer is not None else req.max_tokens
+
+
+def _explicit_max_tokens(req: _SamplingRequest) -> bool:
+    """The body itself gave a (non-null) ``max_tokens`` or ``max_completion_tokens``."""
+    return any(getattr(req, f, None) is not None for f in ("max_tokens", "max_completion_tokens")
+               if f in req.model_fields_set)

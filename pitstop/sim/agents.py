@@ -2,7 +2,7 @@
 
 The programs, their sampling and scaling are ``pitstop bench agents``'s (``pitstop.bench.agents.load_programs``
 over the AgentCgroup / TraceLab loaders); the closed loop is the same ``ProgramReplay`` that drives its
-in-process and virtual-clock backends (``pitstop.bench.agent_replay``): program ``i`` starts at a Poisson
+in-process and virtual-clock backends (``pitstop.replay.agent_replay``): program ``i`` starts at a Poisson
 arrival, turn ``k + 1`` is injected into the running cluster (``Cluster.inject``) when turn ``k`` has finished
 (on whatever replica, or prefill + decode pair, served it) and its tool time has passed, with turn ``k``'s
 prompt + its generated token ids + the new tokens as prompt. Before a turn is added to its replica, the engine
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pitstop.bench.agent_replay import ProgramReplay, TurnRequest
+from pitstop.replay.agent_replay import ProgramReplay, TurnRequest
 from pitstop.sim.cluster import Cluster, FinishedRequest, SimRequest
 from pitstop.workloads.agent_program import AgentProgram
 
@@ -35,7 +35,7 @@ def prefix_keys(prompt: Sequence[int], block_tokens: int = ROUTING_BLOCK_TOKENS)
 
 class AgentDriver:
     """Closed-loop agent programs on a ``Cluster`` (or ``DisaggCluster``): installs itself as the cluster's
-    ``on_finished`` hook and wraps its ``_admit`` to report tool times to the engine that gets each turn.
+    ``on_finished`` hook, and as its ``on_admitted`` hook to report tool times to the engine that gets each turn.
 
     Args:
         cluster: the cluster to drive (its replicas are told to keep output token ids).
@@ -54,16 +54,7 @@ class AgentDriver:
         for rep in cluster.replicas:
             rep.keep_output_ids = True
         cluster.on_finished = self._on_finished
-        inner = cluster._admit
-
-        def admit(sreq: SimRequest, now: float) -> int:
-            prev = self._prev_tool.pop(sreq.request_id, None)
-            idx = inner(sreq, now)
-            if prev is not None and self.report_tool_results:
-                cluster.replicas[idx].engine.report_tool_result(sreq.program_id, *prev)
-            return idx
-
-        cluster._admit = admit
+        cluster.on_admitted = self._on_admitted
 
     @property
     def records(self):
@@ -84,6 +75,12 @@ class AgentDriver:
         prompt = tq.prompt
         return SimRequest(tq.request_id, t, len(prompt), tq.max_tokens, lambda: prompt, prefix_keys(prompt),
                           ROUTING_BLOCK_TOKENS, tq.program_id, tq.is_last_turn, tq.tool_name)
+
+    def _on_admitted(self, sreq: SimRequest, replica: int, now: float) -> None:
+        """A turn was added to ``replica``: report the tool run that preceded it to that replica's engine."""
+        prev = self._prev_tool.pop(sreq.request_id, None)
+        if prev is not None and self.report_tool_results:
+            self.cluster.replicas[replica].engine.report_tool_result(sreq.program_id, *prev)
 
     def _on_finished(self, done: list[FinishedRequest], now: float) -> None:
         for f in done:
@@ -111,7 +108,7 @@ class AgentDriver:
 def agent_summary(driver: AgentDriver, cluster: Cluster) -> dict:
     """``pitstop bench agents``'s per-run summary (JCT, TTFT per turn, re-prefilled tokens, prefix hits, pins, KV
     pressure against the cluster's total KV capacity) of a simulated run, plus the engines' summed counters."""
-    from pitstop.bench.agents import summarize_run
+    from pitstop.replay.agent_summary import summarize_run
     totals: dict = {}
     for rep in cluster.replicas:
         for key, v in rep.engine.stats().items():

@@ -27,11 +27,11 @@ import numpy as np
 
 from pitstop.config import EngineConfig
 from pitstop.engine.llm_engine import LLMEngine
-from pitstop.engine.scheduler_output import ExecutorResult, SchedulerOutput
+from pitstop.scheduler_output import ExecutorResult, SchedulerOutput
 from pitstop.executor.simulated_runner import SimulatedRunner
 from pitstop.outputs import RequestOutput
 from pitstop.sampling_params import SamplingParams
-from pitstop.sim.clock import VirtualClock
+from pitstop.clock import VirtualClock
 from pitstop.sim.cost_models.interface import CostModel
 from pitstop.sim.routers.base import RouteRequest, Router
 
@@ -64,6 +64,26 @@ class SimRequest:
     def route_request(self) -> RouteRequest:
         return RouteRequest(self.request_id, self.prompt_len, self.output_len, self.prefix_keys, self.block_tokens,
                             self.program_id)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCounts:
+    """A replica engine's counters: prompt tokens looked up in / found in the prefix cache, preemptions."""
+
+    prefix_queries: int
+    prefix_hits: int
+    num_preemptions: int
+
+
+@dataclass(slots=True)
+class _Work:
+    """A request's load as the router sees it (tokens): its prompt, all it has to compute (prompt + output - 1),
+    and what remains of both."""
+
+    prompt: int
+    total: int
+    remaining: int
+    remaining_prefill: int
 
 
 @dataclass(slots=True)
@@ -99,18 +119,16 @@ class Replica:
         self.index = index
         self.clock = clock
         self.runner = SimulatedRunner(cost_model, clock, vocab_size, advance_clock=False)
+        # fast_block_tables: the simulated executor never reads block tables, so the engine skips copying them into
+        # each step (allocation, caching and freeing unchanged), and checks the (long, synthetic) prompts' id range
+        # with one vectorised pass
         self.engine = LLMEngine(config, executor=self.runner, clock=clock, num_blocks=num_blocks,
                                 vocab_size=vocab_size, max_model_len=max_model_len,
-                                keep_step_history=False)  # step_history: memory on long runs
+                                keep_step_history=False,  # step_history: memory on long runs
+                                block_tables=not fast_block_tables,
+                                ids_in_range=_ids_in_range if fast_block_tables else None)
         self.scheduler = self.engine.scheduler
         self.kv_capacity_tokens = num_blocks * config.block_size
-        if fast_block_tables:
-            # The simulated executor never reads block tables; the scheduler still allocates, frees and caches
-            # blocks exactly as before, only the per-step copy of each request's block-id list is skipped.
-            self.engine.kv_manager.block_ids = _no_block_ids
-            # Synthetic prompts are in-vocabulary by construction: check length and id range with C-level
-            # min/max instead of the engine's per-token Python scan (O(prompt) per request).
-            self.engine.validate_prompt = self._validate_fast
         self.record_token_times = record_token_times
         self.record_steps = record_steps
         self.keep_output_ids = False
@@ -120,17 +138,24 @@ class Replica:
         self.outstanding_tokens = 0
         self.queued_prefill_tokens = 0
         self.track_token_load = True
-        # id -> [prompt_len, total tokens to compute, remaining tokens, remaining prefill] (when track_token_load)
-        self._work: dict[str, list[int]] = {}
+        self._work: dict[str, _Work] = {}  # when track_token_load
         self._times: dict[str, list[float]] = {}
         self.finished: list[FinishedRequest] = []
         self.num_steps = 0
         self.busy_s = 0.0
+        self._counts: EngineCounts | None = None  # set by ``restore_counts``
 
-    def _validate_fast(self, ids: list[int], index: int | None = None) -> None:
-        eng = self.engine
-        if not ids or len(ids) >= eng.max_model_len or not _ids_below(ids, eng.vocab_size or 1 << 32):
-            LLMEngine.validate_prompt(eng, ids, index)  # the engine's own check raises the precise error
+    def engine_counts(self) -> EngineCounts:
+        """The engine's prefix-cache and preemption counters (or those ``restore_counts`` gave)."""
+        if self._counts is not None:
+            return self._counts
+        kv = self.engine.kv_manager
+        return EngineCounts(kv.prefix_queries, kv.prefix_hits, self.scheduler.num_preemptions)
+
+    def restore_counts(self, counts: EngineCounts) -> None:
+        """Report ``counts`` from now on instead of this engine's (a replica simulated in another process,
+        ``pitstop.sim.parallel``)."""
+        self._counts = counts
 
     @property
     def busy(self) -> bool:
@@ -144,7 +169,7 @@ class Replica:
         self.outstanding_requests += 1
         if self.track_token_load:
             total = sreq.prompt_len + sreq.output_len - 1
-            self._work[sreq.request_id] = [sreq.prompt_len, total, total, sreq.prompt_len]
+            self._work[sreq.request_id] = _Work(sreq.prompt_len, total, total, sreq.prompt_len)
             self.outstanding_tokens += total
             self.queued_prefill_tokens += sreq.prompt_len
         if self.record_token_times:
@@ -189,20 +214,20 @@ class Replica:
             if w is None:
                 continue
             done = s.request.num_computed_tokens
-            rem = w[1] - done
+            rem = w.total - done
             rem = rem if rem > 0 else 0
-            pre = w[0] - done
+            pre = w.prompt - done
             pre = pre if pre > 0 else 0
-            d_tok += w[2] - rem
-            d_pre += w[3] - pre
-            w[2], w[3] = rem, pre
+            d_tok += w.remaining - rem
+            d_pre += w.remaining_prefill - pre
+            w.remaining, w.remaining_prefill = rem, pre
         if so.preempted_ids:  # recompute: the preempted requests' work is back
             for rid in so.preempted_ids:
                 w = work.get(rid)
                 if w is not None:
-                    d_tok -= w[1] - w[2]
-                    d_pre -= w[0] - w[3]
-                    w[2], w[3] = w[1], w[0]
+                    d_tok -= w.total - w.remaining
+                    d_pre -= w.prompt - w.remaining_prefill
+                    w.remaining, w.remaining_prefill = w.total, w.prompt
         self.outstanding_tokens -= d_tok
         self.queued_prefill_tokens -= d_pre
 
@@ -211,8 +236,8 @@ class Replica:
         self.outstanding_requests -= 1
         if self.track_token_load:
             w = self._work.pop(rid)
-            self.outstanding_tokens -= w[2]
-            self.queued_prefill_tokens -= w[3]
+            self.outstanding_tokens -= w.remaining
+            self.queued_prefill_tokens -= w.remaining_prefill
         m, comp = out.metrics, out.outputs[0]
         # m.num_cached_tokens: set by the scheduler at the request's first admission only
         fr = FinishedRequest(rid, self.index, m.arrival_time, m.first_token_time, m.finished_time,
@@ -223,20 +248,14 @@ class Replica:
         return fr
 
 
-def _ids_below(ids: list[int], limit: int) -> bool:
-    """True if every id is an integer in ``[0, limit)``: one C pass into a uint32 array (negative, too large or
-    non-integer ids raise there) and a vectorised max, ~3x faster than ``min`` + ``max`` over the list."""
+def _ids_in_range(ids: list[int], vocab_size: int | None) -> bool:
+    """True if every id is an integer in ``[0, vocab_size)`` (no upper bound when None): one C pass into a uint32
+    array (negative, too large or non-integer ids raise there) and a vectorised max, ~3x faster than ``min`` +
+    ``max`` over the list (``LLMEngine``'s ``ids_in_range`` hook)."""
     try:
-        return int(np.frombuffer(array("I", ids), dtype=np.uint32).max()) < limit
+        return int(np.frombuffer(array("I", ids), dtype=np.uint32).max()) < (vocab_size or 1 << 32)
     except (OverflowError, TypeError):
         return False
-
-
-def _no_block_ids(request_id: str) -> list[int]:
-    return _EMPTY
-
-
-_EMPTY: list[int] = []
 
 
 @dataclass
@@ -253,15 +272,17 @@ class Cluster:
     """Replicas + router on one virtual clock.
 
     Args:
-        replicas_factory: builds replica ``i`` given (index, clock).
         num_replicas: N.
         router: placement policy.
+        make_replica: builds replica ``i`` given (index, clock).
 
     Hooks for closed-loop workloads and other topologies (``pitstop.sim.agents``, ``pitstop.sim.disagg``):
     ``inject(sreq)`` adds an arrival during a run (e.g. a program's next turn once its tool has run; one due at
     the instant a step ends joins that replica's next step);
+    ``on_admitted(sreq, replica, now)`` is called after an arriving request was added to replica ``replica``;
     ``on_finished(done, now)`` is called with the requests that finish at ``now``; subclasses may override
-    ``_admit`` (place and add an arriving request) and ``_on_done`` (what a replica's finished requests mean).
+    ``_place`` (route an arriving request and add it to a replica) and ``_on_done`` (what a replica's finished
+    requests mean).
     """
 
     def __init__(self, num_replicas: int, router: Router, make_replica: Callable[[int, VirtualClock], Replica]) -> None:
@@ -275,9 +296,15 @@ class Cluster:
             rep.track_token_load = router.reads_replica_state
         self.stats = ClusterStats()
         self.assignment: dict[str, int] = {}
+        self.on_admitted: Callable[[SimRequest, int, float], None] | None = None
         self.on_finished: Callable[[list[FinishedRequest], float], None] | None = None
         self._later: list[tuple[float, int, SimRequest]] = []  # injected arrivals (time, seq, request), a heap
         self._seq = 0
+
+    @property
+    def has_injected_arrivals(self) -> bool:
+        """True while arrivals added by ``inject`` wait to be admitted."""
+        return bool(self._later)
 
     def inject(self, sreq: SimRequest) -> None:
         """Add an arrival at ``sreq.arrival_s`` (>= now) to the running simulation."""
@@ -285,6 +312,13 @@ class Cluster:
         self._seq += 1
 
     def _admit(self, sreq: SimRequest, now: float) -> int:
+        """Place an arriving request (``_place``) and tell ``on_admitted``; returns the replica index."""
+        idx = self._place(sreq, now)
+        if self.on_admitted is not None:
+            self.on_admitted(sreq, idx, now)
+        return idx
+
+    def _place(self, sreq: SimRequest, now: float) -> int:
         """Route an arriving request and add it to its replica; returns the replica index."""
         rr = sreq.route_request()
         idx = self.router.assign(rr, self.replicas, now)

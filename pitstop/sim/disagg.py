@@ -40,8 +40,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
-from pitstop.engine.request import Request, RequestStatus
-from pitstop.sampling_params import SamplingParams
 from pitstop.sim.cluster import Cluster, FinishedRequest, Replica, SimRequest
 from pitstop.sim.routers.base import Router
 
@@ -79,27 +77,10 @@ def kv_transfer_time_s(num_tokens: int, bytes_per_token: int, link_gbps: float, 
 
 
 def import_kv(replica: Replica, request_id: str, token_ids: list[int], now: float) -> tuple[int, int]:
-    """Place the KV of ``token_ids``' full blocks (those a request with these tokens can hit: the last token is
-    always computed) in ``replica``'s prefix cache, through its own ``KVCacheManager`` (allocate, cache, free:
-    the blocks end as cached-free, most recently used). Returns ``(blocks already cached there, blocks written)``;
+    """Place the KV of ``token_ids``' full blocks in ``replica``'s prefix cache (``KVCacheManager.import_prefix``:
+    they end as cached-free, most recently used). Returns ``(blocks already cached there, blocks written)``;
     ``(0, 0)`` with nothing changed if prefix caching is off or the pool cannot take them."""
-    kv = replica.engine.kv_manager
-    if not kv.enable_prefix_caching:
-        return 0, 0
-    carrier = Request(f"{request_id}@kv-import", token_ids, SamplingParams(max_tokens=1), arrival_time=now,
-                      max_tokens=1)
-    bs = kv.block_size
-    n_full = (len(token_ids) - 1) // bs
-    hits, n_hit_tokens = kv.get_computed_blocks(carrier)
-    new = kv.allocate_slots(carrier, n_full * bs - n_hit_tokens, hits)
-    written = 0
-    if new is not None:
-        carrier.num_computed_tokens = n_full * bs
-        kv.cache_blocks(carrier)
-        written = len(new)
-    carrier.status = RequestStatus.FINISHED_LENGTH  # so that free() also drops its memoised hashes
-    kv.free(carrier)
-    return (len(hits), written) if new is not None else (0, 0)
+    return replica.engine.kv_manager.import_prefix(request_id, token_ids, now)
 
 
 @dataclass
@@ -179,7 +160,7 @@ class DisaggCluster(Cluster):
         return self
 
     # ---- hooks of Cluster.run -----------------------------------------------------------------------
-    def _admit(self, sreq: SimRequest, now: float) -> int:
+    def _place(self, sreq: SimRequest, now: float) -> int:
         leg = self._legs.get(sreq.request_id)
         if leg is not None and leg.prefill is not None:  # the KV has arrived at its decode replica
             rep = self.replicas[leg.target]

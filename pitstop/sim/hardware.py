@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from pitstop.bench.roofline import ModelShape
+from pitstop.model.shape import ModelShape
 
 HARDWARE_DIR = Path(__file__).resolve().parents[1] / "data" / "hardware"
 

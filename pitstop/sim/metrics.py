@@ -1,6 +1,6 @@
 """Metrics of a simulated run, with the serving benchmark's definitions and names.
 
-Finished requests are converted to ``pitstop.bench.serve_client.RequestResult`` and summarised by the same
+Finished requests are converted to ``pitstop.replay.serving.RequestResult`` and summarised by the same
 ``summarize`` that ``pitstop bench serve`` uses (vLLM's benchmark_serving definitions: TTFT, TPOT =
 (E2EL - TTFT) / (output tokens - 1), ITL = gaps between tokens, E2EL, goodput, SLO attainment), so simulated and
 measured JSON have identical keys. Program completion time (JCT) is added for workloads with programs.
@@ -8,7 +8,7 @@ measured JSON have identical keys. Program completion time (JCT) is added for wo
 
 from __future__ import annotations
 
-from pitstop.bench.serve_client import RequestResult, summarize
+from pitstop.replay.serving import RequestResult, summarize
 from pitstop.sim.cluster import FinishedRequest
 from pitstop.workloads.lengths import percentile
 

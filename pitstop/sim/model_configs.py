@@ -1,6 +1,6 @@
 """Model configs the simulator knows by name (``pitstop/data/model_configs/*.json``, HF ``config.json`` subsets).
 
-A config is turned into ``pitstop.bench.roofline.ModelShape`` (the same shape the roofline benchmark uses).
+A config is turned into ``pitstop.model.shape.ModelShape`` (the same shape the roofline benchmark uses).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pitstop.bench.roofline import ModelShape
+from pitstop.model.shape import ModelShape
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "data" / "model_configs"
 ALIASES = {"smollm2-135m-instruct": "SmolLM2-135M"}

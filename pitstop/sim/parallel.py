@@ -28,7 +28,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Sequence
 
-from pitstop.sim.cluster import Cluster, FinishedRequest, Replica, SimRequest
+from pitstop.sim.cluster import Cluster, EngineCounts, FinishedRequest, Replica, SimRequest
 from pitstop.sim.routers.base import ReplicaLoad, RouteRequest, Router
 
 
@@ -41,22 +41,16 @@ class ReplicaRunState:
     steps: list[tuple]
     num_steps: int
     busy_s: float
-    prefix_queries: int
-    prefix_hits: int
-    num_preemptions: int
+    counts: EngineCounts
 
     @classmethod
     def of(cls, rep: Replica) -> "ReplicaRunState":
-        kv = rep.engine.kv_manager
-        return cls(rep.index, rep.finished, rep.steps, rep.num_steps, rep.busy_s, kv.prefix_queries, kv.prefix_hits,
-                   rep.scheduler.num_preemptions)
+        return cls(rep.index, rep.finished, rep.steps, rep.num_steps, rep.busy_s, rep.engine_counts())
 
     def apply_to(self, rep: Replica) -> None:
-        """Write this state into ``rep`` (a replica of the parent's cluster that did not run)."""
-        kv = rep.engine.kv_manager
+        """Give ``rep`` (a replica of the parent's cluster that did not run) this state; its engine is untouched."""
         rep.finished, rep.steps, rep.num_steps, rep.busy_s = self.finished, self.steps, self.num_steps, self.busy_s
-        kv.prefix_queries, kv.prefix_hits = self.prefix_queries, self.prefix_hits
-        rep.scheduler.num_preemptions = self.num_preemptions
+        rep.restore_counts(self.counts)
 
 
 @dataclass
@@ -85,9 +79,9 @@ class PlacedRouter(Router):
 
 def partitionable(cluster: Cluster) -> bool:
     """True if ``cluster`` may run in groups of replicas: a plain ``Cluster`` (no subclass hooks) whose router
-    reads no replica state, with no ``on_finished`` hook and no injected arrivals."""
+    reads no replica state, with no ``on_admitted`` / ``on_finished`` hook and no injected arrivals."""
     return (type(cluster) is Cluster and not cluster.router.reads_replica_state and cluster.on_finished is None
-            and not cluster._later)
+            and cluster.on_admitted is None and not cluster.has_injected_arrivals)
 
 
 def place(cluster: Cluster, requests: Sequence[SimRequest]) -> dict[str, int]:

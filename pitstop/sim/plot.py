@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_run(results: list, workload: dict, path: Path, label: str = "simulated") -> None:
-    """TTFT / TPOT / E2EL CDFs and tokens/s over time, via ``pitstop.bench.serve_plot.plot``."""
-    from pitstop.bench.serve_plot import plot
+    """TTFT / TPOT / E2EL CDFs and tokens/s over time, via ``pitstop.replay.serving_plot.plot``."""
+    from pitstop.replay.serving_plot import plot
     wl = dict(workload, trace=f"{workload.get('workload')} (simulated)")
     plot({"servers": {label: {"trace": {"_results": results}}}, "workload": wl}, Path(path))
 

@@ -17,6 +17,7 @@ from dataclasses import asdict
 
 from pitstop.config import EngineConfig
 from pitstop.engine.llm_engine import LLMEngine
+from pitstop.entrypoints.engine_builder import build_engine
 from pitstop.sampling_params import SamplingParams
 from pitstop.sim.cost_models.interface import StepShape
 from pitstop.sim.cost_models.profiled import ProfiledCostModel
@@ -89,7 +90,7 @@ class StepRecorder:
 
 class Profiler:
     def __init__(self, config: EngineConfig | None = None, seed: int = 0, engine: LLMEngine | None = None) -> None:
-        self.engine = engine if engine is not None else LLMEngine(config)
+        self.engine = engine if engine is not None else build_engine(config)
         self.rec = StepRecorder(self.engine.executor)
         self.engine.executor = self.rec
         self.vocab = int(self.engine.vocab_size or 32000)

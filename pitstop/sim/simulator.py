@@ -174,12 +174,12 @@ def run_cluster(cfg: SimConfig, cluster: Cluster, requests: Sequence[SimRequest]
     st = cluster.stats
     reps = []
     for r in cluster.replicas:
-        kv = r.engine.kv_manager
+        c = r.engine_counts()
         reps.append({"replica": r.index, "pool": getattr(r, "name", f"replica {r.index}").split(" ")[0],
                      "requests": len(r.finished), "steps": r.num_steps, "busy_s": r.busy_s,
                      "utilization": r.busy_s / st.sim_time_s if st.sim_time_s else 0.0,
-                     "prefix_cache_hit_rate": kv.prefix_hits / kv.prefix_queries if kv.prefix_queries else 0.0,
-                     "preemptions": r.scheduler.num_preemptions, "kv_capacity_tokens": r.kv_capacity_tokens})
+                     "prefix_cache_hit_rate": c.prefix_hits / c.prefix_queries if c.prefix_queries else 0.0,
+                     "preemptions": c.num_preemptions, "kv_capacity_tokens": r.kv_capacity_tokens})
     result = {
         "config": asdict(cfg),
         "cost_model": cluster.replicas[0].runner.cost_model.describe(),

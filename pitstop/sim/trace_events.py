@@ -19,7 +19,7 @@ from typing import Sequence
 def trace_events(replicas: Sequence, max_events: int = 500_000, program_records: Sequence | None = None,
                  redact_programs: bool = False) -> list[dict]:
     """Events of every replica's recorded steps (``Replica.steps``), at most ``max_events`` in all, then the
-    phases of ``program_records`` (``pitstop.bench.agent_replay.ProgramRecord``) if given (``redact_programs``:
+    phases of ``program_records`` (``pitstop.replay.agent_replay.ProgramRecord``) if given (``redact_programs``:
     see ``program_events``)."""
     events: list[dict] = []
     per = max(1, max_events // max(1, len(replicas)))

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from pitstop.bench.serve_client import gamma_arrivals
+from pitstop.replay.serving import gamma_arrivals
 from pitstop.sim.cluster import SimRequest
 from pitstop.workloads import load_dataset, random_specs, sample_specs, scale_lengths
 from pitstop.workloads.lengths import RequestSpec, length_scale_factor

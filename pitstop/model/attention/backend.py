@@ -1,4 +1,4 @@
-"""Attention backend interface and factory.
+"""The attention backend interface (the factory by name is the package's ``get_attention_backend``).
 
 A backend owns the KV-cache layout and the paged attention kernel. The model runner asks it
 for the cache shape, builds one :class:`AttentionMetadata` per step (shared by all layers) and
@@ -73,17 +73,3 @@ class AttentionBackend(ABC):
         Returns:
             ``[T, Hq, D]`` attention output, same dtype as ``q``.
         """
-
-
-def get_attention_backend(name: str = "torch") -> AttentionBackend:
-    """Return a backend instance by name (``"torch"``: :class:`TorchPagedAttention`).
-
-    Raises:
-        ValueError: unknown backend name.
-    """
-    from pitstop.model.attention.torch_paged import TorchPagedAttention
-
-    backends: dict[str, type[AttentionBackend]] = {"torch": TorchPagedAttention}
-    if name not in backends:
-        raise ValueError(f"unknown attention backend {name!r} (known: {', '.join(sorted(backends))})")
-    return backends[name]()

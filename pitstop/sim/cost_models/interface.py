@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from pitstop.engine.scheduler_output import SchedulerOutput
+from pitstop.scheduler_output import SchedulerOutput
 
 
 @dataclass(slots=True)

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pitstop.bench.roofline import ModelShape
-from pitstop.engine.scheduler_output import SchedulerOutput
+from pitstop.model.shape import ModelShape
+from pitstop.scheduler_output import SchedulerOutput
 from pitstop.sim.cost_models.interface import CostModel, StepShape
 from pitstop.sim.hardware import HardwareSpec
 
@@ -55,7 +55,7 @@ class RooflineCostModel(CostModel):
 
     Args:
         hardware: device spec.
-        shape: model dimensions (``pitstop.bench.roofline.ModelShape``).
+        shape: model dimensions (``pitstop.model.shape.ModelShape``).
         tp: tensor-parallel degree (devices per replica).
         dtype_bytes: bytes per weight / KV element (2 = bf16).
     """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pitstop.engine.request import Request
+from pitstop.request import Request
 
 
 @dataclass(slots=True)
@@ -38,7 +38,6 @@ class SchedulerOutput:
     """A step's batch: prefill chunks first, then decodes (query length 1)."""
 
     scheduled: list[ScheduledRequest]
-    now: float
     preempted_ids: list[str] = field(default_factory=list)
 
     @property

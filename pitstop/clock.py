@@ -1,4 +1,4 @@
-"""Virtual clock of the simulator.
+"""The clock interface shared by the engine and the simulator, and the simulator's virtual clock.
 
 The engine reads time only through a callable clock (``LLMEngine(clock=...)``; the scheduler gets ``now``
 passed in). The real engine uses ``time.monotonic``; the simulator passes a ``VirtualClock``, whose time (in

@@ -1,5 +1,7 @@
-"""Closed-loop replay state of agent programs, shared by ``pitstop bench agents`` (in-process engine, virtual-clock
-engine) and ``pitstop simulate --workload agents`` (the cluster simulator).
+"""Closed-loop replay state of agent programs, whatever runs their requests.
+
+Shared by ``pitstop bench agents`` (in-process engine, virtual-clock engine, HTTP) and ``pitstop simulate
+--workload agents`` (the cluster simulator).
 
 A program's turn ``k + 1`` is sent when turn ``k`` has finished and its tool time has elapsed; its prompt is turn
 ``k``'s prompt + the tokens turn ``k`` actually generated + the turn's new tokens (random ids, seeded per program),

@@ -52,7 +52,8 @@ class Request:
         max_tokens: resolved output limit (tokens).
         eos_token_ids: tokens that stop generation unless ``ignore_eos``.
         num_computed_tokens: tokens whose K/V are in the KV cache (prompt and output).
-        generator: a seeded ``torch.Generator`` when ``sampling_params.seed`` is set (owned by the engine).
+        generator: a seeded ``torch.Generator`` when ``sampling_params.seed`` is set (made by the model runner at
+            the first sampled token, seed ``seed + index``; None until then).
         wait_for: id of a sibling whose prefill must finish before this one is admitted (``n`` > 1
             completions then share the prompt's blocks through the prefix cache).
         program_id / is_last_turn / tool_name / priority / cache_salt: scheduling hints (the program
@@ -97,17 +98,8 @@ class Request:
         return len(self.all_token_ids)
 
     @property
-    def num_output_tokens(self) -> int:
-        return len(self.output_token_ids)
-
-    @property
     def is_finished(self) -> bool:
         return self.status._value_ in _FINISHED_VALUES  # = status.finished, one call less (every request, every step)
-
-    @property
-    def in_prefill(self) -> bool:
-        """True while some known tokens (prompt, or output after a preemption) still lack K/V."""
-        return self.num_computed_tokens < self.num_tokens - 1
 
     def append_output(self, token_id: int, logprobs: Any = None) -> None:
         self.output_token_ids.append(token_id)
