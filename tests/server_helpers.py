@@ -167,3 +167,21 @@ def kv_balanced_after(server):
     """After each test of a module that imports it: the server's KV accounting balances."""
     yield
     server.assert_kv_balanced()
+
+
+def own_server(name: str, *extra: str, api_key: str | None = API_KEY):
+    """Fixtures for a test module with a server of its own (started with ``extra`` flags): a module-scoped
+    ``server`` and the autouse ``kv_balanced_after``. Use: ``server, kv_balanced_after = own_server(...)``."""
+
+    @pytest.fixture(scope="module")
+    def server(tmp_path_factory):
+        srv = start_server(tmp_path_factory.mktemp(name), *extra, api_key=api_key)
+        yield srv
+        srv.stop()
+
+    @pytest.fixture(autouse=True)
+    def kv_balanced_after(server):
+        yield
+        server.assert_kv_balanced()
+
+    return server, kv_balanced_after

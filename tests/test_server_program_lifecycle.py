@@ -8,24 +8,14 @@ import time
 
 import pytest
 
-from server_helpers import Server, counter, start_server
+from server_helpers import Server, counter, own_server
 
 pytestmark = pytest.mark.timeout(180)
 IDLE_TIMEOUT_S = 2.0
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = start_server(tmp_path_factory.mktemp("lifecycle"), "--ttl-policy", "fixed", "--ttl-seconds", "600",
-                       "--program-idle-timeout", str(IDLE_TIMEOUT_S), "--max-programs", "2")
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(autouse=True)
-def kv_balanced_after(server):
-    yield
-    server.assert_kv_balanced()
+server, kv_balanced_after = own_server("lifecycle", "--ttl-policy", "fixed", "--ttl-seconds", "600",
+                                       "--program-idle-timeout", str(IDLE_TIMEOUT_S), "--max-programs", "2")
 
 
 def _stream(server: Server, program: str, max_tokens: int = 300):

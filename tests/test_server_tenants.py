@@ -9,24 +9,14 @@ import re
 import httpx
 import pytest
 
-from server_helpers import start_server
+from server_helpers import own_server
 
 pytestmark = pytest.mark.timeout(180)
 KEYS = ("key-of-tenant-a", "key-of-tenant-b")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = start_server(tmp_path_factory.mktemp("tenants"), "--api-key", KEYS[1], "--cache-isolation", "per-key",
-                       "--ttl-policy", "fixed", "--ttl-seconds", "600", api_key=KEYS[0])
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(autouse=True)
-def kv_balanced_after(server):
-    yield
-    server.assert_kv_balanced()
+server, kv_balanced_after = own_server("tenants", "--api-key", KEYS[1], "--cache-isolation", "per-key",
+                                       "--ttl-policy", "fixed", "--ttl-seconds", "600", api_key=KEYS[0])
 
 
 @pytest.fixture
