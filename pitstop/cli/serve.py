@@ -74,13 +74,25 @@ def run(args: argparse.Namespace) -> int:
                            max_logprobs=args.max_logprobs, max_stop=args.max_stop, max_stop_chars=args.max_stop_chars,
                            max_logit_bias=args.max_logit_bias, max_tokens=args.max_tokens_limit)
     keys = args.api_key or ([os.environ["PITSTOP_API_KEY"]] if os.environ.get("PITSTOP_API_KEY") else None)
+    died: list[BaseException] = []
+    servers: list = []
+
+    def on_engine_death(err: BaseException) -> None:  # stop serving 503s: shut down, exit non-zero below
+        died.append(err)
+        for srv in servers:
+            srv.should_exit = True  # uvicorn's main loop polls this flag
+
     app = create_app(engine, names, api_key=keys, max_queue=args.max_queue, debug_endpoints=args.debug_endpoints,
-                     limits=limits, cache_isolation=args.cache_isolation)
+                     limits=limits, cache_isolation=args.cache_isolation, on_engine_death=on_engine_death)
     print(f"pitstop: serving {names[0]} on http://{args.host}:{args.port}/v1 "
           f"(max_model_len={engine.max_model_len}, KV blocks={engine.kv_manager.num_blocks}; "
           f"{engine.executor.kernels.summary()})", flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                             timeout_graceful_shutdown=5)
-    DrainingServer(config, app.state.async_engine, args.shutdown_timeout).run()
+    servers.append(DrainingServer(config, app.state.async_engine, args.shutdown_timeout))
+    servers[0].run()
+    if died:
+        print(f"pitstop: error: the engine thread died ({type(died[0]).__name__}); see the log above", flush=True)
+        return 3
     return 0
 

@@ -36,6 +36,19 @@ class StepRecord:
     step_time_s: float
 
 
+class StepFailed(RuntimeError):
+    """The executor raised during a step. The requests of that step were aborted (their KV freed); every
+    other request is untouched and the engine keeps serving.
+
+    Attributes:
+        request_ids: the ids (as ``add_request`` returned them) of the aborted requests.
+    """
+
+    def __init__(self, request_ids: list[str], cause: BaseException) -> None:
+        super().__init__(f"step failed ({type(cause).__name__}); aborted {len(request_ids)} request(s)")
+        self.request_ids = request_ids
+
+
 class LLMEngine:
     """Synchronous engine: ``add_request`` then call ``step`` until ``has_unfinished_requests`` is False.
 
@@ -179,12 +192,22 @@ class LLMEngine:
     # ---- the loop -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Run one step: ``begin_step``, the executor, ``finish_step``. Returns an output for each request that
-        produced a token or finished (and for requests aborted since the last step)."""
+        produced a token or finished (and for requests aborted since the last step).
+
+        Raises:
+            StepFailed: the executor raised; that step's requests were aborted, the rest go on.
+        """
         outputs, self._aborted = self._aborted, []
         so = self.begin_step()
         if so.is_empty:
             return outputs
-        result = self.executor.execute(so)
+        try:
+            result = self.executor.execute(so)
+        except Exception as e:
+            ids = sorted({s.request.parent_id or s.request.request_id for s in so.scheduled})
+            self._aborted = outputs  # still owed to the caller, with the aborted ones after them
+            self.abort_request(ids)
+            raise StepFailed(ids, e) from e
         return outputs + self.finish_step(so, result)
 
     def begin_step(self, now: float | None = None) -> SchedulerOutput:

@@ -7,6 +7,7 @@ checked in the engine thread between steps; used by the tests).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -17,11 +18,11 @@ from pitstop.engine.llm_engine import LLMEngine
 from pitstop.server.async_engine import AsyncEngine
 from pitstop.server.errors import APIError, error_body, install_handlers
 from pitstop.server.limits import RequestLimits, body_too_large
-from pitstop.server.tenants import CACHE_ISOLATION, scoped_program, tenant_of
 from pitstop.server.metrics import ServerMetrics
 from pitstop.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, ToolResult
 from pitstop.server.serving_chat import ServingChat
 from pitstop.server.serving_completions import ServingCompletions
+from pitstop.server.tenants import CACHE_ISOLATION, scoped_program, tenant_of
 
 _OPEN_PATHS = {"/health", "/metrics"}
 
@@ -108,7 +109,8 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 
 def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[str] | None = None,
                max_queue: int = 256, debug_endpoints: bool = False, limits: RequestLimits | None = None,
-               cache_isolation: str = "none") -> FastAPI:
+               cache_isolation: str = "none", on_engine_death: Callable[[BaseException], None] | None = None
+               ) -> FastAPI:
     """Build the app around a loaded engine. The engine thread starts and stops with the app's lifespan.
 
     Args:
@@ -117,9 +119,10 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[st
         api_key: one key or several (one per tenant); if set, /v1/* and /debug/* need
             ``Authorization: Bearer <key>``, and programs are scoped per key (``pitstop.server.tenants``).
         max_queue: requests allowed to wait beyond ``max_num_seqs`` before 429.
-        debug_endpoints: expose ``GET /debug/kv``.
+        debug_endpoints: expose ``GET /debug/kv`` and ``POST /debug/fault`` (test-only fault injection).
         limits: per-request bounds (body size, n, logprobs, stop, logit_bias, max_tokens).
         cache_isolation: ``none`` or ``per-key`` (tenants never share prefix-cache blocks).
+        on_engine_death: called (in the engine thread) if the engine thread dies.
 
     Raises:
         ValueError: an unknown ``cache_isolation``.
@@ -134,7 +137,7 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[st
         return holder["engine"].stats if "engine" in holder else {}
 
     metrics = ServerMetrics(stats)
-    async_engine = AsyncEngine(engine, max_queue=max_queue, on_finish=metrics.on_finish)
+    async_engine = AsyncEngine(engine, max_queue=max_queue, on_finish=metrics.on_finish, on_death=on_engine_death)
     holder["engine"] = async_engine
     completions = ServingCompletions(async_engine, model_names, metrics, limits, cache_isolation)
     chat = ServingChat(async_engine, model_names, metrics, limits, cache_isolation)
@@ -205,6 +208,14 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[st
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     if debug_endpoints:
+        @app.post("/debug/fault")
+        async def debug_fault(body: dict) -> dict:
+            kind = body.get("kind")
+            if kind not in ("step", "thread"):
+                raise APIError(400, f"kind must be 'step' or 'thread', got {kind!r}", param="kind")
+            async_engine.inject_fault(kind)
+            return {"injected": kind}
+
         @app.get("/debug/kv")
         async def debug_kv() -> dict:
             def inspect(eng: LLMEngine) -> dict:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pitstop.engine.detokenizer import IncrementalDetokenizer
-from pitstop.engine.llm_engine import LLMEngine
+from pitstop.engine.llm_engine import LLMEngine, StepFailed
 from pitstop.outputs import Logprob, RequestOutput
 from pitstop.sampling_params import SamplingParams
 
@@ -76,6 +76,17 @@ class _Tracked:
     want_logprobs: bool
 
 
+class _FailOnce:
+    """An executor whose next ``execute`` raises, then hands the engine its executor back (fault injection)."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine, self.executor = engine, engine.executor
+
+    def execute(self, so: Any) -> Any:
+        self.engine.executor = self.executor
+        raise RuntimeError("injected step fault")
+
+
 class AsyncEngine:
     """Runs ``engine`` in a thread; add and abort requests and read their streams from asyncio.
 
@@ -83,13 +94,17 @@ class AsyncEngine:
         engine: a built ``LLMEngine`` (owned by this object from now on).
         max_queue: requests allowed to wait beyond the ``max_num_seqs`` that can run at once.
         on_finish: called in the engine thread with each finished request's output (metrics).
+        on_death: called in the engine thread if it dies (an error outside a model step); the server
+            uses it to exit non-zero instead of serving 503s forever.
     """
 
     def __init__(self, engine: LLMEngine, max_queue: int = 256,
-                 on_finish: Callable[[RequestOutput], None] | None = None) -> None:
+                 on_finish: Callable[[RequestOutput], None] | None = None,
+                 on_death: Callable[[BaseException], None] | None = None) -> None:
         self.engine = engine
         self.max_outstanding = engine.config.max_num_seqs + max(0, max_queue)
         self.on_finish = on_finish
+        self.on_death = on_death  # called in the dying engine thread (the server exits non-zero)
         self.num_outstanding = 0  # event-loop side: admitted and not yet released
         self.stats: dict[str, Any] = {}
         self._cmds: deque[Callable[[], None]] = deque()
@@ -196,6 +211,18 @@ class AsyncEngine:
             self.engine.abort_request(rid)
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as e:  # noqa: BLE001 - the thread is dying: say so, never hang
+            self._dead = e
+            log.critical("engine thread died: %r", e, exc_info=e)
+            try:
+                self._fail_all(EngineDead("the engine stopped (see the server log)"))
+            finally:
+                if self.on_death is not None:
+                    self.on_death(e)
+
+    def _serve(self) -> None:
         eng = self.engine
         while True:
             with self._cv:
@@ -216,6 +243,10 @@ class AsyncEngine:
                 continue
             try:
                 outputs = eng.step()
+            except StepFailed as e:  # the executor failed: only that step's requests end
+                log.error("engine step failed; aborted %s", e.request_ids, exc_info=e.__cause__)
+                self._fail_some(e.request_ids, RuntimeError("engine step failed (see the server log)"))
+                outputs = []
             except Exception as e:  # noqa: BLE001 - fail the in-flight requests, keep serving
                 log.exception("engine step failed")
                 self._fail_all(RuntimeError(f"engine step failed ({type(e).__name__}; see the server log)"))
@@ -250,6 +281,29 @@ class AsyncEngine:
                 except Exception:  # noqa: BLE001 - metrics must never break serving
                     log.exception("on_finish failed")
         self._push(tracked, StreamUpdate(deltas, finished=out.finished, output=out if out.finished else None))
+
+    def _fail_some(self, request_ids: list[str], err: BaseException) -> None:
+        """Post ``err`` on the streams of ``request_ids`` (already aborted in the engine)."""
+        for rid in request_ids:
+            tracked = self._tracked.pop(rid, None)
+            if tracked is not None:
+                self._push(tracked, StreamUpdate([], error=err))
+
+    def inject_fault(self, kind: str) -> None:
+        """Test-only (``--debug-endpoints``): ``step`` makes the executor raise in the next step; ``thread``
+        raises in the engine thread outside any step, which kills it.
+
+        Raises:
+            ValueError: an unknown ``kind``.
+        """
+        if kind == "step":
+            self._post(lambda: setattr(self.engine, "executor", _FailOnce(self.engine)))
+        elif kind == "thread":
+            def die() -> None:
+                raise RuntimeError("injected engine-thread fault")
+            self._post(die)
+        else:
+            raise ValueError(f"fault kind must be 'step' or 'thread', got {kind!r}")
 
     def _fail_all(self, err: BaseException) -> None:
         ids = list(self._tracked)
