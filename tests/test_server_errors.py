@@ -93,18 +93,19 @@ def test_disconnect_mid_stream_aborts_and_frees_kv(server):
                 if got == 3:
                     break
             st = server.kv()
-            assert st["num_running"] == 1 and st["num_used_blocks"] > 0, st
+            assert st["num_running"] == 1 and st["num_held"] == 1, st
         # leaving the block closes the connection mid-stream
-    t0 = time.monotonic()
-    st = server.wait_idle(timeout=10)
-    assert time.monotonic() - t0 < 10 and st["num_used_blocks"] == 0, st
+    st = server.wait_idle(timeout=30)  # raises if the request is still running then
+    # its own blocks are freed (pins of earlier tests' programs on the shared server may remain)
+    assert st["num_held"] == 0 and st["num_used_blocks"] == st["num_pinned_blocks"], st
     after = server.metrics()
     gen = counter(after, "pitstop_generation_tokens_total") - counter(before, "pitstop_generation_tokens_total")
     assert gen == 0  # aborted, not run to 1000 tokens (aborted requests are not counted as finished)
 
 
 def test_queue_full_429_under_bounded_flood(server):
-    """A flood of 3x the admission limit: the excess gets 429 + Retry-After fast, the rest completes."""
+    """A flood of 3x the admission limit against a paused engine (no request can finish during the flood):
+    exactly the limit is admitted, the excess gets 429 + Retry-After, and the admitted ones complete."""
     limit = MAX_NUM_SEQS + MAX_QUEUE
     num = 3 * limit
 
@@ -114,22 +115,26 @@ def test_queue_full_429_under_bounded_flood(server):
                                      limits=httpx.Limits(max_connections=num)) as c:
             body = {"model": MODEL, "prompt": "Flood request", "max_tokens": 24, "ignore_eos": True,
                     "temperature": 0}
-            return await asyncio.gather(*[c.post("/v1/completions", json=body) for _ in range(num)])
+            tasks = [asyncio.ensure_future(c.post("/v1/completions", json=body)) for _ in range(num)]
+            deadline = time.monotonic() + 60
+            while sum(t.done() for t in tasks) < num - limit:  # the rejected ones answer while paused
+                assert time.monotonic() < deadline, f"{sum(t.done() for t in tasks)} answered while paused"
+                await asyncio.sleep(0.05)
+            assert server.post("/debug/engine", json={"paused": False}).status_code == 200
+            return await asyncio.gather(*tasks)
 
-    t0 = time.monotonic()
-    responses = asyncio.run(flood())
-    elapsed = time.monotonic() - t0
+    assert server.post("/debug/engine", json={"paused": True}).status_code == 200
+    try:
+        responses = asyncio.run(flood())
+    finally:
+        server.post("/debug/engine", json={"paused": False})
     codes = [r.status_code for r in responses]
-    assert set(codes) <= {200, 429}, codes
-    assert codes.count(429) >= num - limit - MAX_NUM_SEQS, codes  # at most ~limit admitted at once
-    assert codes.count(200) >= limit // 2, codes
+    assert codes.count(200) == limit and codes.count(429) == num - limit, codes
     for r in responses:
         if r.status_code == 429:
             assert int(r.headers["retry-after"]) >= 1
             assert _error(r, 429)["type"] == "rate_limit_exceeded"
-    assert elapsed < 120
-    t1 = time.monotonic()
-    assert server.get("/health").status_code == 200 and time.monotonic() - t1 < 5
+    assert server.get("/health").status_code == 200
 
 
 @pytest.mark.parametrize("path,body,param,flag", [

@@ -119,7 +119,8 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[st
         api_key: one key or several (one per tenant); if set, /v1/* and /debug/* need
             ``Authorization: Bearer <key>``, and programs are scoped per key (``pitstop.server.tenants``).
         max_queue: requests allowed to wait beyond ``max_num_seqs`` before 429.
-        debug_endpoints: expose ``GET /debug/kv`` and ``POST /debug/fault`` (test-only fault injection).
+        debug_endpoints: expose ``GET /debug/kv``, and for tests ``POST /debug/fault`` (fault injection) and
+            ``POST /debug/engine`` (pause the engine between steps, or give each step a minimum duration).
         limits: per-request bounds (body size, n, logprobs, stop, logit_bias, max_tokens).
         cache_isolation: ``none`` or ``per-key`` (tenants never share prefix-cache blocks).
         on_engine_death: called (in the engine thread) if the engine thread dies.
@@ -215,6 +216,16 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[st
                 raise APIError(400, f"kind must be 'step' or 'thread', got {kind!r}", param="kind")
             async_engine.inject_fault(kind)
             return {"injected": kind}
+
+        @app.post("/debug/engine")
+        async def debug_engine(body: dict) -> dict:
+            """Test-only engine controls: ``{"paused": bool}``, ``{"step_delay_s": float}``."""
+            if "paused" in body:
+                async_engine.set_paused(bool(body["paused"]))
+            if "step_delay_s" in body:
+                async_engine.set_step_delay(float(body["step_delay_s"]))
+            await async_engine.call(lambda e: None)  # applied once this returns
+            return {k: body[k] for k in ("paused", "step_delay_s") if k in body}
 
         @app.get("/debug/kv")
         async def debug_kv() -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -115,6 +116,8 @@ class AsyncEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.idle_tick_s = 1.0  # while idle, pins and idle programs are checked this often (seconds)
+        self._paused = False  # test-only (--debug-endpoints): no step runs while set
+        self.step_delay_s = 0.0  # test-only: seconds slept before each step
         self._snapshot()
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -226,7 +229,7 @@ class AsyncEngine:
         eng = self.engine
         while True:
             with self._cv:
-                while not self._cmds and not self._stop and not eng.has_unfinished_requests():
+                while not self._cmds and not self._stop and (self._paused or not eng.has_unfinished_requests()):
                     if not self._cv.wait(self.idle_tick_s):
                         break  # idle: expire pins and idle programs below
                 cmds, self._cmds = list(self._cmds), deque()
@@ -237,10 +240,12 @@ class AsyncEngine:
                 self._fail_all(EngineDead("the server is shutting down"))
                 self._snapshot()
                 return
-            if not eng.has_unfinished_requests():
+            if self._paused or not eng.has_unfinished_requests():
                 eng.expire_programs()
                 self._snapshot()
                 continue
+            if self.step_delay_s:
+                time.sleep(self.step_delay_s)
             try:
                 outputs = eng.step()
             except StepFailed as e:  # the executor failed: only that step's requests end
@@ -288,6 +293,14 @@ class AsyncEngine:
             tracked = self._tracked.pop(rid, None)
             if tracked is not None:
                 self._push(tracked, StreamUpdate([], error=err))
+
+    def set_paused(self, paused: bool) -> None:
+        """Test-only: hold the engine between steps (requests are still admitted and aborted, none runs)."""
+        self._post(lambda: setattr(self, "_paused", paused))
+
+    def set_step_delay(self, seconds: float) -> None:
+        """Test-only: sleep ``seconds`` before every step, a lower bound on each step's duration."""
+        self._post(lambda: setattr(self, "step_delay_s", max(0.0, float(seconds))))
 
     def inject_fault(self, kind: str) -> None:
         """Test-only (``--debug-endpoints``): ``step`` makes the executor raise in the next step; ``thread``
