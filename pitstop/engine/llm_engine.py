@@ -204,11 +204,17 @@ class LLMEngine:
         try:
             result = self.executor.execute(so)
         except Exception as e:
-            ids = sorted({s.request.parent_id or s.request.request_id for s in so.scheduled})
-            self._aborted = outputs  # still owed to the caller, with the aborted ones after them
-            self.abort_request(ids)
-            raise StepFailed(ids, e) from e
+            raise self.fail_step(so, e, outputs) from e
         return outputs + self.finish_step(so, result)
+
+    def fail_step(self, so: SchedulerOutput, err: BaseException,
+                  pending: list[RequestOutput] | None = None) -> StepFailed:
+        """The executor raised on ``so``: abort the requests of that step (KV freed) and return the
+        ``StepFailed`` to raise. ``pending``: outputs not yet handed out; the next ``step`` returns them."""
+        ids = sorted({s.request.parent_id or s.request.request_id for s in so.scheduled})
+        self._aborted = list(pending or []) + self._aborted
+        self.abort_request(ids)
+        return StepFailed(ids, err)
 
     def begin_step(self, now: float | None = None) -> SchedulerOutput:
         """First half of a step: the scheduler plans the batch at ``now`` (seconds; default the engine clock).
