@@ -33,7 +33,7 @@ class ProgramManager:
     which a program with no running or waiting turn is ended (None: never); max_programs: most live
     programs (None: unbounded)."""
 
-    def __init__(self, kv: KVCacheManager, ttl_policy: TTLPolicy, idle_timeout: float | None = 600.0,
+    def __init__(self, kv: KVCacheManager, ttl_policy: TTLPolicy, idle_timeout: float | None = None,
                  max_programs: int | None = None) -> None:
         self.kv = kv
         self.ttl_policy = ttl_policy
@@ -42,6 +42,7 @@ class ProgramManager:
         self.programs: dict[str, Program] = {}
         self.totals = ProgramStats()
         self.idle_ended = 0  # programs ended by the idle timeout or to make room (engine-wide counter)
+        self._next_idle_check = float("-inf")  # the idle scan runs at most once a second (seconds)
         self.prefill_rate = 2000.0  # tokens/s, EWMA over steps with prefill
         self.queue_delay = 0.0  # seconds, EWMA over admissions
         self._pinned: dict[str, Program] = {}
@@ -171,8 +172,9 @@ class ProgramManager:
         for p in [p for p in self._pinned.values() if p.pin_expiry <= now and not p.turn_waiting]:
             self._unpin(p)
             self._count(p, "pin_expiries")
-        if self.idle_timeout is None:
+        if self.idle_timeout is None or now < self._next_idle_check:
             return
+        self._next_idle_check = now + min(1.0, self.idle_timeout)
         limit = now - self.idle_timeout
         for p in [p for p in self.programs.values() if p.active == 0 and p.last_active <= limit]:
             self.end(p.program_id)
