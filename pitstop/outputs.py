@@ -94,6 +94,7 @@ class RequestOutput:
         finished: True when every completion has finished.
         metrics: timings and cache counters of the first completion's request.
         num_cached_tokens: prompt tokens served from the prefix cache.
+        error: why the request was ended by the engine (e.g. its detokenization failed), else None.
     """
 
     request_id: str
@@ -105,3 +106,4 @@ class RequestOutput:
     num_cached_tokens: int = 0
     program_id: str | None = None
     extra: dict = field(default_factory=dict)
+    error: str | None = None

@@ -84,3 +84,49 @@ def test_a_dead_engine_thread_makes_health_503_and_the_process_exit_nonzero(tmp_
         assert 200 not in codes[1:], codes  # never healthy again once it died
     finally:
         srv.stop()
+
+
+class _PoisonedTokenizer:
+    """A slow tokenizer (no Rust backend, so the window decoder calls ``decode``) whose ``decode`` raises
+    once a given token id is in the window; everything else is the real SmolLM2 tokenizer's."""
+
+    def __init__(self, real, poison: int) -> None:
+        self.real, self.poison = real, poison
+
+    def decode(self, ids, **kw):
+        if self.poison in list(ids):
+            raise ValueError("cannot decode this token")
+        return self.real.decode(ids, **kw)
+
+    def __getattr__(self, name):
+        if name in ("backend_tokenizer", "_tokenizer"):
+            raise AttributeError(name)
+        return getattr(self.real, name)
+
+
+def test_a_detokenizer_error_ends_only_its_request(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    from fake_executor import Clock
+    from pitstop.config import EngineConfig
+    from pitstop.engine.llm_engine import LLMEngine
+
+    ex = PagedEchoExecutor(64, 4)
+    bad_prompt, good_prompt = [11, 12, 13], [21, 22, 23, 24]
+    poison = ex.next_token(bad_prompt)  # the first token the bad request generates
+    ctx = list(good_prompt)
+    for _ in range(6):
+        ctx.append(ex.next_token(ctx))
+    assert poison not in ctx  # the good request never meets it
+    tok = _PoisonedTokenizer(AutoTokenizer.from_pretrained(str(smollm2_dir)), poison)
+    eng = LLMEngine(EngineConfig(block_size=4), executor=ex, tokenizer=tok, clock=Clock(), num_blocks=64,
+                    vocab_size=1000, max_model_len=64)
+    sp = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    eng.add_request("bad", None, sp, prompt_token_ids=bad_prompt)
+    eng.add_request("good", None, sp, prompt_token_ids=good_prompt)
+    done = run(eng)
+    assert done["bad"].error == "detokenization failed (ValueError)"
+    assert done["bad"].outputs[0].finish_reason == "abort"
+    assert done["good"].error is None and done["good"].outputs[0].token_ids == ctx[len(good_prompt):]
+    assert done["good"].outputs[0].text == tok.real.decode(ctx[len(good_prompt):])
+    eng.scheduler.check_kv_accounting()

@@ -28,6 +28,7 @@ class _Parent:
     children: list[Request]
     detoks: list[IncrementalDetokenizer | None]
     program_id: str | None = None
+    error: str | None = None
 
 
 class OutputProcessor:
@@ -103,17 +104,11 @@ class OutputProcessor:
             if parent is None:
                 continue
             detok = parent.detoks[req.index]
-            if detok is not None:
-                stop = detok.update([req.output_token_ids[-1]])
-                if stop is not None and not req.is_finished:
-                    self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED,
-                                                   self.clock())
-                    req.stop_reason = stop
-                elif stop is not None:
-                    req.status, req.stop_reason = RequestStatus.FINISHED_STOPPED, stop
-                if req.is_finished:
-                    detok.finish()
-                    self._infer_tool(req, detok.output_text)
+            if detok is not None and parent.error is None:
+                try:
+                    self._detokenize(req, detok)
+                except Exception as e:  # noqa: BLE001 - a tokenizer failure ends this request only
+                    self._fail(parent, f"detokenization failed ({type(e).__name__})")
             parents[parent.request_id] = parent
         outs = []
         for parent in parents.values():
@@ -122,6 +117,23 @@ class OutputProcessor:
             if out.finished:
                 self._drop(parent)
         return outs
+
+    def _detokenize(self, req: Request, detok: IncrementalDetokenizer) -> None:
+        stop = detok.update([req.output_token_ids[-1]])
+        if stop is not None and not req.is_finished:
+            self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED, self.clock())
+            req.stop_reason = stop
+        elif stop is not None:
+            req.status, req.stop_reason = RequestStatus.FINISHED_STOPPED, stop
+        if req.is_finished:
+            detok.finish()
+            self._infer_tool(req, detok.output_text)
+
+    def _fail(self, parent: _Parent, error: str) -> None:
+        """End every child of ``parent`` (aborted, KV freed); its output carries ``error``."""
+        parent.error = error
+        live = [c.request_id for c in parent.children if not c.is_finished]
+        self.scheduler.finish_requests(live, RequestStatus.FINISHED_ABORTED, self.clock())
 
     def detokenizer(self, request_id: str, index: int = 0) -> IncrementalDetokenizer | None:
         """The incremental detokenizer of a running completion (for streaming deltas)."""
@@ -140,7 +152,8 @@ class OutputProcessor:
         return RequestOutput(request_id=parent.request_id, prompt=parent.prompt,
                              prompt_token_ids=parent.prompt_token_ids, outputs=completions,
                              finished=all(c.is_finished for c in parent.children), metrics=first.metrics,
-                             num_cached_tokens=first.metrics.num_cached_tokens, program_id=parent.program_id)
+                             num_cached_tokens=first.metrics.num_cached_tokens, program_id=parent.program_id,
+                             error=parent.error)
 
     def _drop(self, parent: _Parent) -> None:
         self._parents.pop(parent.request_id, None)

@@ -264,6 +264,10 @@ class AsyncEngine:
         tracked = self._tracked.get(out.request_id)
         if tracked is None:
             return  # aborted earlier
+        if out.error is not None:  # the engine ended this request alone (e.g. its detokenization failed)
+            self._tracked.pop(out.request_id, None)
+            self._push(tracked, StreamUpdate([], error=RuntimeError(out.error)))
+            return
         deltas = []
         for i, comp in enumerate(out.outputs):
             if tracked.done[i]:
