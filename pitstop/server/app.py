@@ -22,7 +22,7 @@ from pitstop.server.metrics import ServerMetrics
 from pitstop.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, ToolResult
 from pitstop.server.serving_chat import ServingChat
 from pitstop.server.serving_completions import ServingCompletions
-from pitstop.server.tenants import CACHE_ISOLATION, scoped_program, tenant_of
+from pitstop.server.tenants import CACHE_ISOLATION, request_tenant, scoped_program, tenant_of
 
 _OPEN_PATHS = {"/health", "/metrics"}
 
@@ -84,11 +84,6 @@ class _AuthAndMetrics:
         async def replaying() -> Message:
             return replay.pop() if replay else await receive()
         return replaying
-
-
-def _tenant(raw: Request) -> str | None:
-    """The tenant the auth middleware found for this request (None without API keys)."""
-    return getattr(raw.state, "tenant", None)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
@@ -182,13 +177,13 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[st
         if not (body.duration_s >= 0 and body.duration_s != float("inf")):
             raise APIError(400, f"duration_s must be a finite number >= 0, got {body.duration_s}",
                            "invalid_request_error", "duration_s", "invalid_value")
-        pid = scoped_program(_tenant(raw), program_id)
+        pid = scoped_program(request_tenant(raw), program_id)
         await async_engine.call(lambda e: e.report_tool_result(pid, body.tool_name, body.duration_s))
         return {"program_id": program_id, "tool_name": body.tool_name, "duration_s": body.duration_s}
 
     @app.delete("/v1/programs/{program_id}")
     async def end_program(program_id: str, raw: Request) -> dict:
-        pid = scoped_program(_tenant(raw), program_id)
+        pid = scoped_program(request_tenant(raw), program_id)
         found = await async_engine.call(lambda e: e.end_program(pid))
         if not found:
             raise APIError(404, f"no live program {program_id!r}", "invalid_request_error", "program_id",
@@ -197,7 +192,7 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[st
 
     @app.get("/v1/programs/{program_id}")
     async def program_stats(program_id: str, raw: Request) -> dict:
-        pid = scoped_program(_tenant(raw), program_id)
+        pid = scoped_program(request_tenant(raw), program_id)
         stats = await async_engine.call(lambda e: e.program_stats(pid))
         if stats is None:
             raise APIError(404, f"no live program {program_id!r}", "invalid_request_error", "program_id",

@@ -19,6 +19,7 @@ from pitstop.server.errors import bad_request, error_body
 from pitstop.server.protocol import ChatCompletionRequest, random_id
 from pitstop.server.serving_base import ServingBase
 from pitstop.server.sse import SSEResponse, sse, until_disconnect
+from pitstop.server.tenants import request_tenant
 
 
 class ServingChat(ServingBase):
@@ -56,7 +57,7 @@ class ServingChat(ServingBase):
         self.check_prompt(ids, max_tokens, param="messages")
         params = self.sampling_params(req, max_tokens, top if req.logprobs else None)
         rid = random_id("chatcmpl")
-        handles = self.admit(rid, [ids], params, req, getattr(raw.state, "tenant", None))
+        handles = self.admit(rid, [ids], params, req, request_tenant(raw))
         close = lambda: [h.close() for h in handles]  # noqa: E731
         if req.stream:
             return SSEResponse(self._stream(rid, model, req, handles[0]), on_close=close)

@@ -14,6 +14,7 @@ from pitstop.server.errors import bad_request, error_body
 from pitstop.server.protocol import CompletionRequest, random_id
 from pitstop.server.serving_base import ServingBase
 from pitstop.server.sse import SSEResponse, sse, until_disconnect
+from pitstop.server.tenants import request_tenant
 
 
 class ServingCompletions(ServingBase):
@@ -46,7 +47,7 @@ class ServingCompletions(ServingBase):
             self.check_prompt(ids, max_tokens)
         params = self.sampling_params(req, max_tokens, req.logprobs)
         rid = random_id("cmpl")
-        handles = self.admit(rid, prompts, params, req, getattr(raw.state, "tenant", None))
+        handles = self.admit(rid, prompts, params, req, request_tenant(raw))
         close = lambda: [h.close() for h in handles]  # noqa: E731
         if req.stream:
             return SSEResponse(self._stream(rid, model, req, handles), on_close=close)

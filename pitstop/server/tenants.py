@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 
 CACHE_ISOLATION = ("none", "per-key")
 
@@ -35,3 +36,8 @@ def scoped_salt(tenant: str | None, cache_salt: str | None, isolation: str) -> s
     if isolation != "per-key" or tenant is None:
         return cache_salt
     return f"{tenant}:{cache_salt or ''}"
+
+
+def request_tenant(raw: Any) -> str | None:
+    """The tenant the auth middleware found for a request (``raw``: a Starlette request; None without keys)."""
+    return getattr(raw.state, "tenant", None)
