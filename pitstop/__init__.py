@@ -5,7 +5,7 @@
     out = llm.generate(["Hello"], SamplingParams(temperature=0, max_tokens=32))
 """
 
-from pitstop.sampling_params import SamplingParams
+from pitstop.sampling_params import SamplingParams, StructuredOutputsParams
 
 __version__ = "0.1.0"
 
@@ -21,4 +21,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["LLM", "SamplingParams", "__version__"]
+__all__ = ["LLM", "SamplingParams", "StructuredOutputsParams", "__version__"]

@@ -6,6 +6,52 @@ import math
 from dataclasses import dataclass, field
 
 
+STRUCTURED_OUTPUT_KINDS = ("json", "regex", "choice", "grammar", "json_object")
+
+
+@dataclass
+class StructuredOutputsParams:
+    """A constraint on the generated text (vLLM's ``StructuredOutputsParams``): set exactly one kind.
+
+    Attributes:
+        json: a JSON Schema (a dict, or its JSON text) the output must validate against.
+        regex: a regular expression the whole output must match.
+        choice: the output is exactly one of these strings.
+        grammar: an EBNF/Lark grammar the output must parse under.
+        json_object: any syntactically valid JSON object (OpenAI's ``response_format: json_object``).
+        disable_any_whitespace: no free whitespace between JSON tokens (compact output).
+
+    Raises:
+        ValueError: not exactly one kind is set, or a kind has the wrong type. Whether a schema, regex or
+            grammar is *supported* is decided by the grammar backend when the request is added.
+    """
+
+    json: str | dict | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    disable_any_whitespace: bool = False
+
+    def __post_init__(self) -> None:
+        kinds = [k for k in STRUCTURED_OUTPUT_KINDS if getattr(self, k) not in (None, False)]
+        _check(len(kinds) == 1, "structured_outputs",
+               f"must set exactly one of {', '.join(STRUCTURED_OUTPUT_KINDS)}; got {kinds or 'none'}")
+        _check(self.json is None or isinstance(self.json, (str, dict)), "structured_outputs.json",
+               "must be a JSON Schema (dict or JSON text)")
+        _check(self.regex is None or isinstance(self.regex, str), "structured_outputs.regex", "must be a string")
+        _check(self.grammar is None or isinstance(self.grammar, str), "structured_outputs.grammar",
+               "must be a string")
+        _check(self.choice is None or (isinstance(self.choice, (list, tuple)) and len(self.choice) > 0
+                                       and all(isinstance(c, str) and c for c in self.choice)),
+               "structured_outputs.choice", "must be a non-empty list of non-empty strings")
+
+    @property
+    def kind(self) -> str:
+        """The one kind that is set: ``json``, ``regex``, ``choice``, ``grammar`` or ``json_object``."""
+        return next(k for k in STRUCTURED_OUTPUT_KINDS if getattr(self, k) not in (None, False))
+
+
 @dataclass
 class SamplingParams:
     """How to sample the continuation of one prompt.
@@ -30,6 +76,7 @@ class SamplingParams:
         logprobs: number of top log-probabilities to return per generated token (None: none).
         skip_special_tokens: drop special tokens when detokenizing.
         include_stop_str_in_output: keep the matched stop string in the text.
+        structured_outputs: constrain the output (JSON Schema, regex, choice, grammar); None: free text.
     """
 
     n: int = 1
@@ -49,6 +96,7 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    structured_outputs: StructuredOutputsParams | None = None
     stop_list: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +111,8 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids or [])
         if self.top_k == -1:
             self.top_k = 0
+        _check(self.structured_outputs is None or isinstance(self.structured_outputs, StructuredOutputsParams),
+               "structured_outputs", "must be a StructuredOutputsParams or None")
         self._validate()
 
     @property
