@@ -24,12 +24,14 @@ def collect(dtype: str = "auto", peaks: bool = False) -> dict:
     import torch
 
     from pitstop.model.cpu_features import PORTABLE_ENV, choose_kernels, cpu_features
+    from pitstop.model.onednn_cache import CAPACITY_ENV
 
     feats = cpu_features()
     k = choose_kernels(dtype, feats)
     out = {"cpu": feats.as_dict(), "cpus": os.cpu_count(), "python": platform.python_version(),
            "torch": {"version": torch.__version__, "threads": torch.get_num_threads(),
-                     "onednn": torch.backends.mkldnn.is_available()},
+                     "onednn": torch.backends.mkldnn.is_available(),
+                     "onednn_primitive_cache": os.environ.get(CAPACITY_ENV)},
            "portable": {"env": PORTABLE_ENV, "set": k.portable},
            "choice": {"requested_dtype": k.requested_dtype, "dtype": k.dtype, "reason": k.reason,
                       "linear": k.linear_kernel, "one_row_linear": k.gemv_kernel, "warning": k.warning,
@@ -47,7 +49,7 @@ def format_text(info: dict) -> str:
         f"cpu:          {cpu['cpu_model']} ({cpu['machine']}, {info['cpus']} CPUs)",
         f"isa:          {' '.join(cpu['isa_flags']) or '(none of interest reported)'}",
         f"torch:        {tt['version']}, ATen kernels {cpu['torch_capability']}, {tt['threads']} threads, "
-        f"oneDNN {'yes' if tt['onednn'] else 'no'}",
+        f"oneDNN {'yes' if tt['onednn'] else 'no'} (primitive cache {tt['onednn_primitive_cache']} entries)",
         f"native bf16:  {'yes' if cpu['native_bf16'] else 'no'} (torch reports AMX/AVX512-BF16: "
         f"{_yes(cpu['torch_bf16_isa'])}; oneDNN bf16: {_yes(cpu['onednn_bf16'])}; probe: {_probe(cpu['bf16'])})",
         f"probes:       oneDNN bf16 pre-packing {_probe(cpu['prepack'])}; 1-row GEMV {_probe(cpu['gemv'])}",

@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pitstop.model.onednn_cache import bound_primitive_cache
+
 PORTABLE_ENV = "PITSTOP_PORTABLE"
 DTYPE_CHOICES = ("auto", "bfloat16", "float32")
 # /proc/cpuinfo flags worth naming for the kernels pitstop picks (x86; ARM shows its own).
@@ -132,7 +134,12 @@ def portable_requested() -> bool:
 
 @cache
 def cpu_features() -> CpuFeatures:
-    """Probe this CPU once per process (about 10-50 ms; cached: the CPU does not change)."""
+    """Probe this CPU once per process (about 10-50 ms; cached: the CPU does not change).
+
+    Bounds oneDNN's primitive cache first (``pitstop.model.onednn_cache``): the probes are the process's
+    first oneDNN primitives, and oneDNN reads the bound only then.
+    """
+    bound_primitive_cache()
     flags = _cpuinfo_flags()
     return CpuFeatures(
         cpu_model=_cpu_model(), machine=platform.machine(), isa_flags=tuple(f for f in _ISA_FLAGS if f in flags),
