@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = build_engine(EngineConfig(**engine_kwargs(args), program_idle_timeout=args.program_idle_timeout,
-                                       max_programs=args.max_programs))
+                                       max_programs=args.max_programs),
+                          keep_step_history=False)  # a record per step grows without bound in a server
     names = args.served_model_name or [args.model]
     for extra in (Path(args.model).name, Path(str(engine.model_dir)).name if engine.model_dir else None):
         if extra and extra not in names:

@@ -2,7 +2,7 @@
 
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``,
 ``GET /metrics`` (Prometheus text), and with ``debug_endpoints`` ``GET /debug/kv`` (KV accounting,
-checked in the engine thread between steps; used by the tests).
+checked in the engine thread between steps; used by the tests) and ``GET /debug/memory`` (RSS, live objects).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pitstop.engine.llm_engine import LLMEngine
 from pitstop.server.async_engine import AsyncEngine
+from pitstop.server.debug_memory import memory_report
 from pitstop.server.errors import APIError, error_body, install_handlers
 from pitstop.server.limits import RequestLimits, body_too_large
 from pitstop.server.metrics import ServerMetrics
@@ -221,6 +222,11 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[st
                 async_engine.set_step_delay(float(body["step_delay_s"]))
             await async_engine.call(lambda e: None)  # applied once this returns
             return {k: body[k] for k in ("paused", "step_delay_s") if k in body}
+
+        @app.get("/debug/memory")
+        async def debug_memory(top: int = 25, trim: bool = False) -> dict:
+            """RSS, live Python objects by type and tracemalloc sites (``server/debug_memory.py``)."""
+            return memory_report(top=max(1, min(top, 200)), trim=trim)
 
         @app.get("/debug/kv")
         async def debug_kv() -> dict:
