@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -86,10 +86,15 @@ class _SamplingRequest(_Base):
             include_stop_str_in_output=self.include_stop_str_in_output)
 
 
-class CompletionRequest(_SamplingRequest):
-    """``POST /v1/completions``. ``prompt``: text, token ids, or a list of either."""
+TokenId = Annotated[int, Field(ge=0)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 
-    prompt: str | list[str] | list[int] | list[list[int]]
+
+class CompletionRequest(_SamplingRequest):
+    """``POST /v1/completions``. ``prompt``: text, token ids, or a non-empty list of either (ids >= 0; an id
+    beyond the vocabulary is a 400 from the server, which knows the vocabulary)."""
+
+    prompt: str | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
     max_tokens: int | None = 16
     logprobs: int | None = None
     echo: bool = False
