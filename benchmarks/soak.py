@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window-minutes", type=float, default=5.0)
     p.add_argument("--idle-timeout", type=float, default=20.0, help="the server's --program-idle-timeout (s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--memory-every", type=float, default=5.0,
+                   help="minutes between /debug/memory reports (live objects by type; tracemalloc when the server runs "
+                        "with PYTHONTRACEMALLOC set)")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "soak" / "soak.json"))
     return p.parse_args(argv)
 
@@ -152,9 +155,14 @@ class Soak:
         await self.client.aclose()
 
 
-async def sample(proc: psutil.Process, url: str, stop: asyncio.Event, series: list[dict], t0: float) -> None:
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as c:
+async def sample(proc: psutil.Process, url: str, stop: asyncio.Event, series: list[dict], t0: float,
+                 memory: list[dict], memory_every_s: float) -> None:
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as c:
+        next_memory = 60.0
         while not stop.is_set():
+            if time.monotonic() - t0 >= next_memory:
+                memory.append({"t": time.monotonic() - t0, **(await c.get("/debug/memory?top=30")).json()})
+                next_memory += memory_every_s
             kv = (await c.get("/debug/kv")).json()
             series.append({"t": time.monotonic() - t0, "rss_bytes": proc.memory_info().rss,
                            **{k: kv[k] for k in ("num_used_blocks", "num_pinned_blocks", "num_programs",
@@ -203,20 +211,29 @@ async def main_async(args: argparse.Namespace) -> dict:
     series: list[dict] = []
     stop = asyncio.Event()
     soak = Soak(args, url)
-    sampler = asyncio.ensure_future(sample(psutil.Process(proc.pid), url, stop, series, soak.t0))
+    memory: list[dict] = []
+    sampler = asyncio.ensure_future(sample(psutil.Process(proc.pid), url, stop, series, soak.t0, memory,
+                                           args.memory_every * 60))
     try:
         await soak.run()
         await asyncio.sleep(args.idle_timeout + 10)  # idle: pins expire, idle programs end
         stop.set()
         await sampler
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as c:
+            idle = {"t": time.monotonic() - soak.t0, **(await c.get("/debug/memory?top=30")).json()}
+            trimmed = {"t": time.monotonic() - soak.t0, **(await c.get("/debug/memory?top=30&trim=true")).json()}
+        memory += [idle, trimmed]
     finally:
         proc.terminate()
         proc.wait(60)
     after5 = [s["rss_bytes"] for s in series if s["t"] >= min(300, series[-1]["t"] / 2)]
     win = windows(soak.ttfts, args.window_minutes * 60, args.minutes * 60)
-    res = {"args": vars(args), "statuses": soak.statuses, "series": series, "ttft_windows": win,
+    res = {"args": vars(args), "statuses": soak.statuses, "series": series, "ttft_windows": win, "ttfts": soak.ttfts,
            "rss_growth_after_warmup": (after5[-1] - after5[0]) / after5[0] if after5 else None,
-           "end": series[-1], "num_5xx": soak.statuses.get("5xx", 0) + soak.statuses.get("invalid_5xx", 0),
+           "end": series[-1], "memory": memory,
+           "rss_idle_before_trim_bytes": memory[-1]["rss_before_trim_bytes"],
+           "rss_after_idle_trim_bytes": memory[-1]["rss_bytes"],
+           "num_5xx": soak.statuses.get("5xx", 0) + soak.statuses.get("invalid_5xx", 0),
            "last_vs_first_window_ttft_p50": (win[-1]["ttft_p50_s"] / win[0]["ttft_p50_s"]) if len(win) > 1 else None}
     out.write_text(json.dumps(res, indent=1))
     plot(series, out.with_suffix(".png"))
@@ -227,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     res = asyncio.run(main_async(args))
     print(json.dumps({k: res[k] for k in ("statuses", "rss_growth_after_warmup", "end", "num_5xx",
+                                          "rss_idle_before_trim_bytes", "rss_after_idle_trim_bytes",
                                           "ttft_windows", "last_vs_first_window_ttft_p50")}, indent=1))
     return 0
 
