@@ -258,6 +258,13 @@ class LLMEngine:
             raise ValueError(f"duration_s must be a finite number >= 0, got {duration_s!r}")
         self.scheduler.programs.report_tool(program_id, tool_name or "unknown", float(duration_s), self.clock())
 
+    def tag_turn_tools(self, program_id: str, tool_names: list[str]) -> None:
+        """The tools a program's finished turn called, parsed from its output by the caller (the server's
+        tool-call parser): the pin's TTL is recomputed for them. With parallel calls the first named tool
+        stands for the turn (the TTL policy takes one tool); unknown programs are ignored."""
+        if tool_names:
+            self.scheduler.programs.retag(program_id, tool_names[0], self.clock())
+
     def end_program(self, program_id: str) -> bool:
         """End a program: its pinned KV is released at once; a turn still running pins nothing when it
         ends, and the program is forgotten then. False if the program is unknown."""
