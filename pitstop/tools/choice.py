@@ -7,6 +7,9 @@ extractor.
   ``{"name", "arguments"}`` objects, ``anyOf`` over the tools with each ``arguments`` the tool's parameters
   schema; exactly one element when ``parallel_tool_calls`` is false. (vLLM's approach.)
 - a named function: constrained to that tool's parameters schema; the whole output is its arguments.
+
+Both constraints forbid free whitespace between JSON tokens (``disable_any_whitespace``): arguments are re-serialized
+anyway, and a small model cannot then spend its tokens on blank lines inside a call.
 """
 
 from __future__ import annotations
@@ -109,10 +112,10 @@ def required_schema(tools: list[dict], parallel: bool) -> dict:
 def constraint(tools: list[dict], choice: ToolChoice, parallel: bool) -> StructuredOutputsParams | None:
     """The decoding constraint of ``choice`` (None for ``none`` and ``auto``)."""
     if choice.mode == "required":
-        return StructuredOutputsParams(json=required_schema(tools, parallel))
+        return StructuredOutputsParams(json=required_schema(tools, parallel), disable_any_whitespace=True)
     if choice.mode == "named":
         tool = next(t for t in tools if t["function"]["name"] == choice.name)
-        return StructuredOutputsParams(json=tool["function"]["parameters"])
+        return StructuredOutputsParams(json=tool["function"]["parameters"], disable_any_whitespace=True)
     return None
 
 
