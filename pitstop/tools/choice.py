@@ -90,7 +90,8 @@ def parse_tool_choice(choice: Any, tools: list[dict]) -> ToolChoice:
         if choice == "required" and not tools:
             raise ValueError("tool_choice: 'required' needs at least one tool in tools")
         return ToolChoice(choice if tools else "none")
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    fn = choice.get("function") if isinstance(choice, dict) else None
+    name = fn.get("name") if isinstance(fn, dict) else None
     if not isinstance(name, str):
         raise ValueError("tool_choice: a named choice is {\"type\": \"function\", \"function\": {\"name\": ...}}")
     if name not in names:
