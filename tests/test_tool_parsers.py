@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pitstop.tools.base import ParsedCall
+from pitstop.tools.base import ParsedCall, calls_of, collect, content_of
 from pitstop.tools.chat import with_tools_in_prompt
 from pitstop.tools.choice import (ToolChoice, constraint, extractor_for, normalize_tools, parse_tool_choice,
                                   required_schema)
@@ -81,26 +81,53 @@ def _chunkings(draw, text: str) -> list[str]:
     return [text[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
+TEXTS["required"] = ['[{"name":"get_weather","arguments":{"city":"Par\\"is}"}},{"name":"get_time","arguments":{"tz":"C"}}]',
+                     '[ {"arguments": {"tz": "UTC"}, "name": "get_time"} ]', '[{"name":"rm","arguments":{}}]',
+                     '[{"name":"get_time","arguments":{"tz":"CE', "I will not call anything.", '[{"name": 3}]']
+TEXTS["named"] = ['{"tz":"CET"}', '{"tz":', "plain"]
+EXTRACTORS = {**{n: (lambda n=n: get_parser(n).extractor(NAMES)) for n in PARSERS},
+              "required": lambda: extractor_for(ToolChoice("required"), None, TOOLS),
+              "named": lambda: extractor_for(ToolChoice("named", "get_time"), None, TOOLS)}
+
+
 @st.composite
 def parser_text_chunks(draw):
-    name = draw(st.sampled_from(sorted(PARSERS)))
-    text = draw(st.sampled_from(TEXTS[name]) | st.text(alphabet="<>_/{}[]\"tool_call: a,\n", max_size=40))
+    name = draw(st.sampled_from(sorted(EXTRACTORS)))
+    text = draw(st.sampled_from(TEXTS[name]) | st.text(alphabet="<>_/{}[]\"\\tool_call:name,arguments \n",
+                                                        max_size=60))
     return name, text, _chunkings(draw, text)
 
 
-@settings(max_examples=400, deadline=None)
+def test_required_streams_arguments_as_they_come():
+    ex = extractor_for(ToolChoice("required"), None, TOOLS)
+    text = TEXTS["required"][0]
+    events = [e for ch in text for e in ex.feed(ch)] + ex.finish()
+    assert calls_of(events) == [ParsedCall("get_weather", '{"city":"Par\\"is}"}'), ParsedCall("get_time", '{"tz":"C"}')]
+    assert sum(1 for e in events if e.index == 0 and e.args) > 5  # fragments, not one piece at the end
+    late = extractor_for(ToolChoice("required"), None, TOOLS)  # arguments before name: sent whole at the end
+    assert calls_of(late.feed(TEXTS["required"][1]) + late.finish()) == [ParsedCall("get_time", '{"tz": "UTC"}')]
+    for bad in TEXTS["required"][2:]:
+        ex = extractor_for(ToolChoice("required"), None, TOOLS)
+        out = ex.feed(bad) + ex.finish()
+        assert content_of(out) == (None if bad.startswith('[{"name":"get_time"') else bad), bad
+
+
+@settings(max_examples=500, deadline=None)
 @given(parser_text_chunks())
 def test_stream_reassembles_to_non_streamed(case):
     name, text, chunks = case
-    parser = get_parser(name)
-    whole = parser.extract(text, NAMES)
-    ex = parser.extractor(NAMES)
+    whole = collect(EXTRACTORS[name](), text)
+    ex = EXTRACTORS[name]()
     events = [e for c in chunks for e in ex.feed(c)] + ex.finish()
-    content = "".join(e.content for e in events)
-    calls = [e.call for e in events if e.call is not None]
-    assert calls == whole.calls
-    assert (content if content or not calls else None) == whole.content
-    assert [e.index for e in events if e.call is not None] == list(range(len(calls)))
+    assert calls_of(events) == whole.calls
+    assert content_of(events) == whole.content
+    starts = [e.index for e in events if e.name is not None]
+    assert starts == list(range(len(whole.calls)))  # each call starts once, in order
+    started: set[int] = set()
+    for e in events:  # a call's arguments come after its start
+        assert e.args is None or e.index in started
+        if e.name is not None:
+            started.add(e.index)
     assert ex.malformed == whole.malformed
 
 
@@ -133,7 +160,7 @@ def test_required_schema_and_its_extractor():
     assert constraint(TOOLS, ToolChoice("named", "get_time"), True).json == TOOLS[1]["function"]["parameters"]
     ex = extractor_for(ToolChoice("required"), None, TOOLS)
     events = ex.feed(json.dumps(good)) + ex.finish()
-    assert [e.call for e in events] == [ParsedCall("get_weather", '{"city": "Paris"}')]
+    assert calls_of(events) == [ParsedCall("get_weather", '{"city": "Paris"}')]
 
 
 def test_tools_go_into_the_system_prompt_without_a_tools_template():

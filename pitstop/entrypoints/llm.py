@@ -162,11 +162,12 @@ def _attach_tool_calls(outs: list[RequestOutput], choice: Any, parser: Any, tool
     """Set ``tool_calls`` on every completion: the calls its text makes under ``choice``."""
     import uuid
 
+    from pitstop.tools.base import calls_of
     from pitstop.tools.choice import extractor_for
 
     for out in outs:
         for c in out.outputs:
             ex = extractor_for(choice, parser, tools)
             events = ex.feed(c.text) + ex.finish() if ex is not None else []
-            c.tool_calls = [ToolCall(f"call_{uuid.uuid4().hex[:24]}", e.call.name, e.call.arguments)
-                            for e in events if e.call is not None]
+            c.tool_calls = [ToolCall(f"call_{uuid.uuid4().hex[:24]}", call.name, call.arguments)
+                            for call in calls_of(events)]

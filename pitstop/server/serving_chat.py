@@ -6,10 +6,11 @@ then ``tokenizer(text, add_special_tokens=False)``), so greedy output through th
 
 Function calling (``pitstop.tools``): ``tools`` go through the chat template (or the system prompt when the
 template has no tools section); ``tool_choice`` ``required`` / a named tool constrain decoding, ``auto``
-decodes freely and the tool-call parser extracts the calls. Each call is sent once it is complete (stream:
-a delta with ``id``, ``type``, ``function.name`` and empty arguments, then one with the arguments), so the
-stream reassembles exactly to the non-streamed message. A call under ``auto`` that does not parse is content
-(``pitstop_tool_calls_malformed``).
+decodes freely and the tool-call parser extracts the calls. Stream: per call ``index`` a delta with ``id``,
+``type``, ``function.name`` and empty arguments, then argument fragments; under ``required`` / a named tool the
+fragments are the model's text as it comes (``pitstop.tools.constrained``), under ``auto`` a call is sent once
+it is complete and parses. Either way the stream reassembles exactly to the non-streamed message. A call under
+``auto`` that does not parse is content (``pitstop_tool_calls_malformed``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pitstop.server.protocol import ChatCompletionRequest, random_id
 from pitstop.server.serving_base import ServingBase
 from pitstop.server.sse import SSEResponse, sse, until_disconnect
 from pitstop.server.tenants import request_tenant, scoped_program
-from pitstop.tools.base import Extractor, ParsedCall, StreamEvent, ToolParser
+from pitstop.tools.base import Extractor, ParsedCall, StreamEvent, ToolParser, calls_of, content_of
 from pitstop.tools.chat import apply_chat_template
 from pitstop.tools.choice import ToolChoice, constraint, extractor_for, normalize_tools, parse_tool_choice
 from pitstop.tools.registry import DEFAULT_PARSER, get_parser, infer_parser
@@ -160,11 +161,10 @@ class ServingChat(ServingBase):
             return {"role": "assistant", "content": text}, finish_reason
         events = ex.feed(text) + ex.finish()
         self._count(ex, setup)
-        content = "".join(e.content for e in events)
-        calls = [e.call for e in events if e.call is not None]
+        content, calls = content_of(events), calls_of(events)
         if not calls:
             return {"role": "assistant", "content": content}, finish_reason
-        return ({"role": "assistant", "content": content or None,
+        return ({"role": "assistant", "content": content,
                  "tool_calls": [_call_json(c, tool_call_id()) for c in calls]}, "tool_calls")
 
     def _count(self, ex: Extractor, setup: ToolSetup) -> None:
@@ -251,16 +251,17 @@ class ServingChat(ServingBase):
 
     @staticmethod
     def _event_deltas(events: list[StreamEvent], called: list[str]) -> list[dict]:
-        """OpenAI deltas of extractor events: content, or a call's header then its arguments."""
+        """OpenAI deltas of extractor events: content; a call's start (id, type, name, empty arguments); a
+        fragment of its arguments."""
         deltas = []
         for e in events:
-            if e.call is None:
+            if e.is_content:
                 deltas.append({"content": e.content})
-                continue
-            called.append(e.call.name)
-            head = _call_json(ParsedCall(e.call.name, ""), tool_call_id())
-            deltas.append({"tool_calls": [{"index": e.index, **head}]})
-            deltas.append({"tool_calls": [{"index": e.index, "function": {"arguments": e.call.arguments}}]})
+            elif e.name is not None:
+                called.append(e.name)
+                deltas.append({"tool_calls": [{"index": e.index, **_call_json(ParsedCall(e.name, ""), tool_call_id())}]})
+            elif e.args:
+                deltas.append({"tool_calls": [{"index": e.index, "function": {"arguments": e.args}}]})
         return deltas
 
 

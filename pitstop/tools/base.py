@@ -26,11 +26,35 @@ class ParsedCall:
 
 @dataclass
 class StreamEvent:
-    """What an extractor emits: ``content`` text, or a complete ``call`` (with its 0-based ``index``)."""
+    """What an extractor emits: ``content`` text; or, for call ``index`` (0-based), its start (``name`` set,
+    once, before any of its arguments) or a fragment ``args`` of its arguments text."""
 
     content: str = ""
-    call: ParsedCall | None = None
     index: int = -1
+    name: str | None = None
+    args: str | None = None
+
+    @property
+    def is_content(self) -> bool:
+        return self.index < 0
+
+
+def calls_of(events: list[StreamEvent]) -> list[ParsedCall]:
+    """The calls the events describe, their argument fragments joined, by index."""
+    names: dict[int, str] = {}
+    args: dict[int, list[str]] = {}
+    for e in events:
+        if e.name is not None:
+            names[e.index] = e.name
+        if e.args is not None:
+            args.setdefault(e.index, []).append(e.args)
+    return [ParsedCall(names[i], "".join(args.get(i, []))) for i in sorted(names)]
+
+
+def content_of(events: list[StreamEvent]) -> str | None:
+    """The content the events carry (None when there is none and calls were made)."""
+    content = "".join(e.content for e in events if e.is_content)
+    return content if content or not any(e.name is not None for e in events) else None
 
 
 @dataclass
@@ -91,9 +115,14 @@ class Extractor(ABC):
         return [StreamEvent(content=body)] if body else []
 
     def _call(self, call: ParsedCall) -> list[StreamEvent]:
+        """A complete call: its start and all of its arguments."""
+        return self._start(call.name) + [StreamEvent(index=self.num_calls - 1, args=call.arguments)]
+
+    def _start(self, name: str) -> list[StreamEvent]:
+        """The start of the next call (its arguments follow as ``args`` events of the same index)."""
         self._pending_ws = ""
         self.num_calls += 1
-        return [StreamEvent(call=call, index=self.num_calls - 1)]
+        return [StreamEvent(index=self.num_calls - 1, name=name)]
 
     def _flush_ws(self) -> list[StreamEvent]:
         """At the end: held whitespace is content only when no call was made."""
@@ -193,9 +222,7 @@ def _partial_suffix(text: str, tag: str) -> int:
 def collect(extractor: Extractor, text: str) -> Extracted:
     """Run ``extractor`` over the whole ``text``: the non-streaming result."""
     events = extractor.feed(text) + extractor.finish()
-    content = "".join(e.content for e in events)
-    calls = [e.call for e in events if e.call is not None]
-    return Extracted(content if content or not calls else None, calls, extractor.malformed)
+    return Extracted(content_of(events), calls_of(events), extractor.malformed)
 
 
 class ToolParser(ABC):

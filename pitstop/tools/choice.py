@@ -14,12 +14,12 @@ anyway, and a small model cannot then spend its tokens on blank lines inside a c
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from pitstop.sampling_params import StructuredOutputsParams
-from pitstop.tools.base import Extractor, ParsedCall, ToolParser, WholeExtractor, call_from_object, dump_arguments
+from pitstop.tools.base import Extractor, ToolParser
+from pitstop.tools.constrained import JsonCallsExtractor, NamedExtractor
 
 EMPTY_PARAMETERS: dict = {"type": "object", "properties": {}}
 
@@ -120,33 +120,13 @@ def constraint(tools: list[dict], choice: ToolChoice, parallel: bool) -> Structu
     return None
 
 
-def _parse_array(text: str, names: set[str]) -> list[ParsedCall] | None:
-    try:
-        items = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(items, list) or not items:
-        return None
-    calls = [call_from_object(item, names) for item in items]
-    return None if any(c is None for c in calls) else calls  # type: ignore[return-value]
-
-
-def _parse_named(text: str, name: str) -> list[ParsedCall] | None:
-    try:
-        args = json.loads(text)
-    except ValueError:
-        return None
-    return [ParsedCall(name, dump_arguments(args))] if isinstance(args, dict) else None
-
-
 def extractor_for(choice: ToolChoice, parser: ToolParser | None, tools: list[dict]) -> Extractor | None:
     """The extractor of one completion under ``choice`` (None: no tools, all text is content)."""
     names = {t["function"]["name"] for t in tools}
     if choice.mode == "required":
-        return WholeExtractor(("[",), lambda text: _parse_array(text, names))
+        return JsonCallsExtractor(names)
     if choice.mode == "named":
-        name = choice.name or ""
-        return WholeExtractor(("{",), lambda text: _parse_named(text, name))
+        return NamedExtractor(choice.name or "")
     if choice.mode == "auto" and parser is not None:
         return parser.extractor(names)
     return None
