@@ -60,9 +60,14 @@ class LLM:
         index, and nothing is queued. ``request_kwargs`` (``program_id``, ``priority``, ``cache_salt``)
         are given per request as lists or once for all.
 
+        ``SamplingParams(structured_outputs=StructuredOutputsParams(json=schema))`` (or ``regex``, ``choice``,
+        ``grammar``, ``json_object``) constrains a request's output; a request whose grammar fails to compile in
+        time comes back finished with ``RequestOutput.error`` set, the others are unaffected.
+
         Raises:
             ValueError: an empty prompt, a prompt longer than ``max_model_len``, out-of-vocabulary ids,
-                or a sampling_params list of the wrong length.
+                a sampling_params list of the wrong length, or an invalid / unsupported ``structured_outputs``
+                spec (the message names the request index, the field and the feature).
         """
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
@@ -74,6 +79,11 @@ class LLM:
             ids = engine.tokenize(p) if isinstance(p, str) else list(p)
             engine.validate_prompt(ids, index=i)
             token_ids.append(ids)
+        checked: set[int] = set()
+        for i, sp in enumerate(params):
+            if sp.structured_outputs is not None and id(sp) not in checked:
+                engine.validate_structured_outputs(sp, index=i)
+                checked.add(id(sp))
         kwargs = [{k: (v[i] if isinstance(v, (list, tuple)) else v) for k, v in request_kwargs.items()}
                   for i in range(len(prompts))]
         ids = [engine.add_request(None, p if isinstance(p, str) else None, sp, prompt_token_ids=t, **kw)

@@ -2,6 +2,9 @@
 
 Pipeline per step (vLLM v1 order), all on ``[N, V]`` tensors without Python loops over the vocab:
 
+0. grammar bitmask (structured outputs, only when some row is constrained): disallowed tokens of the
+   constrained rows set to ``-inf`` in place, before everything else (so logprobs are of the constrained
+   distribution, and greedy rows take the argmax of the allowed tokens).
 1. logprobs (if any row asks): ``log_softmax`` of the *raw* logits, before penalties/temperature.
 2. penalties: repetition (prompt + output tokens, CTRL, Keskar et al. 2019), then frequency and
    presence (output tokens only, OpenAI definitions).
@@ -152,6 +155,40 @@ def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill_(probs < threshold, float("-inf"))
 
 
+# ----------------------------------------------------------------------------- grammar bitmask
+
+
+_BIT_SHIFTS = torch.arange(32, dtype=torch.int32)
+
+
+def apply_token_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+    """Set the logits of tokens a grammar forbids to ``-inf``, in place (structured outputs).
+
+    Args:
+        logits: ``[N, V]`` float logits; modified in place.
+        bitmask: ``[R, W]`` int32: bit ``j`` of word ``w`` in row ``r`` set when token ``32 * w + j`` is allowed
+            (llguidance's and xgrammar's layout); tokens ``>= 32 * W`` are forbidden.
+        rows: the logits row of each bitmask row (``R`` entries, distinct); None: ``R == N``, row ``r`` -> ``r``.
+            Rows not named are left as they are (unconstrained).
+    Returns:
+        ``logits`` (the same tensor).
+    Raises:
+        ValueError: ``rows`` and ``bitmask`` disagree in length.
+    """
+    n, vocab = logits.shape
+    if rows is None and bitmask.shape[0] != n or rows is not None and len(rows) != bitmask.shape[0]:
+        raise ValueError(f"bitmask has {bitmask.shape[0]} rows for {n if rows is None else len(rows)} logits rows")
+    allowed = ((bitmask.unsqueeze(-1) >> _BIT_SHIFTS) & 1).view(bitmask.shape[0], -1).bool()  # [R, 32 W]
+    if allowed.shape[1] < vocab:
+        allowed = torch.nn.functional.pad(allowed, (0, vocab - allowed.shape[1]), value=False)
+    forbidden = ~allowed[:, :vocab]
+    if rows is None:
+        return logits.masked_fill_(forbidden, float("-inf"))
+    idx = torch.tensor(rows, dtype=torch.long, device=logits.device)
+    logits[idx] = logits[idx].masked_fill_(forbidden.to(logits.device), float("-inf"))
+    return logits
+
+
 # ----------------------------------------------------------------------------- penalties
 
 
@@ -239,14 +276,21 @@ def _min_tokens_active(row: SamplingRow) -> bool:
 class Sampler:
     """Samples one token per row of logits; see the module docstring for the pipeline."""
 
-    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow],
+                 token_bitmask: tuple[torch.Tensor, list[int] | None] | None = None) -> SamplerOutput:
         """Sample ``[N]`` tokens from ``[N, V]`` logits, row i following ``rows[i]``.
+
+        ``token_bitmask``: ``(bitmask [R, W] int32, logits row of each bitmask row)`` of the rows a grammar
+        constrains (``apply_token_bitmask_``; applied to ``logits`` in place); None: no row is constrained and
+        no mask work is done.
 
         Raises:
             ValueError: if ``logits`` is not 2-D or its row count differs from ``len(rows)``.
         """
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits must be [len(rows)={len(rows)}, V], got {tuple(logits.shape)}")
+        if token_bitmask is not None:
+            apply_token_bitmask_(logits, *token_bitmask)
         if _plain_greedy(rows):
             return SamplerOutput(token_ids=logits.argmax(dim=-1))
         logits = logits.float()
