@@ -47,6 +47,12 @@ MODES = {  # every mode: request fields (besides messages)
                                         "json_schema": {"name": "person", "schema": SCHEMA, "strict": True}}},
 }
 CONSTRAINED = {"required", "required_single", "named", "json_object", "json_schema"}
+ASK_JSON = [{"role": "user", "content": "Give a JSON object with the key city set to Paris."}]
+
+
+def messages(mode: str) -> list[dict]:
+    """The weather question; a short JSON request for the JSON modes (json_object has no length bound)."""
+    return ASK_JSON if mode.startswith("json") else ASK
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +61,7 @@ def client(server):
 
 
 def create(client, mode: str, **kw):
-    return client.chat.completions.create(model=MODEL, messages=ASK, temperature=0, max_tokens=60,
+    return client.chat.completions.create(model=MODEL, messages=messages(mode), temperature=0, max_tokens=60,
                                           **MODES[mode], **kw)
 
 
@@ -130,7 +136,7 @@ def test_every_mode_async(server, constrained, mode):
     async def go():
         aclient = openai.AsyncOpenAI(base_url=server.v1, api_key=API_KEY, max_retries=0, timeout=120)
         try:
-            kw = dict(model=MODEL, messages=ASK, temperature=0, max_tokens=60, **MODES[mode])
+            kw = dict(model=MODEL, messages=messages(mode), temperature=0, max_tokens=60, **MODES[mode])
 
             async def streamed():
                 return reassemble([c async for c in await aclient.chat.completions.create(**kw, stream=True)])
@@ -261,16 +267,16 @@ def test_program_turn_under_auto_decides_finality_from_its_calls(server, client)
 
 def test_malformed_call_under_auto_is_content_and_counted(server, client, constrained):
     """The model is forced (regex) to write a broken Hermes call: it comes back as content, finish 'stop',
-    and pitstop_tool_calls_malformed counts it; never a 500."""
+    and pitstop_tool_calls_malformed_total counts it; never a 500."""
     need_constraints(constrained)
-    before = counter(server.metrics(), "pitstop_tool_calls_malformed")
+    before = counter(server.metrics(), "pitstop_tool_calls_malformed_total")
     bad = '<tool_call>{"name": "get_weather", "arguments": {"city": }</tool_call>'
     regex = bad.replace("{", r"\{").replace("}", r"\}").replace("\"", "\"")
     r = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, temperature=0, max_tokens=60,
                                        extra_body={"guided_regex": regex})
     assert r.choices[0].message.content == bad and not r.choices[0].message.tool_calls
     assert r.choices[0].finish_reason == "stop"
-    assert counter(server.metrics(), "pitstop_tool_calls_malformed") == before + 1
+    assert counter(server.metrics(), "pitstop_tool_calls_malformed_total") == before + 1
 
 
 def test_auto_call_forced_by_regex_is_a_tool_call(client, constrained):

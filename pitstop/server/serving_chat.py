@@ -10,7 +10,7 @@ decodes freely and the tool-call parser extracts the calls. Stream: per call ``i
 ``type``, ``function.name`` and empty arguments, then argument fragments; under ``required`` / a named tool the
 fragments are the model's text as it comes (``pitstop.tools.constrained``), under ``auto`` a call is sent once
 it is complete and parses. Either way the stream reassembles exactly to the non-streamed message. A call under
-``auto`` that does not parse is content (``pitstop_tool_calls_malformed``).
+``auto`` that does not parse is content (``pitstop_tool_calls_malformed_total``).
 """
 
 from __future__ import annotations
