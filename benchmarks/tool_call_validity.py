@@ -15,7 +15,7 @@ to a ``pitstop serve`` started here (or ``--base-url``). Reported: valid / total
 arguments not JSON, schema violation, length), and the schemas the server rejected with a 400 (unsupported by
 the grammar backend, or invalid), grouped by message.
 
-    .venv/bin/python benchmarks/tool_call_validity.py [--limit 240] [--concurrency 8]
+    .venv/bin/python benchmarks/tool_call_validity.py [--limit 240] [--concurrency 8] [--parallel-tool-calls false]
 """
 
 from __future__ import annotations
@@ -135,16 +135,20 @@ def judge(case: dict, status: int, body: dict) -> tuple[str, str]:
     return "valid", ""
 
 
-def run(url: str, cases: list[dict], max_tokens: int, concurrency: int) -> list[dict]:
+def run(url: str, cases: list[dict], max_tokens: int, concurrency: int, parallel: bool) -> list[dict]:
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=600)
 
     def one(case: dict) -> dict:
         t0 = time.monotonic()
         r = client.post("/v1/chat/completions", json={
             "messages": case["question"], "tools": [case["tool"]], "tool_choice": "required",
-            "temperature": 0, "max_tokens": max_tokens})
+            "parallel_tool_calls": parallel, "temperature": 0, "max_tokens": max_tokens})
         outcome, detail = judge(case, r.status_code, r.json())
+        choice = r.json()["choices"][0] if r.status_code == 200 else {}
+        msg = choice.get("message") or {}
+        raw = msg.get("content") or json.dumps([c["function"] for c in msg.get("tool_calls") or []])
         return {"id": case["id"], "name": case["tool"]["function"]["name"], "outcome": outcome, "detail": detail,
+                "finish_reason": choice.get("finish_reason"), "output": raw[:300] if outcome != "valid" else None,
                 "latency_s": round(time.monotonic() - t0, 3),
                 "completion_tokens": (r.json().get("usage") or {}).get("completion_tokens") if r.status_code == 200
                 else None}
@@ -155,9 +159,10 @@ def run(url: str, cases: list[dict], max_tokens: int, concurrency: int) -> list[
 
 def summarize(results: list[dict]) -> dict:
     counts = collections.Counter(r["outcome"] for r in results)
+    finishes = collections.Counter(f"{r['outcome']}/{r.get('finish_reason')}" for r in results)
     answered = [r for r in results if r["outcome"] != "rejected"]
     rejected = collections.Counter(re.sub(r"\s+", " ", r["detail"])[:160] for r in results if r["outcome"] == "rejected")
-    return {"schemas": len(results), "outcomes": dict(counts),
+    return {"schemas": len(results), "outcomes": dict(counts), "outcome_by_finish_reason": dict(finishes),
             "valid_fraction_of_answered": counts["valid"] / len(answered) if answered else None,
             "valid_fraction_of_all": counts["valid"] / len(results) if results else None,
             "rejected_by_reason": dict(rejected.most_common()),
@@ -169,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=240, help="schemas to try (>= 200 for the issue's figure)")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--parallel-tool-calls", choices=["true", "false"], default="true",
+                   help="false: exactly one call per response (the array's maxItems is 1)")
     p.add_argument("--base-url", default=None, help="an already running server (default: start one here)")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "tool_call_validity" / "result.json"))
     args = p.parse_args(argv)
@@ -181,14 +188,15 @@ def main(argv: list[str] | None = None) -> int:
         proc, url = start_server(out.with_suffix(".server.log"))
     try:
         t0 = time.monotonic()
-        results = run(url, cases, args.max_tokens, args.concurrency)
+        results = run(url, cases, args.max_tokens, args.concurrency, args.parallel_tool_calls == "true")
         wall = time.monotonic() - t0
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(60)
     summary = {"source": "bfcl-eval 2026.3.23 (Apache-2.0), files " + ", ".join(FILES), "wall_s": round(wall, 1),
-               "max_tokens": args.max_tokens, **summarize(results), "results": results}
+               "max_tokens": args.max_tokens, "parallel_tool_calls": args.parallel_tool_calls == "true",
+               **summarize(results), "results": results}
     out.write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("results", "failures")}, indent=1))
     return 0

@@ -65,7 +65,8 @@ class Server:
         deadline = time.monotonic() + timeout
         while True:
             st = self.kv()
-            if not (st["num_running"] or st["num_waiting"] or st["num_outstanding"] or st["num_held"]):
+            if not (st["num_running"] or st["num_waiting"] or st["num_outstanding"] or st["num_held"]
+                    or st.get("num_grammars")):
                 return st
             if time.monotonic() > deadline:
                 return st
@@ -77,6 +78,7 @@ class Server:
         assert st["num_running"] == 0 and st["num_waiting"] == 0, st
         assert st["num_held"] == 0 and st["num_used_blocks"] == st["num_pinned_blocks"], st
         assert st["num_outstanding"] == 0, st
+        assert st.get("num_grammars", 0) == 0, f"grammar/matcher state left behind: {st}"
         assert self.proc.poll() is None, f"server died:\n{self.log()}"
         return st
 

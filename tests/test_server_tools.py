@@ -293,3 +293,21 @@ def test_auto_call_forced_by_regex_is_a_tool_call(client, constrained):
     content, calls, finish, _ = reassemble(client.chat.completions.create(**kw, stream=True))
     assert content == "Checking." and finish == "tool_calls"
     assert [(c["name"], c["arguments"]) for c in calls] == [(t.function.name, t.function.arguments) for t in msg.tool_calls]
+
+
+@pytest.mark.parametrize("extra,check", [
+    ({"structured_outputs": {"regex": "[0-9]{3}-[a-z]{2}"}}, lambda t: __import__("re").fullmatch(r"[0-9]{3}-[a-z]{2}", t)),
+    ({"guided_regex": "(yes|no)!"}, lambda t: t in ("yes!", "no!")),
+    ({"guided_choice": ["Paris", "Rome", "Oslo"]}, lambda t: t in ("Paris", "Rome", "Oslo")),
+    ({"guided_json": SCHEMA}, lambda t: jsonschema.validate(json.loads(t), SCHEMA) is None),
+    ({"structured_outputs": {"json": json.dumps(SCHEMA)}}, lambda t: jsonschema.validate(json.loads(t), SCHEMA) is None),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": SCHEMA}}},
+     lambda t: jsonschema.validate(json.loads(t), SCHEMA) is None),
+])
+def test_structured_output_fields_on_both_endpoints(client, constrained, extra, check):
+    """vLLM's structured_outputs, the guided_* names and response_format constrain chat and completions."""
+    need_constraints(constrained)
+    chat = client.chat.completions.create(model=MODEL, messages=ASK_JSON, temperature=0, max_tokens=60, extra_body=extra)
+    assert check(chat.choices[0].message.content), chat.choices[0].message.content
+    comp = client.completions.create(model=MODEL, prompt="The answer:", temperature=0, max_tokens=60, extra_body=extra)
+    assert check(comp.choices[0].text), comp.choices[0].text

@@ -237,7 +237,8 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[st
                         "num_waiting": sched.num_waiting, "num_held": len(kv.req_blocks),
                         "num_outstanding": async_engine.num_outstanding,
                         "num_preemptions": sched.num_preemptions, "num_pinned_blocks": kv.num_pinned_blocks,
-                        "num_programs": len(sched.programs.programs)}
+                        "num_programs": len(sched.programs.programs),
+                        "num_grammars": eng.structured_outputs.num_live if eng.structured_outputs is not None else 0}
             return await async_engine.call(inspect)
 
     return app

@@ -118,15 +118,18 @@ class ServingChat(ServingBase):
         handles = self.admit(rid, [ids], params, req, tenant, is_last_turn=False if decide_last else None)
         close = lambda: [h.close() for h in handles]  # noqa: E731
         program = scoped_program(tenant, req.program_kwargs()["program_id"])
-        turn = _Turn(self, program, decide_last)
+        turn = _Turn(self, program, decide_last, tag=req.tool_name is None)
         if req.stream:
             first = None
             if setup.structured is not None:  # an unsupported schema/grammar is a 400, not an SSE error
                 try:
-                    first = await self._first(handles[0])
-                except APIError:
+                    first = await until_disconnect(raw, self._first(handles[0]))
+                except BaseException:
                     close()
                     raise
+                if first is None:
+                    close()
+                    return Response(status_code=499)  # client closed the connection
             return SSEResponse(self._stream(rid, model, req, handles[0], setup, turn, first), on_close=close)
         try:
             out = await until_disconnect(raw, self._collect(handles[0]))
@@ -139,12 +142,12 @@ class ServingChat(ServingBase):
                              for tc in ch["message"].get("tool_calls") or []])
         return JSONResponse(body)
 
-    async def _first(self, handle: RequestHandle) -> StreamUpdate | None:
+    async def _first(self, handle: RequestHandle) -> StreamUpdate:
         """The request's first update (so an error at admission becomes the response's status)."""
         with self.stream_errors():
             async for u in handle.updates():
                 return u
-        return None
+        raise RuntimeError("the request's stream ended without an update")
 
     async def _collect(self, handle: RequestHandle) -> RequestOutput:
         out = None
@@ -155,7 +158,8 @@ class ServingChat(ServingBase):
         return out
 
     def _message(self, text: str, finish_reason: str | None, setup: ToolSetup) -> tuple[dict, str | None]:
-        """The assistant message of one completion and its finish reason (``tool_calls`` when it made calls)."""
+        """The assistant message of one completion and its finish reason (``tool_calls`` when it made calls and
+        stopped by itself; ``length`` stays ``length``: the last call may be cut short)."""
         ex = self.extractor(setup)
         if ex is None:
             return {"role": "assistant", "content": text}, finish_reason
@@ -165,7 +169,7 @@ class ServingChat(ServingBase):
         if not calls:
             return {"role": "assistant", "content": content}, finish_reason
         return ({"role": "assistant", "content": content,
-                 "tool_calls": [_call_json(c, tool_call_id()) for c in calls]}, "tool_calls")
+                 "tool_calls": [_call_json(c, tool_call_id()) for c in calls]}, _finish(finish_reason))
 
     def _count(self, ex: Extractor, setup: ToolSetup) -> None:
         self.metrics.tool_calls.inc(ex.num_calls)
@@ -230,7 +234,7 @@ class ServingChat(ServingBase):
                             self._count(ex, setup)
                     finish = d.finish_reason
                     if finish is not None and called[d.index]:
-                        finish = "tool_calls"
+                        finish = _finish(finish)
                     if not deltas and (finish is not None or lp is not None or req.return_token_ids):
                         deltas = [{}]
                     for k, delta in enumerate(deltas):
@@ -265,17 +269,23 @@ class ServingChat(ServingBase):
         return deltas
 
 
+def _finish(reason: str | None) -> str | None:
+    """The finish reason of a completion that made calls: ``tool_calls`` if it stopped by itself."""
+    return "tool_calls" if reason == "stop" else reason
+
+
 def _call_json(call: ParsedCall, cid: str) -> dict:
     return {"id": cid, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
 class _Turn:
-    """A program's turn that offered tools: once it ends, its calls tag the turn's tool for the TTL policy;
-    when the client did not say whether the turn is the last (``decide_last``), it was added as non-final and
-    a turn without calls ends the program (the agent has its answer)."""
+    """A program's turn that offered tools: once it ends, its calls tag the turn's tool for the TTL policy
+    (unless the client named it: ``tag`` false); when the client did not say whether the turn is the last
+    (``decide_last``), it was added as non-final and a turn without calls ends the program (the agent has its
+    answer)."""
 
-    def __init__(self, serving: ServingChat, program_id: str | None, decide_last: bool) -> None:
-        self.serving, self.program_id, self.decide_last = serving, program_id, decide_last
+    def __init__(self, serving: ServingChat, program_id: str | None, decide_last: bool, tag: bool = True) -> None:
+        self.serving, self.program_id, self.decide_last, self.tag = serving, program_id, decide_last, tag
 
     async def finished(self, tool_names: list[str]) -> None:
         pid = self.program_id
@@ -284,7 +294,8 @@ class _Turn:
         engine = self.serving.engine
         try:
             if tool_names:
-                await engine.call(lambda e: e.tag_turn_tools(pid, tool_names))
+                if self.tag:
+                    await engine.call(lambda e: e.tag_turn_tools(pid, tool_names))
             elif self.decide_last:
                 await engine.call(lambda e: e.end_program(pid))
         except EngineDead:
