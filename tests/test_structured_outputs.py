@@ -205,7 +205,7 @@ class _HeldCompile:
 
     def __call__(self, key) -> None:
         self.started.set()
-        assert self.gate.wait(120), "compile held too long"
+        assert self.gate.wait(600), "compile held too long"
 
 
 def test_compile_past_the_limit_fails_only_that_request(llm):
@@ -239,10 +239,11 @@ def test_unconstrained_requests_run_while_a_grammar_compiles(llm):
         eng.add_request("free", None, sp_free, prompt_token_ids=prompt)
         assert hold.started.wait(60)
         done = {}
-        for _ in range(100):
+        for _ in range(1000):
             done.update({o.request_id: o for o in eng.step() if o.finished})
             if "free" in done:
                 break
+        assert "free" in done and "held" not in done, (done, eng.stats())
         assert done["free"].outputs[0].token_ids == ref
         held = eng.scheduler.requests["held"]
         assert "held" not in done and held.output_token_ids == [] and held.num_computed_tokens == 0
