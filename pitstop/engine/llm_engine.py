@@ -258,7 +258,7 @@ class LLMEngine:
         """First half of a step: the scheduler plans the batch at ``now`` (seconds; default the engine clock).
         An empty output means nothing can run; otherwise execute it, then call ``finish_step``. While some request
         is constrained (structured outputs) the output carries the step's grammar bitmask. Requests whose grammar
-        failed to compile, or not in time, are ended first (their outputs come with the next ``step``'s); when only
+        failed to compile, or not in time, are ended first (``step`` returns their outputs, with ``error``); when only
         grammars are left to wait for, it blocks for them a few ms rather than return at once (no spinning)."""
         mgr = self.structured_outputs
         if mgr is not None and mgr.has_pending:
