@@ -235,13 +235,9 @@ class LLMEngine:
         Raises:
             StepFailed: the executor raised; that step's requests were aborted, the rest go on.
         """
-        outputs, self._aborted = self._aborted, []
-        if self.structured_outputs is not None and self.structured_outputs.has_pending:
-            outputs += self._fail_requests(self.structured_outputs.poll_failures())
         so = self.begin_step()
+        outputs, self._aborted = self._aborted, []  # after begin_step: it may fail requests (grammar errors)
         if so.is_empty:
-            if self.structured_outputs is not None and self.structured_outputs.has_pending:
-                self.structured_outputs.wait_pending(_GRAMMAR_WAIT_S)  # only grammars to wait for: do not spin
             return outputs
         try:
             result = self.executor.execute(so)
@@ -261,10 +257,18 @@ class LLMEngine:
     def begin_step(self, now: float | None = None) -> SchedulerOutput:
         """First half of a step: the scheduler plans the batch at ``now`` (seconds; default the engine clock).
         An empty output means nothing can run; otherwise execute it, then call ``finish_step``. While some request
-        is constrained (structured outputs) the output carries the step's grammar bitmask."""
+        is constrained (structured outputs) the output carries the step's grammar bitmask. Requests whose grammar
+        failed to compile, or not in time, are ended first (``step`` returns their outputs, with ``error``); when only
+        grammars are left to wait for, it blocks for them a few ms rather than return at once (no spinning)."""
+        mgr = self.structured_outputs
+        if mgr is not None and mgr.has_pending:
+            self._aborted += self._fail_requests(mgr.poll_failures())
         so = self.scheduler.schedule(self.clock() if now is None else now)
-        if self.structured_outputs is not None and self.structured_outputs.live and so.scheduled:
-            self.structured_outputs.fill_bitmask(so)
+        if mgr is not None and mgr.live:
+            if so.scheduled:
+                mgr.fill_bitmask(so)
+            elif mgr.has_pending:
+                mgr.wait_pending(_GRAMMAR_WAIT_S)
         return so
 
     def finish_step(self, so: SchedulerOutput, result: ExecutorResult, now: float | None = None,

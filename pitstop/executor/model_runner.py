@@ -14,6 +14,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pitstop.executor.malloc_tuning import tune_malloc
@@ -139,17 +140,17 @@ class ModelRunner:
         return result
 
 
-def _token_bitmask(so: SchedulerOutput, rows: list) -> tuple[torch.Tensor, list[int] | None] | None:
-    """The step's grammar bitmask (structured outputs) as the sampler takes it: ``([R, W] int32, logits row of each
-    bitmask row)``, rows None when every sampled row is constrained in bitmask order; None when none is."""
+def _token_bitmask(so: SchedulerOutput, rows: list) -> tuple[np.ndarray, list[int] | None] | None:
+    """The step's grammar bitmask (structured outputs) as the sampler takes it: ``([R, W] int32 numpy, logits row of
+    each bitmask row)``, rows None when every sampled row is constrained in bitmask order; None when none is."""
     st = so.structured
     if st is None:
         return None
-    bitmask = torch.from_numpy(st.bitmask)
+    bitmask = st.bitmask
     where = [i for i, (s, _) in enumerate(rows) if s.request.request_id in st.rows]
     order = [st.rows[rows[i][0].request.request_id] for i in where]
     if order != list(range(bitmask.shape[0])):
-        bitmask = bitmask[torch.tensor(order, dtype=torch.long)]
+        bitmask = bitmask[order]
     return bitmask, (None if len(where) == len(rows) else where)
 
 

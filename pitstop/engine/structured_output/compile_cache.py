@@ -8,6 +8,8 @@ cannot be): it finishes in the background and later requests for the same gramma
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -51,7 +53,8 @@ class CompileCache:
             return fut
         self.misses += 1
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._num_threads, thread_name_prefix="pitstop-grammar")
+            self._pool = ThreadPoolExecutor(self._num_threads, thread_name_prefix="pitstop-grammar",
+                                            initializer=_lower_thread_priority)
         fut = self._pool.submit(self._compile, key)
         self._entries[key] = fut
         self._evict()
@@ -95,3 +98,18 @@ class CompileCache:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+_COMPILE_NICENESS = 10
+"""Niceness added to each compile thread (Linux): on a CPU box the engine thread's forward pass keeps priority."""
+
+
+def _lower_thread_priority() -> None:
+    """Lower this worker thread's CPU priority by ``_COMPILE_NICENESS`` (Linux threads have their own niceness;
+    elsewhere, or when not permitted, nothing changes). llguidance drops the GIL while it compiles, so the engine
+    thread is never blocked by a compile; this keeps it from being slowed by one where cores are few."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + _COMPILE_NICENESS))
+    except (AttributeError, OSError):
+        pass

@@ -13,6 +13,9 @@ Life of a constrained request (engine thread unless said):
    ``SchedulerOutput.structured``; prefill chunks that sample nothing get no row.
 5. ``accept(touched)`` after the step: each matcher advances by its sequence's new token.
 6. The scheduler frees the state when the request ends (finished, aborted, failed): ``RequestGrammar.free``.
+
+Known limits: ``min_tokens`` still masks EOS once the grammar is complete (only EOS allowed), leaving no token
+allowed; greedy then picks token 0. The matcher is not consulted for ``stop_token_ids``.
 """
 
 from __future__ import annotations
