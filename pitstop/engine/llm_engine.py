@@ -18,6 +18,7 @@ from pitstop.engine.detokenizer import IncrementalDetokenizer
 from pitstop.engine.kv_cache_manager import KVCacheManager
 from pitstop.engine.output_processor import OutputProcessor
 from pitstop.engine.scheduler import Scheduler, SchedulerConfig
+from pitstop.engine.structured_output import StructuredOutputManager
 from pitstop.executor.interface import Executor
 from pitstop.outputs import RequestOutput
 from pitstop.request import RequestStatus
@@ -113,6 +114,15 @@ class LLMEngine:
         self.output_processor = OutputProcessor(tokenizer, self.scheduler, clock, config.enable_prefix_caching)
         self._aborted: list[RequestOutput] = []
         self._counter = 0
+        self.structured_outputs: StructuredOutputManager | None = None
+        if tokenizer is not None:
+            self.structured_outputs = StructuredOutputManager(
+                self._grammar_backend, config.grammar_compile_timeout_s, config.grammar_compile_threads)
+
+    def _grammar_backend(self):
+        """The grammar backend (llguidance), built at the first constrained request."""
+        from pitstop.engine.structured_output.llguidance_backend import LLGuidanceBackend
+        return LLGuidanceBackend(self.tokenizer, self.vocab_size or len(self.tokenizer), self.eos_token_ids)
 
     # ---- requests -------------------------------------------------------------------------
     def new_request_id(self) -> str:
@@ -152,14 +162,21 @@ class LLMEngine:
         keeps its KV pinned afterwards as the TTL policy decides; ``tool_name`` is the tool the client
         runs after this turn (inferred from the output text when absent).
 
+        ``params.structured_outputs`` constrains the output: the spec is validated here, its grammar compiles off
+        the engine thread (cached by spec) and the request waits for it in the queue while others run; a compile
+        error or one past ``grammar_compile_timeout_s`` ends the request with ``RequestOutput.error``.
+
         Raises:
-            ValueError: empty / too long prompt, bad token ids, or a duplicate id.
+            ValueError: empty / too long prompt, bad token ids, a duplicate id, or an invalid or unsupported
+                ``structured_outputs`` spec (the message names the field and feature), or structured outputs on an
+                engine without a tokenizer (the simulator).
             TooManyPrograms: a new ``program_id`` over ``max_programs`` with no idle program to end.
         """
         params = params or SamplingParams()
         request_id = request_id or self.new_request_id()
         if request_id in self.output_processor:
             raise ValueError(f"duplicate request id {request_id!r}")
+        grammar = self._grammar_key(params)
         text = prompt if isinstance(prompt, str) else None
         if prompt_token_ids is None:
             prompt_token_ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt or [])
@@ -172,8 +189,29 @@ class LLMEngine:
         for req in self.output_processor.add(request_id, text, prompt_token_ids, params, arrival, max_tokens,
                                              self.eos_token_ids, program_id, is_last_turn, priority, cache_salt,
                                              tool_name):
+            if grammar is not None:
+                self.structured_outputs.attach(req, grammar)
             self.scheduler.add_request(req)
         return request_id
+
+    def validate_structured_outputs(self, params: SamplingParams, index: int | None = None) -> None:
+        """Raise ``ValueError`` (naming the request ``index`` when given) if ``params.structured_outputs`` is
+        invalid or unsupported, as ``add_request`` would; nothing is queued."""
+        try:
+            self._grammar_key(params)
+        except ValueError as e:
+            if index is None:
+                raise
+            raise ValueError(f"request {index}: {e}") from None
+
+    def _grammar_key(self, params: SamplingParams):
+        """The validated grammar key of a constrained request (None: unconstrained)."""
+        if params.structured_outputs is None:
+            return None
+        if self.structured_outputs is None:
+            raise ValueError("SamplingParams.structured_outputs needs a tokenizer: this engine has none (the "
+                             "simulator and skip_tokenizer_init engines do not support structured outputs)")
+        return self.structured_outputs.key_for(params)
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         """Abort requests (by the ids ``add_request`` returned); their blocks are freed now."""
@@ -197,8 +235,8 @@ class LLMEngine:
         Raises:
             StepFailed: the executor raised; that step's requests were aborted, the rest go on.
         """
-        outputs, self._aborted = self._aborted, []
         so = self.begin_step()
+        outputs, self._aborted = self._aborted, []  # after begin_step: it may fail requests (grammar errors)
         if so.is_empty:
             return outputs
         try:
@@ -218,8 +256,20 @@ class LLMEngine:
 
     def begin_step(self, now: float | None = None) -> SchedulerOutput:
         """First half of a step: the scheduler plans the batch at ``now`` (seconds; default the engine clock).
-        An empty output means nothing can run; otherwise execute it, then call ``finish_step``."""
-        return self.scheduler.schedule(self.clock() if now is None else now)
+        An empty output means nothing can run; otherwise execute it, then call ``finish_step``. While some request
+        is constrained (structured outputs) the output carries the step's grammar bitmask. Requests whose grammar
+        failed to compile, or not in time, are ended first (``step`` returns their outputs, with ``error``); when only
+        grammars are left to wait for, it blocks for them a few ms rather than return at once (no spinning)."""
+        mgr = self.structured_outputs
+        if mgr is not None and mgr.has_pending:
+            self._aborted += self._fail_requests(mgr.poll_failures())
+        so = self.scheduler.schedule(self.clock() if now is None else now)
+        if mgr is not None and mgr.live:
+            if so.scheduled:
+                mgr.fill_bitmask(so)
+            elif mgr.has_pending:
+                mgr.wait_pending(_GRAMMAR_WAIT_S)
+        return so
 
     def finish_step(self, so: SchedulerOutput, result: ExecutorResult, now: float | None = None,
                     finished_only: bool = False) -> list[RequestOutput]:
@@ -230,12 +280,24 @@ class LLMEngine:
         per-token outputs); their engine records are dropped either way.
         """
         touched = self.scheduler.update(so, result, self.clock() if now is None else now)
+        failed: list[RequestOutput] = []
+        if so.structured is not None:
+            failed = self._fail_requests(self.structured_outputs.accept(touched))
         if self.keep_step_history:
             self._record(so, result.step_time_s)
         self.scheduler.programs.observe_step(so.num_prefill_tokens, result.step_time_s)
         if finished_only:
             touched = [r for r in touched if r.is_finished]
-        return self.output_processor.process(touched) if touched else []
+        return failed + (self.output_processor.process(touched) if touched else [])
+
+    def _fail_requests(self, failures: list[tuple[str, str]]) -> list[RequestOutput]:
+        """End each ``(user request id, error)`` alone; their final outputs carry the error."""
+        outs = []
+        for rid, error in failures:
+            out = self.output_processor.fail_request(rid, error)
+            if out is not None:
+                outs.append(out)
+        return outs
 
     def _record(self, so: SchedulerOutput, step_time_s: float) -> None:
         self.step_history.append(StepRecord(
@@ -257,6 +319,13 @@ class LLMEngine:
         if not (duration_s >= 0 and duration_s != float("inf")):
             raise ValueError(f"duration_s must be a finite number >= 0, got {duration_s!r}")
         self.scheduler.programs.report_tool(program_id, tool_name or "unknown", float(duration_s), self.clock())
+
+    def tag_turn_tools(self, program_id: str, tool_names: list[str]) -> None:
+        """The tools a program's finished turn called, parsed from its output by the caller (the server's
+        tool-call parser): the pin's TTL is recomputed for them. With parallel calls the first named tool
+        stands for the turn (the TTL policy takes one tool); unknown programs are ignored."""
+        if tool_names:
+            self.scheduler.programs.retag(program_id, tool_names[0], self.clock())
 
     def end_program(self, program_id: str) -> bool:
         """End a program: its pinned KV is released at once; a turn still running pins nothing when it
@@ -300,6 +369,10 @@ class LLMEngine:
         pinned blocks are untouched). As vLLM's ``reset_prefix_cache``; used between benchmark runs that replay
         the same prompts. Returns the number of blocks dropped."""
         return self.kv_manager.reset_prefix_cache()
+
+
+_GRAMMAR_WAIT_S = 0.005
+"""Seconds ``step`` blocks for a compile when nothing else can run (short: new requests are added between steps)."""
 
 
 def _plain_ids_in_range(ids: list[int], vocab_size: int | None) -> bool:

@@ -129,6 +129,16 @@ class OutputProcessor:
             detok.finish()
             self._infer_tool(req, detok.output_text)
 
+    def fail_request(self, request_id: str, error: str) -> RequestOutput | None:
+        """End a user request on an error of its own (e.g. its grammar did not compile): its children are aborted
+        (KV and grammar state freed) and its final output, carrying ``error``, is returned; the request is
+        forgotten. None if it is unknown (already ended)."""
+        parent = self._parents.get(request_id)
+        if parent is None:
+            return None
+        self._fail(parent, error)
+        return self.final_output(request_id)
+
     def _fail(self, parent: _Parent, error: str) -> None:
         """End every child of ``parent`` (aborted, KV freed); its output carries ``error``."""
         parent.error = error

@@ -114,6 +114,9 @@ class Scheduler:
     def _finish(self, req: Request, status: RequestStatus, now: float) -> None:
         req.status = status
         req.metrics.finished_time = now
+        if req.grammar is not None:  # structured outputs: the matcher goes with the request
+            req.grammar.free()
+            req.grammar = None
         if not self.programs.on_finish(req, status, now):
             self.kv.free(req)  # the request is finished: its memoised block hashes go too
         self.programs.after_finish(req)
@@ -121,7 +124,9 @@ class Scheduler:
         self._prefill_done.add(req.request_id)  # never block siblings on a finished request
 
     def _preempt(self, req: Request, now: float) -> None:
-        """Preemption by recompute: free the blocks (they stay in the prefix cache) and requeue."""
+        """Preemption by recompute: free the blocks (they stay in the prefix cache) and requeue. Every output token
+        is kept (and re-prefilled), so a structured-output matcher keeps its state: it reflects exactly those tokens
+        (``RequestGrammar.sync`` checks it before each bitmask)."""
         self.running.remove(req)
         self.kv.free(req)
         req.status = RequestStatus.PREEMPTED
@@ -190,6 +195,8 @@ class Scheduler:
                 break
             if req.wait_for is not None and req.wait_for not in self._prefill_done:
                 continue  # n > 1: share the sibling's prompt blocks once its prefill is done
+            if req.grammar is not None and not req.grammar.ready():
+                continue  # its grammar is still compiling (off this thread): the others go ahead
             computed, num_cached = self.kv.get_computed_blocks(req)
             num_new = req.num_tokens - num_cached
             if num_new > budget and not self.config.enable_chunked_prefill:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from pitstop.config import EngineConfig
 from pitstop.entrypoints.engine_builder import build_engine
-from pitstop.outputs import RequestOutput
+from pitstop.outputs import RequestOutput, ToolCall
 from pitstop.sampling_params import SamplingParams
 
 Prompt = str | list[int]
@@ -59,9 +60,14 @@ class LLM:
         index, and nothing is queued. ``request_kwargs`` (``program_id``, ``priority``, ``cache_salt``)
         are given per request as lists or once for all.
 
+        ``SamplingParams(structured_outputs=StructuredOutputsParams(json=schema))`` (or ``regex``, ``choice``,
+        ``grammar``, ``json_object``) constrains a request's output; a request whose grammar fails to compile in
+        time comes back finished with ``RequestOutput.error`` set, the others are unaffected.
+
         Raises:
             ValueError: an empty prompt, a prompt longer than ``max_model_len``, out-of-vocabulary ids,
-                or a sampling_params list of the wrong length.
+                a sampling_params list of the wrong length, or an invalid / unsupported ``structured_outputs``
+                spec (the message names the request index, the field and the feature).
         """
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
@@ -73,6 +79,11 @@ class LLM:
             ids = engine.tokenize(p) if isinstance(p, str) else list(p)
             engine.validate_prompt(ids, index=i)
             token_ids.append(ids)
+        checked: set[int] = set()
+        for i, sp in enumerate(params):
+            if sp.structured_outputs is not None and id(sp) not in checked:
+                engine.validate_structured_outputs(sp, index=i)
+                checked.add(id(sp))
         kwargs = [{k: (v[i] if isinstance(v, (list, tuple)) else v) for k, v in request_kwargs.items()}
                   for i in range(len(prompts))]
         ids = [engine.add_request(None, p if isinstance(p, str) else None, sp, prompt_token_ids=t, **kw)
@@ -82,16 +93,50 @@ class LLM:
     def chat(self, messages: list[Message] | list[list[Message]],
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
              use_tqdm: bool = True, add_generation_prompt: bool = True,
-             chat_template_kwargs: dict | None = None, **request_kwargs: Any) -> list[RequestOutput]:
-        """Apply the tokenizer's chat template to one conversation or a list of them, then generate."""
+             chat_template_kwargs: dict | None = None, tools: list[dict] | None = None,
+             tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
+             tool_call_parser: str | None = None, **request_kwargs: Any) -> list[RequestOutput]:
+        """Apply the tokenizer's chat template to one conversation or a list of them, then generate.
+
+        ``tools`` (OpenAI function definitions) and ``tool_choice`` (``none``, ``auto``, ``required`` or
+        ``{"type": "function", "function": {"name": ...}}``) work as in the server (``pitstop.tools``):
+        ``required`` / a named tool constrain decoding (``SamplingParams.structured_outputs``), ``auto``
+        parses calls in the ``tool_call_parser`` format (default: inferred from the chat template). Each
+        completion's ``tool_calls`` then holds the parsed calls.
+
+        Raises:
+            ValueError: a bad tool, ``tool_choice`` or sampling parameter (the message names the field), or
+                ``required`` / a named tool with sampling params that already carry ``structured_outputs``.
+        """
+        from pitstop.tools.chat import apply_chat_template
+        from pitstop.tools.choice import constraint, normalize_tools, parse_tool_choice
+
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        tool_defs = normalize_tools(tools)
+        choice = parse_tool_choice(tool_choice, tool_defs)
+        offered = tool_defs if choice.mode != "none" else []
+        parser = self._tool_parser(tool_call_parser)
         tok = self.get_tokenizer()
         prompts = []
         for conv in conversations:
-            text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                           **(chat_template_kwargs or {}))
+            text = apply_chat_template(tok, conv, offered, parser, add_generation_prompt=add_generation_prompt,
+                                       **(chat_template_kwargs or {}))
             prompts.append(list(tok(text, add_special_tokens=False).input_ids))
-        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, **request_kwargs)
+        params = self._params_list(sampling_params, len(prompts))
+        so = constraint(tool_defs, choice, parallel_tool_calls)
+        if so is not None:
+            if any(p.structured_outputs is not None for p in params):
+                raise ValueError("tool_choice: 'required' or a named tool cannot be combined with "
+                                 "SamplingParams.structured_outputs")
+            params = [replace(p, structured_outputs=so) for p in params]
+        outs = self.generate(prompts, params, use_tqdm=use_tqdm, **request_kwargs)
+        if offered:
+            _attach_tool_calls(outs, choice, parser, tool_defs)
+        return outs
+
+    def _tool_parser(self, name: str | None):
+        from pitstop.tools.registry import get_parser, infer_parser
+        return get_parser(name or infer_parser(getattr(self.get_tokenizer(), "chat_template", None)))
 
     @staticmethod
     def _params_list(sp, n: int) -> list[SamplingParams]:
@@ -121,3 +166,18 @@ class LLM:
         finally:
             bar.close()
         return [done[i] for i in ids]
+
+
+def _attach_tool_calls(outs: list[RequestOutput], choice: Any, parser: Any, tools: list[dict]) -> None:
+    """Set ``tool_calls`` on every completion: the calls its text makes under ``choice``."""
+    import uuid
+
+    from pitstop.tools.base import calls_of
+    from pitstop.tools.choice import extractor_for
+
+    for out in outs:
+        for c in out.outputs:
+            ex = extractor_for(choice, parser, tools)
+            events = ex.feed(c.text) + ex.finish() if ex is not None else []
+            c.tool_calls = [ToolCall(f"call_{uuid.uuid4().hex[:24]}", call.name, call.arguments)
+                            for call in calls_of(events)]

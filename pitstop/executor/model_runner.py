@@ -14,6 +14,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pitstop.executor.malloc_tuning import tune_malloc
@@ -85,7 +86,7 @@ class ModelRunner:
             return ExecutorResult(sampled={}, step_time_s=time.perf_counter() - t0)
         with _gemm_kernels(len(sample_idx), self.kernels.gemv_switch):
             logits = self.model.compute_logits(hidden[torch.tensor(sample_idx, dtype=torch.long)])
-        out = self.sampler(logits, [r for _, r in rows])
+        out = self.sampler(logits, [r for _, r in rows], _token_bitmask(so, rows))
         sampled = dict(zip((s.request.request_id for s, _ in rows), out.token_ids.tolist()))
         logprobs = self._logprobs(rows, out)
         return ExecutorResult(sampled=sampled, logprobs=logprobs, step_time_s=time.perf_counter() - t0)
@@ -137,6 +138,20 @@ class ModelRunner:
             entry[tok] = Logprob(sampled_lp[i], ranks.get(tok))
             result[s.request.request_id] = entry
         return result
+
+
+def _token_bitmask(so: SchedulerOutput, rows: list) -> tuple[np.ndarray, list[int] | None] | None:
+    """The step's grammar bitmask (structured outputs) as the sampler takes it: ``([R, W] int32 numpy, logits row of
+    each bitmask row)``, rows None when every sampled row is constrained in bitmask order; None when none is."""
+    st = so.structured
+    if st is None:
+        return None
+    bitmask = st.bitmask
+    where = [i for i, (s, _) in enumerate(rows) if s.request.request_id in st.rows]
+    order = [st.rows[rows[i][0].request.request_id] for i in where]
+    if order != list(range(bitmask.shape[0])):
+        bitmask = bitmask[order]
+    return bitmask, (None if len(where) == len(rows) else where)
 
 
 @contextmanager

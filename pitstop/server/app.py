@@ -105,8 +105,8 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 
 def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[str] | None = None,
                max_queue: int = 256, debug_endpoints: bool = False, limits: RequestLimits | None = None,
-               cache_isolation: str = "none", on_engine_death: Callable[[BaseException], None] | None = None
-               ) -> FastAPI:
+               cache_isolation: str = "none", on_engine_death: Callable[[BaseException], None] | None = None,
+               tool_call_parser: str | None = None) -> FastAPI:
     """Build the app around a loaded engine. The engine thread starts and stops with the app's lifespan.
 
     Args:
@@ -120,9 +120,10 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[st
         limits: per-request bounds (body size, n, logprobs, stop, logit_bias, max_tokens).
         cache_isolation: ``none`` or ``per-key`` (tenants never share prefix-cache blocks).
         on_engine_death: called (in the engine thread) if the engine thread dies.
+        tool_call_parser: ``hermes``, ``llama3_json`` or ``pythonic`` (None: inferred from the chat template).
 
     Raises:
-        ValueError: an unknown ``cache_isolation``.
+        ValueError: an unknown ``cache_isolation`` or ``tool_call_parser``.
     """
     limits = limits or RequestLimits()
     if cache_isolation not in CACHE_ISOLATION:
@@ -137,7 +138,7 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[st
     async_engine = AsyncEngine(engine, max_queue=max_queue, on_finish=metrics.on_finish, on_death=on_engine_death)
     holder["engine"] = async_engine
     completions = ServingCompletions(async_engine, model_names, metrics, limits, cache_isolation)
-    chat = ServingChat(async_engine, model_names, metrics, limits, cache_isolation)
+    chat = ServingChat(async_engine, model_names, metrics, limits, cache_isolation, tool_parser=tool_call_parser)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -242,7 +243,8 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[st
                         "num_waiting": sched.num_waiting, "num_held": len(kv.req_blocks),
                         "num_outstanding": async_engine.num_outstanding,
                         "num_preemptions": sched.num_preemptions, "num_pinned_blocks": kv.num_pinned_blocks,
-                        "num_programs": len(sched.programs.programs)}
+                        "num_programs": len(sched.programs.programs),
+                        "num_grammars": eng.structured_outputs.num_live if eng.structured_outputs is not None else 0}
             return await async_engine.call(inspect)
 
     return app

@@ -68,6 +68,15 @@ def from_value_error(err: ValueError) -> APIError:
     return bad_request(msg)
 
 
+def field_error(err: ValueError) -> APIError:
+    """A 400 whose ``param`` is the field a ``pitstop.tools`` / protocol message starts with (``tools.0.x: ...``)."""
+    msg = str(err)
+    head = msg.split(":", 1)[0]
+    if head and " " not in head and ":" in msg:
+        return bad_request(msg, param=head)
+    return from_value_error(err)
+
+
 def _loc(loc: tuple) -> str:
     return ".".join(str(x) for x in loc if x not in ("body",)) or "body"
 

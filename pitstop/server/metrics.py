@@ -93,6 +93,10 @@ class ServerMetrics:
                               buckets=E2EL_BUCKETS, registry=r)
         self.rejected = Counter("pitstop_requests_rejected", "Requests refused before the engine, by reason.",
                                 ["reason"], registry=r)
+        self.tool_calls = Counter("pitstop_tool_calls", "Tool calls returned to clients.", registry=r)
+        self.tool_calls_malformed = Counter("pitstop_tool_calls_malformed", "Tool calls under tool_choice=auto "
+                                            "that did not parse (returned as content), by parser.",
+                                            ["parser"], registry=r)
         r.register(_EngineGauges(stats))
 
     def on_finish(self, out: RequestOutput) -> None:

@@ -8,13 +8,14 @@ field of the wrong type is a 400 (see ``errors.py``).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pitstop.sampling_params import SamplingParams
+from pitstop.sampling_params import SamplingParams, StructuredOutputsParams
 
 
 def random_id(prefix: str) -> str:
@@ -29,6 +30,24 @@ class _Base(BaseModel):
 class StreamOptions(_Base):
     include_usage: bool = False
     continuous_usage_stats: bool = False
+
+
+class JsonSchemaFormat(_Base):
+    """``response_format.json_schema``: ``schema`` is a JSON Schema; pitstop always constrains to it
+    (``strict`` true or false)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str | None = None
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Base):
+    """OpenAI ``response_format``: ``text``, ``json_object`` or ``json_schema`` (an unknown type is a 400)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class _SamplingRequest(_Base):
@@ -64,6 +83,13 @@ class _SamplingRequest(_Base):
     tool_name: str | None = None
     job_id: str | None = None
     is_last_step: bool | None = None
+    # structured outputs: OpenAI's response_format, vLLM's structured_outputs and its older guided_* names
+    response_format: ResponseFormat | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     def program_kwargs(self) -> dict:
         """``program_id`` / ``is_last_turn`` / ``tool_name`` for the engine (``job_id`` and
@@ -72,9 +98,56 @@ class _SamplingRequest(_Base):
         return {"program_id": self.program_id if self.program_id is not None else self.job_id,
                 "is_last_turn": True if last is None else last, "tool_name": self.tool_name}
 
-    def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    def structured(self) -> StructuredOutputsParams | None:
+        """The decoding constraint the body asks for (``response_format``, ``structured_outputs`` or a
+        ``guided_*`` field; at most one), or None.
+
+        Raises:
+            ValueError: starting with the field: more than one given, a json_schema without ``schema``, an
+                invalid JSON Schema, or a bad ``structured_outputs`` object.
+        """
+        from pitstop.tools.choice import check_json_schema
+
+        given = [f for f in ("response_format", "structured_outputs", "guided_json", "guided_regex",
+                             "guided_choice", "guided_grammar") if getattr(self, f) is not None]
+        if self.response_format is not None and self.response_format.type == "text":
+            given.remove("response_format")
+        if len(given) > 1:
+            raise ValueError(f"{given[1]}: only one of {', '.join(given)} may be given")
+        if not given:
+            return None
+        field = given[0]
+        if field == "response_format":
+            rf = self.response_format
+            if rf.type == "json_object":
+                return StructuredOutputsParams(json_object=True)
+            schema = rf.json_schema.json_schema if rf.json_schema is not None else None
+            if schema is None:
+                raise ValueError("response_format.json_schema.schema: required for type json_schema")
+            check_json_schema(schema, "response_format.json_schema.schema")
+            return StructuredOutputsParams(json=schema)
+        if field == "structured_outputs":
+            try:
+                so = StructuredOutputsParams(**self.structured_outputs)
+            except TypeError as e:
+                raise ValueError(f"structured_outputs: {e}") from None
+        else:
+            so = StructuredOutputsParams(**{field.removeprefix("guided_"): getattr(self, field)})
+        if so.json is not None:
+            schema = so.json
+            if isinstance(schema, str):
+                try:
+                    schema = json.loads(schema)
+                except ValueError as e:
+                    raise ValueError(f"{field}: not valid JSON: {e}") from None
+            check_json_schema(schema, field)
+        return so
+
+    def sampling_params(self, max_tokens: int | None, logprobs: int | None,
+                        structured: StructuredOutputsParams | None = None) -> SamplingParams:
         """The engine's ``SamplingParams`` (raises ValueError naming the field on a bad value)."""
-        return SamplingParams(
+        return SamplingParams(structured_outputs=structured,
+                              
             n=self.n, temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0,
             min_p=self.min_p or 0.0, presence_penalty=self.presence_penalty,
@@ -103,9 +176,17 @@ class CompletionRequest(_SamplingRequest):
 
 
 class ChatMessage(_Base):
+    """One message; ``tool_calls`` on assistant turns (content may be null), ``tool_call_id`` on ``role: tool``."""
+
     role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The message for the chat template (unset fields left out)."""
+        return self.model_dump(exclude_none=True) | {"content": self.content}
 
 
 class ChatCompletionRequest(_SamplingRequest):
@@ -118,6 +199,10 @@ class ChatCompletionRequest(_SamplingRequest):
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
+    # function calling (OpenAI); tools are checked in pitstop.tools.choice (400 naming the field)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
 
 
 class PromptTokensDetails(_Base):

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pitstop.outputs import Logprob, RequestOutput
-from pitstop.sampling_params import SamplingParams
+from pitstop.sampling_params import SamplingParams, StructuredOutputsParams
 from pitstop.engine.program_manager import TooManyPrograms
 from pitstop.server.async_engine import AsyncEngine, CompletionDelta, EngineDead, QueueFull, RequestHandle
 from pitstop.server.errors import APIError, bad_request, from_value_error
@@ -91,9 +91,10 @@ class ServingBase:
             return asked if limit is None else limit
         return asked if _explicit_max_tokens(req) else min(asked, limit)
 
-    def sampling_params(self, req: _SamplingRequest, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    def sampling_params(self, req: _SamplingRequest, max_tokens: int | None, logprobs: int | None,
+                        structured: StructuredOutputsParams | None = None) -> SamplingParams:
         try:
-            return req.sampling_params(max_tokens, logprobs)
+            return req.sampling_params(max_tokens, logprobs, structured)
         except ValueError as e:
             raise from_value_error(e) from None
 
@@ -112,9 +113,11 @@ class ServingBase:
                            param="max_tokens", code="context_length_exceeded")
 
     def admit(self, request_id: str, prompts: list[list[int]], params: SamplingParams,
-              req: _SamplingRequest, tenant: str | None = None) -> list[RequestHandle]:
+              req: _SamplingRequest, tenant: str | None = None,
+              is_last_turn: bool | None = None) -> list[RequestHandle]:
         """Add one engine request per prompt, all or none (429 when the queue is full); the program and
-        cache salt are scoped to ``tenant`` (``pitstop.server.tenants``)."""
+        cache salt are scoped to ``tenant`` (``pitstop.server.tenants``); ``is_last_turn`` (when not None)
+        overrides the body's."""
         try:
             self.engine.check_admission(len(prompts))
         except QueueFull as e:
@@ -125,6 +128,8 @@ class ServingBase:
             raise APIError(503, str(e), "server_error", None, "unavailable") from None
         program = req.program_kwargs()
         program["program_id"] = scoped_program(tenant, program["program_id"])
+        if is_last_turn is not None:
+            program["is_last_turn"] = is_last_turn
         salt = scoped_salt(tenant, req.cache_salt, self.cache_isolation)
         return [self.engine.add_request(request_id if len(prompts) == 1 else f"{request_id}-p{i}", ids, params,
                                         priority=req.priority, cache_salt=salt, **program)

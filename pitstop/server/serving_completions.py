@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from pitstop.outputs import RequestOutput
 from pitstop.server.async_engine import EngineDead, RequestHandle
-from pitstop.server.errors import bad_request, error_body
+from pitstop.server.errors import bad_request, error_body, field_error
 from pitstop.server.protocol import CompletionRequest, random_id
 from pitstop.server.serving_base import ServingBase
 from pitstop.server.sse import SSEResponse, sse, until_disconnect
@@ -45,7 +45,11 @@ class ServingCompletions(ServingBase):
         max_tokens = self.max_tokens(req)
         for ids in prompts:
             self.check_prompt(ids, max_tokens)
-        params = self.sampling_params(req, max_tokens, req.logprobs)
+        try:
+            structured = req.structured()
+        except ValueError as e:
+            raise field_error(e) from None
+        params = self.sampling_params(req, max_tokens, req.logprobs, structured)
         rid = random_id("cmpl")
         handles = self.admit(rid, prompts, params, req, request_tenant(raw))
         close = lambda: [h.close() for h in handles]  # noqa: E731

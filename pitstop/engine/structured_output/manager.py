@@ -1,0 +1,169 @@
+"""The structured-output manager: grammars of the engine's requests, from ``add_request`` to the step's bitmask.
+
+Life of a constrained request (engine thread unless said):
+
+1. ``add_request`` -> ``key_for(params)``: the spec is canonicalised and validated by the backend (a bad schema,
+   regex or grammar raises ``ValueError`` naming the field and feature: the server answers 400; nothing queued).
+2. ``attach(request, key)`` per sequence: the compile is submitted to the thread pool (or shared from the cache);
+   the request waits in the scheduler's queue (``RequestGrammar.ready``) while other requests run.
+3. ``poll_failures`` (each step): a compile error, or no grammar by the deadline (``grammar_compile_timeout_s``),
+   fails that request alone.
+4. ``fill_bitmask(so)`` (each step, only while some request is constrained): one ``[rows, ceil(V/32)]`` int32
+   bitmask for the scheduled sequences that sample a token and have a grammar, shipped in
+   ``SchedulerOutput.structured``; prefill chunks that sample nothing get no row.
+5. ``accept(touched)`` after the step: each matcher advances by its sequence's new token.
+6. The scheduler frees the state when the request ends (finished, aborted, failed): ``RequestGrammar.free``.
+
+Known limits: ``min_tokens`` still masks EOS once the grammar is complete (only EOS allowed), leaving no token
+allowed; greedy then picks token 0. The matcher is not consulted for ``stop_token_ids``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, wait
+from typing import Any
+
+from pitstop.engine.structured_output.backend import GrammarBackend, GrammarKey, grammar_key
+from pitstop.engine.structured_output.compile_cache import CompileCache
+from pitstop.engine.structured_output.request_grammar import RequestGrammar
+from pitstop.request import Request
+from pitstop.sampling_params import SamplingParams
+from pitstop.scheduler_output import SchedulerOutput, StructuredBatch
+
+
+class StructuredOutputManager:
+    """Grammars of one engine's requests.
+
+    Args:
+        backend_factory: builds the grammar backend on first use (so an engine that never sees a constrained
+            request never builds it).
+        compile_timeout_s: seconds a request may wait for its grammar (from ``attach``) before it fails.
+        compile_threads: worker threads compiling grammars.
+        clock: seconds, monotonic (the deadline's clock; wall time: compiles take real time).
+    """
+
+    def __init__(self, backend_factory: Callable[[], GrammarBackend], compile_timeout_s: float = 10.0,
+                 compile_threads: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
+        self._backend_factory = backend_factory
+        self._backend: GrammarBackend | None = None
+        self.compile_timeout_s = compile_timeout_s
+        self.clock = clock
+        self.cache = CompileCache(lambda key: self.backend.compile(key), compile_threads)
+        self.live: dict[str, RequestGrammar] = {}
+        self._pending: dict[str, RequestGrammar] = {}
+        self.mask_time_s = 0.0  # seconds spent filling bitmasks (engine thread), all steps
+        self.num_masked_rows = 0
+
+    @property
+    def backend(self) -> GrammarBackend:
+        if self._backend is None:
+            self._backend = self._backend_factory()
+        return self._backend
+
+    @property
+    def num_live(self) -> int:
+        """Sequences holding a grammar state (waiting for it or matching)."""
+        return len(self.live)
+
+    @property
+    def num_matchers(self) -> int:
+        """Sequences holding a matcher."""
+        return sum(1 for g in self.live.values() if g.matcher is not None)
+
+    # ---- add ------------------------------------------------------------------------------------------------------
+    def key_for(self, params: SamplingParams) -> GrammarKey:
+        """The grammar key of ``params.structured_outputs``, validated (skipped for a grammar already compiled).
+
+        Raises:
+            ValueError: invalid JSON, an invalid JSON Schema, or a schema / regex / grammar the backend rejects or
+                does not support (the message names the field and the feature).
+        """
+        assert params.structured_outputs is not None
+        key = grammar_key(params.structured_outputs)
+        if not self.cache.compiled(key):
+            self.backend.validate(key)
+        return key
+
+    def attach(self, request: Request, key: GrammarKey) -> None:
+        """Give ``request`` its grammar state (compile submitted or shared); it waits in the queue until ready."""
+        g = RequestGrammar(self, request.request_id, request.parent_id or request.request_id, self.cache.get(key),
+                           self.clock() + self.compile_timeout_s)
+        request.grammar = g
+        self.live[g.request_id] = g
+        self._pending[g.request_id] = g
+
+    def release(self, g: RequestGrammar) -> None:
+        self.live.pop(g.request_id, None)
+        self._pending.pop(g.request_id, None)
+
+    # ---- each step ------------------------------------------------------------------------------------------------
+    def poll_failures(self) -> list[tuple[str, str]]:
+        """``(parent id, error)`` of the requests whose grammar failed to compile or is past its deadline, one per
+        parent; requests whose grammar is ready stop being polled."""
+        if not self._pending:
+            return []
+        now = self.clock()
+        failed: dict[str, str] = {}
+        for rid, g in list(self._pending.items()):
+            if g.ready():
+                del self._pending[rid]
+            elif g.error is not None:
+                failed.setdefault(g.parent_id, g.error)
+            elif now >= g.deadline:
+                failed.setdefault(g.parent_id, f"structured_outputs: the grammar did not compile within "
+                                               f"{self.compile_timeout_s:g} s (grammar_compile_timeout_s)")
+        return list(failed.items())
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def wait_pending(self, timeout_s: float) -> None:
+        """Block up to ``timeout_s`` seconds for a pending compile to finish (the engine has nothing else to run)."""
+        futures = {g.future for g in self._pending.values()}
+        if futures:
+            wait(futures, timeout=timeout_s, return_when=FIRST_COMPLETED)
+
+    def fill_bitmask(self, so: SchedulerOutput) -> None:
+        """Set ``so.structured``: one bitmask row per scheduled sequence that samples and has a grammar (None
+        when there is none)."""
+        matchers: list[Any] = []
+        rows: dict[str, int] = {}
+        for s in so.scheduled:
+            if not s.sample:
+                continue
+            req = s.request
+            g = req.grammar
+            if g is None or g.matcher is None:
+                continue
+            g.sync(req.output_token_ids)
+            rows[req.request_id] = len(matchers)
+            matchers.append(g.matcher)
+        if not matchers:
+            return
+        t0 = time.perf_counter()
+        backend = self.backend
+        bitmask = backend.allocate_bitmask(len(matchers))
+        backend.fill_bitmask(matchers, bitmask)
+        self.mask_time_s += time.perf_counter() - t0
+        self.num_masked_rows += len(matchers)
+        so.structured = StructuredBatch(bitmask=bitmask, rows=rows)
+
+    def accept(self, touched: list[Request]) -> list[tuple[str, str]]:
+        """Advance each live sequence's matcher by its new token; ``(parent id, error)`` for those the grammar
+        rejected (they must be failed)."""
+        failed = []
+        for req in touched:
+            g = req.grammar
+            if g is None or g.matcher is None:
+                continue
+            if g.num_accepted < len(req.output_token_ids) - 1:
+                g.sync(req.output_token_ids[:-1])
+            if not g.accept(req.output_token_ids[-1]):
+                failed.append((g.parent_id, g.error or "structured_outputs: grammar error"))
+        return failed
+
+    def shutdown(self) -> None:
+        self.cache.shutdown()

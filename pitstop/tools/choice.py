@@ -1,0 +1,132 @@
+"""``tools`` and ``tool_choice`` of a chat request: validated, and turned into a decoding constraint and an
+extractor.
+
+- ``none``: tools are not offered, text is content.
+- ``auto``: free decoding; the parser extracts calls from the text.
+- ``required``: decoding is constrained (``StructuredOutputsParams.json``) to a JSON array of
+  ``{"name", "arguments"}`` objects, ``anyOf`` over the tools with each ``arguments`` the tool's parameters
+  schema; exactly one element when ``parallel_tool_calls`` is false. (vLLM's approach.)
+- a named function: constrained to that tool's parameters schema; the whole output is its arguments.
+
+Both constraints forbid free whitespace between JSON tokens (``disable_any_whitespace``): arguments are re-serialized
+anyway, and a small model cannot then spend its tokens on blank lines inside a call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pitstop.sampling_params import StructuredOutputsParams
+from pitstop.tools.base import Extractor, ToolParser
+from pitstop.tools.constrained import JsonCallsExtractor, NamedExtractor
+
+EMPTY_PARAMETERS: dict = {"type": "object", "properties": {}}
+
+
+def check_json_schema(schema: Any, where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` unless ``schema`` is a valid JSON Schema (Draft 2020-12 meta-schema,
+    checked with the ``jsonschema`` library)."""
+    import jsonschema
+
+    if not isinstance(schema, (dict, bool)):
+        raise ValueError(f"{where}: a JSON Schema must be an object, got {type(schema).__name__}")
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        path = "/".join(str(p) for p in e.absolute_path)
+        raise ValueError(f"{where}: invalid JSON Schema{' at ' + path if path else ''}: {e.message}") from None
+
+
+def normalize_tools(tools: list[dict] | None) -> list[dict]:
+    """OpenAI tool definitions ``{"type": "function", "function": {"name", "description", "parameters"}}``,
+    each checked: a non-empty unique name, a valid parameters schema (missing: no parameters).
+
+    Raises:
+        ValueError: the message starts with the offending field (``tools.2.function.name: ...``).
+    """
+    out, seen = [], set()
+    for i, tool in enumerate(tools or []):
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            raise ValueError(f"tools.{i}.type: only function tools are supported")
+        fn = tool.get("function")
+        if not isinstance(fn, dict):
+            raise ValueError(f"tools.{i}.function: required (an object with name, description, parameters)")
+        name = fn.get("name")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"tools.{i}.function.name: every tool needs a non-empty name")
+        if name in seen:
+            raise ValueError(f"tools.{i}.function.name: duplicate tool name {name!r}")
+        seen.add(name)
+        params = fn.get("parameters")
+        params = EMPTY_PARAMETERS if params is None else params
+        check_json_schema(params, f"tools.{i}.function.parameters")
+        out.append({"type": "function", "function": {**fn, "parameters": params}})
+    return out
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """``mode``: ``none``, ``auto``, ``required`` or ``named`` (then ``name`` is the tool)."""
+
+    mode: str
+    name: str | None = None
+
+
+def parse_tool_choice(choice: Any, tools: list[dict]) -> ToolChoice:
+    """``tool_choice`` as OpenAI sends it (a string or ``{"type": "function", "function": {"name"}}``);
+    default ``auto`` with tools, ``none`` without.
+
+    Raises:
+        ValueError: starting with ``tool_choice``: an unknown mode, a named tool that is not in ``tools``,
+            or ``required`` / a named tool without tools.
+    """
+    names = [t["function"]["name"] for t in tools]
+    if choice is None:
+        return ToolChoice("auto" if tools else "none")
+    if isinstance(choice, str):
+        if choice not in ("none", "auto", "required"):
+            raise ValueError(f"tool_choice: must be 'none', 'auto', 'required' or a named function, got {choice!r}")
+        if choice == "required" and not tools:
+            raise ValueError("tool_choice: 'required' needs at least one tool in tools")
+        return ToolChoice(choice if tools else "none")
+    fn = choice.get("function") if isinstance(choice, dict) else None
+    name = fn.get("name") if isinstance(fn, dict) else None
+    if not isinstance(name, str):
+        raise ValueError("tool_choice: a named choice is {\"type\": \"function\", \"function\": {\"name\": ...}}")
+    if name not in names:
+        raise ValueError(f"tool_choice: names the tool {name!r}, which is not in tools ({names})")
+    return ToolChoice("named", name)
+
+
+def required_schema(tools: list[dict], parallel: bool) -> dict:
+    """JSON Schema of ``tool_choice="required"``: an array of calls, one ``anyOf`` branch per tool."""
+    items = {"anyOf": [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+                        "properties": {"name": {"type": "string", "enum": [t["function"]["name"]]},
+                                       "arguments": t["function"]["parameters"]}} for t in tools]}
+    schema: dict = {"type": "array", "minItems": 1, "items": items}
+    if not parallel:
+        schema["maxItems"] = 1
+    return schema
+
+
+def constraint(tools: list[dict], choice: ToolChoice, parallel: bool) -> StructuredOutputsParams | None:
+    """The decoding constraint of ``choice`` (None for ``none`` and ``auto``)."""
+    if choice.mode == "required":
+        return StructuredOutputsParams(json=required_schema(tools, parallel), disable_any_whitespace=True)
+    if choice.mode == "named":
+        tool = next(t for t in tools if t["function"]["name"] == choice.name)
+        return StructuredOutputsParams(json=tool["function"]["parameters"], disable_any_whitespace=True)
+    return None
+
+
+def extractor_for(choice: ToolChoice, parser: ToolParser | None, tools: list[dict]) -> Extractor | None:
+    """The extractor of one completion under ``choice`` (None: no tools, all text is content)."""
+    names = {t["function"]["name"] for t in tools}
+    if choice.mode == "required":
+        return JsonCallsExtractor(names)
+    if choice.mode == "named":
+        return NamedExtractor(choice.name or "")
+    if choice.mode == "auto" and parser is not None:
+        return parser.extractor(names)
+    return None
