@@ -119,3 +119,12 @@ def test_matcher_rollback_reflects_exactly_the_kept_tokens(smollm2_dir):
     assert not g.accept(beta[0]) and "rejected token" in g.error
     g.free()
     assert released == [g] and g.matcher is None
+
+
+def test_completed_grammar_wins_over_min_tokens():
+    logits = torch.randn(2, 64)
+    rows = [SamplingRow(SamplingParams(temperature=0, min_tokens=5), output_token_ids=[7], eos_token_ids={2}),
+            SamplingRow(SamplingParams(temperature=1.0, seed=3, min_tokens=5), output_token_ids=[7],
+                        eos_token_ids={2})]
+    out = Sampler()(logits, rows, (_bitmask([[2], [2, 9]], 64), None))
+    assert out.token_ids.tolist() == [2, 9]  # row 0: only EOS left -> EOS; row 1: min_tokens still bars EOS

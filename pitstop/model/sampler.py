@@ -323,7 +323,13 @@ class Sampler:
         if any(_any_penalty(r) for r in rows):
             logits = apply_penalties(logits.clone(), rows)
         if any(_min_tokens_active(r) for r in rows):
-            logits = apply_min_tokens(logits if logits is not raw else logits.clone(), rows)
+            before = logits
+            fresh = logits is not raw and token_bitmask is None  # else keep ``before`` (raw / grammar-masked)
+            logits = apply_min_tokens(logits if fresh else logits.clone(), rows)
+            if token_bitmask is not None:  # a completed grammar allows only EOS: it wins over min_tokens
+                empty = torch.isinf(logits).all(dim=-1)
+                if bool(empty.any()):
+                    logits[empty] = before[empty]
         token_ids = self._pick(logits, rows)
         return _with_logprobs(token_ids, raw, rows)
 

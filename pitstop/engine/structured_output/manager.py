@@ -14,8 +14,8 @@ Life of a constrained request (engine thread unless said):
 5. ``accept(touched)`` after the step: each matcher advances by its sequence's new token.
 6. The scheduler frees the state when the request ends (finished, aborted, failed): ``RequestGrammar.free``.
 
-Known limits: ``min_tokens`` still masks EOS once the grammar is complete (only EOS allowed), leaving no token
-allowed; greedy then picks token 0. The matcher is not consulted for ``stop_token_ids``.
+Where ``min_tokens`` would forbid EOS although the grammar is complete (only EOS allowed), the grammar wins (the
+sampler keeps such a row's grammar mask). ``stop_token_ids`` are not added to the grammar's allowed tokens.
 """
 
 from __future__ import annotations
