@@ -28,8 +28,8 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from server_helpers import free_port  # noqa: E402  (the tests' port helper)
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from serve_process import start_serve  # noqa: E402
 
 KEY = "soak-key"
 WORDS = "agent tool call cache block program turn token prefill decode pin schedule queue".split()
@@ -50,21 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = ["taskset", "-c", "0", sys.executable, "-m", "pitstop.cli.main", "serve", "--port", str(port),
-           "--api-key", KEY, "--debug-endpoints", "--num-threads", "1", "--max-model-len", "2048",
-           "--kv-cache-memory", "256MiB", "--max-num-seqs", "16", "--max-queue", "64", "--ttl-policy", "continuum",
-           "--scheduling-policy", "program-fcfs", "--program-idle-timeout", str(args.idle_timeout)]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+    flags = ["--api-key", KEY, "--debug-endpoints", "--num-threads", "1", "--max-model-len", "2048",
+             "--kv-cache-memory", "256MiB", "--max-num-seqs", "16", "--max-queue", "64", "--ttl-policy", "continuum",
+             "--scheduling-policy", "program-fcfs", "--program-idle-timeout", str(args.idle_timeout)]
+    return start_serve(flags, log, prefix=("taskset", "-c", "0"))
 
 
 class Soak:

@@ -34,6 +34,9 @@ from pathlib import Path
 import httpx
 import jsonschema
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_process import start_serve  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("simple_python", "multiple", "parallel", "parallel_multiple", "live_simple", "live_multiple")
 TYPE_MAP = {"integer": "integer", "number": "number", "float": "number", "string": "string", "boolean": "boolean",
@@ -92,22 +95,8 @@ def load_cases(limit: int) -> list[dict]:
 
 
 def start_server(log: Path) -> tuple[subprocess.Popen, str]:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "pitstop.cli.main", "serve", "--port", str(port), "--api-key", KEY,
-           "--max-model-len", "4096", "--kv-cache-memory", "512MiB", "--max-num-seqs", "16", "--max-queue", "512"]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(1500):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+    return start_serve(["--api-key", KEY, "--max-model-len", "4096", "--kv-cache-memory", "512MiB",
+                        "--max-num-seqs", "16", "--max-queue", "512"], log)
 
 
 def judge(case: dict, status: int, body: dict) -> tuple[str, str]:
