@@ -114,6 +114,8 @@ class RequestOutput:
         metrics: timings and cache counters of the first completion's request.
         num_cached_tokens: prompt tokens served from the prefix cache.
         error: why the request was ended by the engine (e.g. its detokenization failed), else None.
+        error_type: whose fault ``error`` is, in OpenAI's error types: ``invalid_request_error`` (the request's own
+            input, e.g. its grammar did not compile or not in time) or ``server_error``; None without an error.
     """
 
     request_id: str
@@ -126,3 +128,4 @@ class RequestOutput:
     program_id: str | None = None
     extra: dict = field(default_factory=dict)
     error: str | None = None
+    error_type: str | None = None

@@ -26,3 +26,14 @@ def test_each_limit_names_its_field(limits, req, logprobs, max_tokens, param):
         limits.check(req, logprobs, max_tokens)
     assert e.value.status == 400 and e.value.param == param and "<=" in e.value.message
     RequestLimits().check(req, logprobs, max_tokens)  # the same request is fine under the defaults
+
+
+def test_a_grammar_the_engine_could_not_compile_is_a_400_naming_structured_outputs():
+    """The engine ends a request whose grammar failed to compile, or not in time, with ``error_type``
+    ``invalid_request_error``; the async engine raises it as a ``ValueError``, which becomes this 400."""
+    from pitstop.server.errors import from_value_error
+
+    err = from_value_error(ValueError("structured_outputs: the grammar did not compile within 10 s "
+                                      "(grammar_compile_timeout_s)"))
+    assert (err.status, err.param, err.code) == (400, "structured_outputs", "invalid_grammar")
+    assert from_value_error(ValueError("something else")).code is None

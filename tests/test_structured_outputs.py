@@ -222,7 +222,8 @@ def test_compile_past_the_limit_fails_only_that_request(llm):
         hold.gate.set()
     assert outs[0].finished and outs[0].outputs[0].token_ids == []
     assert re.search(r"did not compile within 0\.05 s \(grammar_compile_timeout_s\)", outs[0].error)
-    assert outs[1].error is None and len(outs[1].outputs[0].token_ids) == 4
+    assert outs[0].error_type == "invalid_request_error"  # the request's own grammar: the server answers 400
+    assert outs[1].error is None and outs[1].error_type is None and len(outs[1].outputs[0].token_ids) == 4
     assert mgr.num_live == 0
 
 

@@ -262,7 +262,7 @@ class LLMEngine:
         grammars are left to wait for, it blocks for them a few ms rather than return at once (no spinning)."""
         mgr = self.structured_outputs
         if mgr is not None and mgr.has_pending:
-            self._aborted += self._fail_requests(mgr.poll_failures())
+            self._aborted += self._fail_requests(mgr.poll_failures(), "invalid_request_error")
         so = self.scheduler.schedule(self.clock() if now is None else now)
         if mgr is not None and mgr.live:
             if so.scheduled:
@@ -290,11 +290,12 @@ class LLMEngine:
             touched = [r for r in touched if r.is_finished]
         return failed + (self.output_processor.process(touched) if touched else [])
 
-    def _fail_requests(self, failures: list[tuple[str, str]]) -> list[RequestOutput]:
-        """End each ``(user request id, error)`` alone; their final outputs carry the error."""
+    def _fail_requests(self, failures: list[tuple[str, str]], error_type: str = "server_error") -> list[RequestOutput]:
+        """End each ``(user request id, error)`` alone; their final outputs carry the error and ``error_type``
+        (``invalid_request_error``: the request's grammar failed to compile or not in time; ``server_error``)."""
         outs = []
         for rid, error in failures:
-            out = self.output_processor.fail_request(rid, error)
+            out = self.output_processor.fail_request(rid, error, error_type)
             if out is not None:
                 outs.append(out)
         return outs

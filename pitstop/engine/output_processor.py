@@ -29,6 +29,7 @@ class _Parent:
     detoks: list[IncrementalDetokenizer | None]
     program_id: str | None = None
     error: str | None = None
+    error_type: str | None = None
 
 
 class OutputProcessor:
@@ -129,19 +130,19 @@ class OutputProcessor:
             detok.finish()
             self._infer_tool(req, detok.output_text)
 
-    def fail_request(self, request_id: str, error: str) -> RequestOutput | None:
+    def fail_request(self, request_id: str, error: str, error_type: str = "server_error") -> RequestOutput | None:
         """End a user request on an error of its own (e.g. its grammar did not compile): its children are aborted
         (KV and grammar state freed) and its final output, carrying ``error``, is returned; the request is
         forgotten. None if it is unknown (already ended)."""
         parent = self._parents.get(request_id)
         if parent is None:
             return None
-        self._fail(parent, error)
+        self._fail(parent, error, error_type)
         return self.final_output(request_id)
 
-    def _fail(self, parent: _Parent, error: str) -> None:
-        """End every child of ``parent`` (aborted, KV freed); its output carries ``error``."""
-        parent.error = error
+    def _fail(self, parent: _Parent, error: str, error_type: str = "server_error") -> None:
+        """End every child of ``parent`` (aborted, KV freed); its output carries ``error`` and ``error_type``."""
+        parent.error, parent.error_type = error, error_type
         live = [c.request_id for c in parent.children if not c.is_finished]
         self.scheduler.finish_requests(live, RequestStatus.FINISHED_ABORTED, self.clock())
 
@@ -163,7 +164,7 @@ class OutputProcessor:
                              prompt_token_ids=parent.prompt_token_ids, outputs=completions,
                              finished=all(c.is_finished for c in parent.children), metrics=first.metrics,
                              num_cached_tokens=first.metrics.num_cached_tokens, program_id=parent.program_id,
-                             error=parent.error)
+                             error=parent.error, error_type=parent.error_type)
 
     def _drop(self, parent: _Parent) -> None:
         self._parents.pop(parent.request_id, None)

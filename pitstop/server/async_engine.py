@@ -266,7 +266,8 @@ class AsyncEngine:
             return  # aborted earlier
         if out.error is not None:  # the engine ended this request alone (e.g. its detokenization failed)
             self._tracked.pop(out.request_id, None)
-            self._push(tracked, StreamUpdate([], error=RuntimeError(out.error)))
+            own = out.error_type == "invalid_request_error"  # its own input (a grammar that did not compile): a 400
+            self._push(tracked, StreamUpdate([], error=(ValueError if own else RuntimeError)(out.error)))
             return
         deltas = []
         for i, comp in enumerate(out.outputs):

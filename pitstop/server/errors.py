@@ -65,6 +65,8 @@ def from_value_error(err: ValueError) -> APIError:
         return bad_request(msg, param=m.group(1))
     if "max_model_len" in msg:
         return bad_request(msg, param="prompt", code="context_length_exceeded")
+    if msg.startswith("structured_outputs:"):  # the engine could not compile the request's grammar (in time)
+        return bad_request(msg, param="structured_outputs", code="invalid_grammar")
     return bad_request(msg)
 
 
