@@ -31,6 +31,7 @@ TIME = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"tz": {"type": "string", "maxLength": 10}},
                    "required": ["tz"], "additionalProperties": False}}}
 TOOLS = [WEATHER, TIME]
+STRICT_TOOLS = [{**WEATHER, "function": {**WEATHER["function"], "strict": True}}, TIME]  # auto: calls constrained
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 NAMED = {"type": "function", "function": {"name": "get_time"}}
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
@@ -39,6 +40,7 @@ SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength
 MODES = {  # every mode: request fields (besides messages)
     "none": {"tools": TOOLS, "tool_choice": "none"},
     "auto": {"tools": TOOLS, "tool_choice": "auto"},
+    "auto_strict": {"tools": STRICT_TOOLS, "tool_choice": "auto"},
     "required": {"tools": TOOLS, "tool_choice": "required"},
     "required_single": {"tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False},
     "named": {"tools": TOOLS, "tool_choice": NAMED},
@@ -46,7 +48,7 @@ MODES = {  # every mode: request fields (besides messages)
     "json_schema": {"response_format": {"type": "json_schema",
                                         "json_schema": {"name": "person", "schema": SCHEMA, "strict": True}}},
 }
-CONSTRAINED = {"required", "required_single", "named", "json_object", "json_schema"}
+CONSTRAINED = {"auto_strict", "required", "required_single", "named", "json_object", "json_schema"}
 ASK_JSON = [{"role": "user", "content": "Give a JSON object with the key city set to Paris."}]
 
 
@@ -83,6 +85,10 @@ def check_message(mode: str, msg, finish: str) -> None:
         jsonschema.validate(json.loads(msg.content), SCHEMA)
     elif mode == "none":
         assert not msg.tool_calls and finish in ("stop", "length")
+    elif mode == "auto_strict":  # a strict tool's call always validates; a call is the model's choice
+        for tc in msg.tool_calls or []:
+            if tc.function.name == "get_weather":
+                jsonschema.validate(json.loads(tc.function.arguments), WEATHER["function"]["parameters"])
     if msg.tool_calls:
         assert finish == "tool_calls"
 

@@ -123,11 +123,11 @@ class LLM:
                                        **(chat_template_kwargs or {}))
             prompts.append(list(tok(text, add_special_tokens=False).input_ids))
         params = self._params_list(sampling_params, len(prompts))
-        so = constraint(tool_defs, choice, parallel_tool_calls)
+        so = constraint(tool_defs, choice, parallel_tool_calls, parser)
         if so is not None:
             if any(p.structured_outputs is not None for p in params):
-                raise ValueError("tool_choice: 'required' or a named tool cannot be combined with "
-                                 "SamplingParams.structured_outputs")
+                raise ValueError("tool_choice: 'required', a named tool or strict tools under 'auto' cannot be "
+                                 "combined with SamplingParams.structured_outputs")
             params = [replace(p, structured_outputs=so) for p in params]
         outs = self.generate(prompts, params, use_tqdm=use_tqdm, **request_kwargs)
         if offered:

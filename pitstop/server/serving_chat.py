@@ -72,12 +72,12 @@ class ServingChat(ServingBase):
             tools = normalize_tools(req.tools)
             choice = parse_tool_choice(req.tool_choice, tools)
             structured = req.structured()
+            tool_constraint = constraint(tools, choice, req.parallel_tool_calls, self.parser)
         except ValueError as e:
             raise field_error(e) from None
-        tool_constraint = constraint(tools, choice, req.parallel_tool_calls)
         if tool_constraint is not None and structured is not None:
-            raise bad_request("tool_choice 'required' or a named tool cannot be combined with response_format "
-                              "or structured outputs", param="tool_choice")
+            raise bad_request("tool_choice 'required', a named tool or strict tools under 'auto' cannot be combined "
+                              "with response_format or structured outputs", param="tool_choice")
         return ToolSetup(tools, choice, tool_constraint or structured)
 
     def prompt_ids(self, req: ChatCompletionRequest, setup: ToolSetup | None = None) -> list[int]:

@@ -250,6 +250,12 @@ class ToolParser(ABC):
     def render_calls(self, calls: list[ParsedCall]) -> str:
         """An earlier assistant turn's calls, as this format writes them (for templates without tools)."""
 
+    def auto_grammar(self, call_schema: dict, parallel: bool) -> str | None:
+        """A Lark grammar (llguidance's dialect) of a reply under ``tool_choice="auto"``: free text with calls in
+        this format, each call's JSON constrained by ``call_schema`` (at most one call unless ``parallel``).
+        None: this format has no such grammar (then ``strict`` tools cannot be enforced under ``auto``)."""
+        return None
+
     def render_result(self, content: str, name: str | None) -> dict:
         """A ``role: tool`` message for a template without tools: a user turn wrapping the result."""
         label = f' name="{name}"' if name else ""

@@ -2,7 +2,9 @@
 extractor.
 
 - ``none``: tools are not offered, text is content.
-- ``auto``: free decoding; the parser extracts calls from the text.
+- ``auto``: free decoding; the parser extracts calls from the text. With a ``strict`` tool, the parser's
+  ``auto_grammar`` (hermes) keeps the text free and constrains each call's JSON (``strict`` tools' arguments to
+  their parameters schema); a parser without one is a 400 rather than an unenforced ``strict``.
 - ``required``: decoding is constrained (``StructuredOutputsParams.json``) to a JSON array of
   ``{"name", "arguments"}`` objects, ``anyOf`` over the tools with each ``arguments`` the tool's parameters
   schema; exactly one element when ``parallel_tool_calls`` is false. (vLLM's approach.)
@@ -110,8 +112,30 @@ def required_schema(tools: list[dict], parallel: bool) -> dict:
     return schema
 
 
-def constraint(tools: list[dict], choice: ToolChoice, parallel: bool) -> StructuredOutputsParams | None:
-    """The decoding constraint of ``choice`` (None for ``none`` and ``auto``)."""
+def auto_call_schema(tools: list[dict]) -> dict:
+    """JSON Schema of one call under ``auto`` with ``strict`` tools: ``anyOf`` per tool, ``arguments`` the tool's
+    parameters when the tool is ``strict``, any object otherwise."""
+    return {"anyOf": [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+                       "properties": {"name": {"type": "string", "enum": [t["function"]["name"]]},
+                                      "arguments": t["function"]["parameters"] if t["function"].get("strict")
+                                      else {"type": "object"}}} for t in tools]}
+
+
+def constraint(tools: list[dict], choice: ToolChoice, parallel: bool,
+               parser: ToolParser | None = None) -> StructuredOutputsParams | None:
+    """The decoding constraint of ``choice``: None for ``none``, and for ``auto`` unless a tool is ``strict``
+    (then the parser's :meth:`~pitstop.tools.base.ToolParser.auto_grammar`: free text, calls constrained).
+
+    Raises:
+        ValueError: (``tools: ...``) a ``strict`` tool under ``auto`` with a parser that has no such grammar.
+    """
+    if choice.mode == "auto" and any(t["function"].get("strict") for t in tools):
+        grammar = parser.auto_grammar(auto_call_schema(tools), parallel) if parser is not None else None
+        if grammar is None:
+            raise ValueError(f"tools: strict tools under tool_choice 'auto' are enforced only with the hermes "
+                             f"tool-call parser (this one: {parser.name if parser else None}); use "
+                             f"tool_choice 'required' or drop strict")
+        return StructuredOutputsParams(grammar=grammar)
     if choice.mode == "required":
         return StructuredOutputsParams(json=required_schema(tools, parallel), disable_any_whitespace=True)
     if choice.mode == "named":

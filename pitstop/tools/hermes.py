@@ -36,6 +36,20 @@ class HermesParser(ToolParser):
                 "<tool_call> and </tool_call>:\n<tool_call>\n{\"name\": <function name>, \"arguments\": "
                 "<arguments as a JSON object>}\n</tool_call>")
 
+    def auto_grammar(self, call_schema: dict, parallel: bool) -> str | None:
+        """Calls ``<tool_call>{json}</tool_call>`` whose JSON follows ``call_schema``, each after free text, then
+        free text that never contains ``<tool_call>``. The text before a call and its ``<tool_call>`` are one
+        lexeme that ends at the first ``<tool_call>`` (regex intersection with a complement, llguidance's
+        extension), so the lexer's longest match never runs past a call's start."""
+        repeat = "*" if parallel else "?"
+        end = END.replace("/", "\\/")
+        return "\n".join([f"start: (CALL_START WS? call WS? CALL_END){repeat} TEXT",
+                          f"CALL_START: /(?s:.*){START}/ & ~/(?s:.*{START}.+)/",
+                          f"TEXT: /(?s:.*)/ & ~/(?s:.*{START}.*)/",
+                          "WS: /[ \\t\\n]+/",
+                          f"CALL_END: /{end}/",
+                          f"call: %json {json.dumps(call_schema)}", ""])
+
     def render_calls(self, calls: list[ParsedCall]) -> str:
         return "\n".join(f'{START}\n{{"name": {json.dumps(c.name)}, "arguments": {c.arguments}}}\n{END}'
                          for c in calls)
