@@ -15,6 +15,7 @@ import asyncio
 import json
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for rate in args.rates:
-        rows.append(measure(rate, args.minutes, Path("/tmp"), args.ttft_slo))
+        rows.append(measure(rate, args.minutes, Path(tempfile.gettempdir()), args.ttft_slo))
         print(json.dumps(rows[-1]), flush=True)
         if not rows[-1]["sustained"]:
             break

@@ -19,20 +19,30 @@ _M_MMAP_THRESHOLD = -3
 _DONE = False  # process-wide: mallopt settings are process-wide too
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc on Linux (the one with ``mallopt``/``malloc_trim``), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
 def tune_malloc(threshold_bytes: int = 1 << 30) -> bool:
     """Raise glibc's mmap and trim thresholds once per process. Returns True if applied.
 
     A no-op (False) off Linux or without glibc; never raises.
     """
     global _DONE
-    if _DONE or not sys.platform.startswith("linux"):
+    if _DONE:
         return _DONE
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, threshold_bytes) == 1
-        ok = libc.mallopt(_M_TRIM_THRESHOLD, threshold_bytes) == 1 and ok
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None:
         return False
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, threshold_bytes) == 1
+    ok = libc.mallopt(_M_TRIM_THRESHOLD, threshold_bytes) == 1 and ok
     _DONE = ok
     return ok
 
@@ -43,10 +53,5 @@ def trim_malloc() -> bool:
     A no-op (False) off Linux or without glibc; never raises. Used by the debug memory report to tell memory the
     allocator holds from memory that is still referenced.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False

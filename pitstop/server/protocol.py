@@ -146,8 +146,7 @@ class _SamplingRequest(_Base):
     def sampling_params(self, max_tokens: int | None, logprobs: int | None,
                         structured: StructuredOutputsParams | None = None) -> SamplingParams:
         """The engine's ``SamplingParams`` (raises ValueError naming the field on a bad value)."""
-        return SamplingParams(structured_outputs=structured,
-                              
+        return SamplingParams(
             n=self.n, temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0,
             min_p=self.min_p or 0.0, presence_penalty=self.presence_penalty,
@@ -156,7 +155,7 @@ class _SamplingRequest(_Base):
             seed=self.seed, max_tokens=max_tokens, min_tokens=self.min_tokens, stop=self.stop,
             stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos, logprobs=logprobs,
             skip_special_tokens=self.skip_special_tokens,
-            include_stop_str_in_output=self.include_stop_str_in_output)
+            include_stop_str_in_output=self.include_stop_str_in_output, structured_outputs=structured)
 
 
 TokenId = Annotated[int, Field(ge=0)]

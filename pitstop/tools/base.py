@@ -265,3 +265,9 @@ class ToolParser(ABC):
 def tool_list_json(tools: list[dict]) -> str:
     """One JSON line per tool (OpenAI's ``{"type": "function", "function": {...}}``)."""
     return "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+
+
+def functions_prompt(tools: list[dict], how_to_call: str) -> str:
+    """A plain tool prompt: the tools, one JSON line each, then ``how_to_call``, else plain text."""
+    return ("You have access to the following functions, one JSON object per line:\n" + tool_list_json(tools) +
+            "\n\n" + how_to_call + " Otherwise answer in plain text.")

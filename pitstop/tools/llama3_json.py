@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from pitstop.tools.base import Extractor, ParsedCall, ToolParser, WholeExtractor, call_from_object, tool_list_json
+from pitstop.tools.base import Extractor, ParsedCall, ToolParser, WholeExtractor, call_from_object, functions_prompt
 
 PYTHON_TAG = "<|python_tag|>"
 
@@ -40,10 +40,9 @@ class Llama3JsonParser(ToolParser):
         return WholeExtractor(("{", PYTHON_TAG), lambda text: _parse(text, tool_names))
 
     def system_prompt(self, tools: list[dict]) -> str:
-        return ("You have access to the following functions, one JSON object per line:\n" + tool_list_json(tools) +
-                "\n\nTo call a function, reply with only a JSON object of the form "
-                "{\"name\": <function name>, \"parameters\": <arguments as a JSON object>} and nothing else. "
-                "Otherwise answer in plain text.")
+        return functions_prompt(tools, "To call a function, reply with only a JSON object of the form "
+                                "{\"name\": <function name>, \"parameters\": <arguments as a JSON object>} and "
+                                "nothing else.")
 
     def render_calls(self, calls: list[ParsedCall]) -> str:
         return "; ".join(f'{{"name": {json.dumps(c.name)}, "parameters": {c.arguments}}}' for c in calls)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 
-from pitstop.tools.base import Extractor, ParsedCall, ToolParser, WholeExtractor, dump_arguments, tool_list_json
+from pitstop.tools.base import Extractor, ParsedCall, ToolParser, WholeExtractor, dump_arguments, functions_prompt
 
 
 def _name(node: ast.expr) -> str | None:
@@ -56,10 +56,9 @@ class PythonicParser(ToolParser):
         return WholeExtractor(("[",), lambda text: _parse(text, tool_names))
 
     def system_prompt(self, tools: list[dict]) -> str:
-        return ("You have access to the following functions, one JSON object per line:\n" + tool_list_json(tools) +
-                "\n\nTo call functions, reply with only a Python list of calls with keyword arguments, e.g. "
-                "[func_name1(param1=value1), func_name2(param2=value2)], and nothing else. "
-                "Otherwise answer in plain text.")
+        return functions_prompt(tools, "To call functions, reply with only a Python list of calls with keyword "
+                                "arguments, e.g. [func_name1(param1=value1), func_name2(param2=value2)], and "
+                                "nothing else.")
 
     def render_calls(self, calls: list[ParsedCall]) -> str:
         import json
