@@ -26,9 +26,11 @@ def _bitmask(allowed: list[list[int]], vocab: int) -> torch.Tensor:
     return torch.from_numpy(bm.view(np.int32))
 
 
-def test_bitmask_masks_only_the_named_rows_in_place():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_bitmask_masks_only_the_named_rows_in_place(dtype):
+    """Every logits dtype the runner uses (fp32 on CPUs without native bf16): the bias is built bit-wise per dtype."""
     vocab = 70  # not a multiple of 32: the last word is partial
-    logits = torch.randn(3, vocab)
+    logits = torch.randn(3, vocab).to(dtype)
     before = logits.clone()
     out = apply_token_bitmask_(logits, _bitmask([[5, 31, 32, 69], [0]], vocab), rows=[2, 0])
     assert out is logits
