@@ -1,7 +1,9 @@
 """Schema fuzzing (issue 14): schemathesis generates requests from the server's own OpenAPI document
 (FastAPI's ``/openapi.json``) against a real ``pitstop serve``: no 5xx, every 4xx has an OpenAI error
 body, and afterwards the server is healthy with balanced KV accounting. Bounded (``FUZZ_EXAMPLES`` per
-operation) so it fits ``make test``; ``benchmarks/fuzz_server.py`` runs it longer."""
+operation) so it fits ``make test``; ``benchmarks/fuzz_server.py`` runs it longer. The cases are the same on
+every run (hypothesis derandomized: a test must not pass or fail by luck); ``PITSTOP_FUZZ_SEED=<int>`` draws
+another set, and the longer benchmark run draws fresh ones."""
 
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ from collections import Counter
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 
 from server_helpers import API_KEY, start_server
 
 FUZZ_EXAMPLES = int(os.environ.get("PITSTOP_FUZZ_EXAMPLES", "40"))
+FUZZ_SEED = os.environ.get("PITSTOP_FUZZ_SEED")
 pytestmark = pytest.mark.timeout(max(300, 10 * FUZZ_EXAMPLES))
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -42,7 +45,7 @@ def test_no_5xx_and_openai_error_bodies(fuzz_server):
     for op in ops:
         @given(case=op.as_strategy())
         @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
-                  database=None)
+                  database=None, derandomize=FUZZ_SEED is None)
         def check(case) -> None:
             resp = case.call(headers=AUTH, timeout=60)
             statuses[(case.path, resp.status_code)] += 1
@@ -52,7 +55,7 @@ def test_no_5xx_and_openai_error_bodies(fuzz_server):
                 assert set(body) == {"error"} and {"message", "type", "param", "code"} <= set(body["error"]), body
                 assert "Traceback" not in resp.text
 
-        check()
+        (check if FUZZ_SEED is None else seed(int(FUZZ_SEED))(check))()
     print("fuzz statuses:", dict(sorted(statuses.items())))  # shown with -s (benchmarks/fuzz_server.py)
     # the fuzz reached the engine, not only validation (random completion prompts are mostly out of vocab)
     assert statuses[("/v1/completions", 200)] + statuses[("/v1/chat/completions", 200)] > 0, statuses

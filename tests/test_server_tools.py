@@ -219,10 +219,12 @@ def test_bad_requests_are_400_naming_the_field(server, body, param):
     ({"guided_grammar": "root ::= ( unclosed"}, "grammar"),
     ({"guided_regex": "(unclosed[a-"}, "regex"),
     ({"structured_outputs": {"grammar": "start: ) ("}}, "grammar"),
+    ({"guided_regex": "\U00040000"}, "cannot be followed with this model's tokens"),  # found by the fuzz test
 ])
 def test_grammar_and_regex_the_library_rejects_are_400(server, constrained, body, word, stream):
-    """Rejected by the grammar library at admission: 400 (also for stream=true: the first update is awaited
-    before the stream starts), and the server keeps serving."""
+    """Rejected by the grammar library at admission, or at the first token when this vocabulary cannot follow the
+    grammar (no token holds byte F1 of U+40000): 400 (also for stream=true: the first update is awaited before
+    the stream starts), and the server keeps serving."""
     need_constraints(constrained)
     err = _error(server, {**body, "stream": stream})
     assert word in err["message"].lower() or "structured_outputs" in (err["param"] or ""), err

@@ -130,3 +130,20 @@ def test_completed_grammar_wins_over_min_tokens():
                         eos_token_ids={2})]
     out = Sampler()(logits, rows, (_bitmask([[2], [2, 9]], 64), None))
     assert out.token_ids.tolist() == [2, 9]  # row 0: only EOS left -> EOS; row 1: min_tokens still bars EOS
+
+
+def test_rejected_token_is_the_requests_fault_only_when_the_mask_allowed_it_or_allowed_nothing():
+    """A token the step's mask allowed (or a row allowing nothing) that the grammar then rejects is the grammar's
+    own inconsistency with the vocabulary (a 400); a masked-out token means the engine ignored its mask (a 500).
+    The real path is ``test_grammar_this_vocabulary_cannot_follow_...`` in test_structured_outputs.py."""
+    from pitstop.engine.structured_output.manager import _rejection_type
+    from pitstop.scheduler_output import StructuredBatch
+
+    bitmask = np.zeros((2, 3), dtype=np.int32)
+    bitmask[0, 1] = 1 << 5  # row 0 allows token 37 only; row 1 allows nothing
+    batch = StructuredBatch(bitmask=bitmask, rows={"a": 0, "b": 1})
+    assert _rejection_type(batch, "a", 37) == "invalid_request_error"
+    assert _rejection_type(batch, "a", 36) == "server_error"
+    assert _rejection_type(batch, "a", 10_000) == "server_error"  # past the row: forbidden
+    assert _rejection_type(batch, "b", 3) == "invalid_request_error"
+    assert _rejection_type(batch, "c", 37) == "server_error"  # no row: not constrained this step

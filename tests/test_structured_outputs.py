@@ -196,6 +196,22 @@ def test_engine_without_tokenizer_refuses_structured_outputs():
     assert not eng.has_unfinished_requests()
 
 
+def test_grammar_this_vocabulary_cannot_follow_fails_only_that_request_as_its_own_error(llm):
+    """U+40000 is UTF-8 F1 80 80 80 and SmolLM2 has no token holding byte F1: llguidance forces a token its own
+    matcher then rejects. That is the request's grammar, not an engine fault: ``invalid_request_error`` (a 400 from
+    the server), the other request unharmed, nothing left behind (found by the schema fuzz test)."""
+    tok = llm.get_tokenizer()
+    assert "ñ" not in tok.get_vocab(), "precondition: no byte-F1 token (byte-level BPE spells byte F1 'ñ')"
+    outs = llm.generate(["0", "Hi"], [greedy(SO(regex="\U00040000")),
+                                      SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)], use_tqdm=False)
+    assert outs[0].error_type == "invalid_request_error", outs[0].error
+    assert re.search(r"structured_outputs: the grammar rejected token \d+ .*cannot be followed with this "
+                     r"model's tokens", outs[0].error)
+    assert "<state>" not in outs[0].error  # llguidance's state dump is cut off
+    assert outs[1].error is None and len(outs[1].outputs[0].token_ids) == 4
+    assert llm.llm_engine.structured_outputs.num_live == 0
+
+
 class _HeldCompile:
     """A compile hook that holds every compile until released (and says when one has started)."""
 

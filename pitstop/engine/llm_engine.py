@@ -282,7 +282,8 @@ class LLMEngine:
         touched = self.scheduler.update(so, result, self.clock() if now is None else now)
         failed: list[RequestOutput] = []
         if so.structured is not None:
-            failed = self._fail_requests(self.structured_outputs.accept(touched))
+            failed = [out for rid, error, error_type in self.structured_outputs.accept(touched, so.structured)
+                      for out in self._fail_requests([(rid, error)], error_type)]
         if self.keep_step_history:
             self._record(so, result.step_time_s)
         self.scheduler.programs.observe_step(so.num_prefill_tokens, result.step_time_s)
@@ -292,7 +293,8 @@ class LLMEngine:
 
     def _fail_requests(self, failures: list[tuple[str, str]], error_type: str = "server_error") -> list[RequestOutput]:
         """End each ``(user request id, error)`` alone; their final outputs carry the error and ``error_type``
-        (``invalid_request_error``: the request's grammar failed to compile or not in time; ``server_error``)."""
+        (``invalid_request_error``: the request's grammar failed to compile, or not in time, or cannot be followed
+        with this model's tokens; ``server_error``: an engine fault)."""
         outs = []
         for rid, error in failures:
             out = self.output_processor.fail_request(rid, error, error_type)

@@ -151,9 +151,15 @@ class StructuredOutputManager:
         self.num_masked_rows += len(matchers)
         so.structured = StructuredBatch(bitmask=bitmask, rows=rows)
 
-    def accept(self, touched: list[Request]) -> list[tuple[str, str]]:
-        """Advance each live sequence's matcher by its new token; ``(parent id, error)`` for those the grammar
-        rejected (they must be failed)."""
+    def accept(self, touched: list[Request], batch: StructuredBatch) -> list[tuple[str, str, str]]:
+        """Advance each live sequence's matcher by its new token; ``(parent id, error, error_type)`` for those the
+        grammar rejected (they must be failed).
+
+        ``error_type`` says whose fault it is. ``invalid_request_error``: the token was one ``batch`` (this step's
+        bitmask) allowed, or the row allowed none -- the request's grammar cannot be followed with this model's
+        tokens (e.g. a regex needing a byte no token carries; the grammar library then forces a token it rejects).
+        ``server_error``: the token was masked out, so the engine sampled against its own mask (a bug).
+        """
         failed = []
         for req in touched:
             g = req.grammar
@@ -161,9 +167,26 @@ class StructuredOutputManager:
                 continue
             if g.num_accepted < len(req.output_token_ids) - 1:
                 g.sync(req.output_token_ids[:-1])
-            if not g.accept(req.output_token_ids[-1]):
-                failed.append((g.parent_id, g.error or "structured_outputs: grammar error"))
+            token = req.output_token_ids[-1]
+            if not g.accept(token):
+                kind = _rejection_type(batch, req.request_id, token)
+                error = g.error or "structured_outputs: grammar error"
+                if kind == "invalid_request_error":
+                    error += "; the grammar cannot be followed with this model's tokens"
+                failed.append((g.parent_id, error, kind))
         return failed
 
     def shutdown(self) -> None:
         self.cache.shutdown()
+
+
+def _rejection_type(batch: StructuredBatch, request_id: str, token_id: int) -> str:
+    """``invalid_request_error`` when ``batch`` allowed ``token_id`` for ``request_id`` or allowed it nothing (the
+    grammar cannot be followed with this vocabulary), else ``server_error`` (see ``accept``)."""
+    row = batch.rows.get(request_id)
+    if row is None:
+        return "server_error"
+    words = batch.bitmask[row]
+    word = token_id // 32
+    allowed = word < len(words) and (int(words[word]) >> (token_id % 32)) & 1
+    return "invalid_request_error" if allowed or not words.any() else "server_error"

@@ -80,8 +80,8 @@ class RequestGrammar:
         self.num_accepted += 1
         if self.matcher.accept_token(token_id):
             return True
-        self.error = (f"structured_outputs: the grammar rejected token {token_id} "
-                      f"({self.matcher.error().strip() or 'no reason given'})")
+        reason = self.matcher.error().strip().split("\n", 1)[0]  # llguidance appends a multi-line state dump
+        self.error = f"structured_outputs: the grammar rejected token {token_id} ({reason or 'no reason given'})"
         return False
 
     def free(self) -> None:
