@@ -54,3 +54,22 @@ def test_required_and_named_give_valid_calls(llm, constrained, choice):
     calls = out.outputs[0].tool_calls
     assert calls and calls[0].name == "get_weather" and calls[0].id.startswith("call_")
     jsonschema.validate(json.loads(calls[0].arguments), TOOLS[0]["function"]["parameters"])
+
+
+GCD = [{"type": "function", "function": {
+    "name": "math_gcd", "description": "Greatest common divisor of two integers.",
+    "parameters": {"type": "object", "properties": {"num1": {"type": "integer"}, "num2": {"type": "integer"}},
+                   "required": ["num1", "num2"]}}}]  # open: no additionalProperties, as most tools are written
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "math_gcd"}}])
+def test_open_parameters_schema_gives_only_declared_arguments(llm, choice):
+    """Without closing the grammar's objects the default model keeps inventing keys after num1/num2 until
+    max_tokens (a cut-off call that does not parse); closed, it stops with exactly the declared arguments."""
+    ask = [{"role": "user", "content": "What is the greatest common divisor of 10 and 50?"}]
+    out = llm.chat(ask, SamplingParams(temperature=0, max_tokens=96), tools=GCD, tool_choice=choice,
+                   use_tqdm=False)[0].outputs[0]
+    assert out.finish_reason == "stop", out.text
+    args = json.loads(out.tool_calls[0].arguments)
+    assert set(args) == {"num1", "num2"}
+    jsonschema.validate(args, GCD[0]["function"]["parameters"])
