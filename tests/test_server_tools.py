@@ -278,7 +278,7 @@ def test_malformed_call_under_auto_is_content_and_counted(server, client, constr
     and pitstop_tool_calls_malformed_total counts it; never a 500."""
     need_constraints(constrained)
     before = counter(server.metrics(), "pitstop_tool_calls_malformed_total")
-    bad = '<tool_call>{"name": "get_weather", "arguments": {"city": }</tool_call>'
+    bad = '<tool_call>{"name": "get_weather", "arguments": "{city: Paris}"}</tool_call>'  # broken before it starts
     regex = bad.replace("{", r"\{").replace("}", r"\}").replace("\"", "\"")
     r = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, temperature=0, max_tokens=60,
                                        extra_body={"guided_regex": regex})
@@ -289,16 +289,21 @@ def test_malformed_call_under_auto_is_content_and_counted(server, client, constr
 
 def test_auto_call_forced_by_regex_is_a_tool_call(client, constrained):
     """A well-formed Hermes call under auto (forced with a regex) is parsed into message.tool_calls, streamed
-    or not."""
+    or not; streamed, its arguments come in fragments as they are decoded."""
     need_constraints(constrained)
-    good = 'Checking. <tool_call>{"name": "get_time", "arguments": {"tz": "CET"}}</tool_call>'
+    good = 'Checking. <tool_call>{"name": "get_time", "arguments": {"tz": "Central European Time"}}</tool_call>'
     regex = good.replace("{", r"\{").replace("}", r"\}").replace(".", r"\.")
     kw = dict(model=MODEL, messages=ASK, tools=TOOLS, temperature=0, max_tokens=60, extra_body={"guided_regex": regex})
     r = client.chat.completions.create(**kw)
     msg = r.choices[0].message
     assert msg.content == "Checking." and r.choices[0].finish_reason == "tool_calls"
-    assert [(t.function.name, json.loads(t.function.arguments)) for t in msg.tool_calls] == [("get_time", {"tz": "CET"})]
-    content, calls, finish, _ = reassemble(client.chat.completions.create(**kw, stream=True))
+    assert [(t.function.name, json.loads(t.function.arguments)) for t in msg.tool_calls] == [
+        ("get_time", {"tz": "Central European Time"})]
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    fragments = [tc.function.arguments for ch in chunks for c in ch.choices for tc in c.delta.tool_calls or []
+                 if tc.function and tc.function.arguments]
+    assert len(fragments) > 2, fragments
+    content, calls, finish, _ = reassemble(chunks)
     assert content == "Checking." and finish == "tool_calls"
     assert [(c["name"], c["arguments"]) for c in calls] == [(t.function.name, t.function.arguments) for t in msg.tool_calls]
 

@@ -27,7 +27,10 @@ HERMES = ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"ci
           '<tool_call>{"name": "get_time", "arguments": {"tz": "CET"}}</tool_call>')
 TEXTS = {
     "hermes": [HERMES, "no call here < tool_call > <tool", "<tool_call>{not json}</tool_call> after",
-               "<tool_call>{\"name\": \"rm_rf\", \"arguments\": {}}</tool_call>", "  <tool_call>{\"name\": \"get_time\""],
+               "<tool_call>{\"name\": \"rm_rf\", \"arguments\": {}}</tool_call>", "  <tool_call>{\"name\": \"get_time\"",
+               '<tool_call>{"name": "get_time", "arguments": {"tz": "C</tool_call>E"}}</tool_call> x',
+               '<tool_call>{"arguments": {"tz": "UTC"}, "name": "get_time"}</tool_call>',
+               '<tool_call>\n{"name": "get_weather", "parameters": {"city": "a}b"}} trailing\n</tool_call>'],
     "llama3_json": ['{"name": "get_weather", "parameters": {"city": "Rome"}}',
                     '<|python_tag|>{"name": "get_time", "parameters": {}}; {"name": "get_weather", "parameters": {"city": "x"}}',
                     "The answer is 4.", '{"name": "get_weather", "parameters": ', "  \n{oops"],
@@ -39,18 +42,38 @@ TEXTS = {
 def test_hermes_extracts_calls_and_content():
     out = get_parser("hermes").extract(HERMES, NAMES)
     assert out.content == "Let me check."
-    assert out.calls == [ParsedCall("get_weather", json.dumps({"city": "Paris é"}, ensure_ascii=False)),
+    assert out.calls == [ParsedCall("get_weather", '{"city": "Paris \\u00e9"}'),  # the model's own JSON text
                          ParsedCall("get_time", '{"tz": "CET"}')]
+    assert json.loads(out.calls[0].arguments) == {"city": "Paris é"}
     assert out.malformed == 0
 
 
 @pytest.mark.parametrize("text", ["<tool_call>{not json}</tool_call> after",
                                   '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>',
-                                  '<tool_call>{"name": "get_time", "arguments": {"tz": "CET"}'])
+                                  '<tool_call>{"name": "get_time", "arguments": [1]}</tool_call>'])
 def test_hermes_malformed_call_is_content(text):
+    """Malformed before the call could start (not JSON, an unknown tool, arguments not an object)."""
     out = get_parser("hermes").extract(text, NAMES)
     assert out.calls == [] and out.malformed == 1
     assert out.content == text.rstrip()
+
+
+def test_hermes_streams_arguments_as_they_come_and_keeps_a_broken_calls_sent_part():
+    ex = get_parser("hermes").extractor(NAMES)
+    events = [e for ch in HERMES for e in ex.feed(ch)] + ex.finish()
+    assert calls_of(events) == get_parser("hermes").extract(HERMES, NAMES).calls
+    assert sum(1 for e in events if e.index == 0 and e.args) > 5  # fragments, not one piece at the end
+    assert all("<" not in (e.args or "") for e in events)  # nothing of </tool_call> leaks into the arguments
+    # arguments complete, then the text stops before </tool_call>: a call
+    out = get_parser("hermes").extract('<tool_call>{"name": "get_time", "parameters": {"tz": "CET"}', NAMES)
+    assert out.calls == [ParsedCall("get_time", '{"tz": "CET"}')] and out.malformed == 0 and out.content is None
+    # broken after the call started: what was sent stays, counted as malformed (as in a stream, where it was sent)
+    out = get_parser("hermes").extract('<tool_call>{"name": "get_time", "arguments": {"tz": "CE</tool_call>', NAMES)
+    assert out.calls == [ParsedCall("get_time", '{"tz": "CE')] and out.malformed == 1
+    # arguments before the name, or as a JSON string: parsed whole at the end, as before
+    out = get_parser("hermes").extract('<tool_call>{"arguments": "{\\"tz\\": \\"UTC\\"}", "name": "get_time"}'
+                                       '</tool_call>', NAMES)
+    assert out.calls == [ParsedCall("get_time", '{"tz": "UTC"}')] and out.malformed == 0
 
 
 def test_llama3_json_and_pythonic():
@@ -157,7 +180,8 @@ def test_required_schema_and_its_extractor():
     assert "maxItems" not in required_schema(TOOLS, parallel=True)
     so = constraint(TOOLS, ToolChoice("required"), True)
     assert so is not None and so.kind == "json"
-    assert constraint(TOOLS, ToolChoice("named", "get_time"), True).json == TOOLS[1]["function"]["parameters"]
+    named = constraint(TOOLS, ToolChoice("named", "get_time"), True).json
+    assert named == {**TOOLS[1]["function"]["parameters"], "additionalProperties": False}  # closed_arguments
     ex = extractor_for(ToolChoice("required"), None, TOOLS)
     events = ex.feed(json.dumps(good)) + ex.finish()
     assert calls_of(events) == [ParsedCall("get_weather", '{"city": "Paris"}')]

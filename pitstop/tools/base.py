@@ -2,9 +2,10 @@
 
 A parser turns the model's text into content and tool calls. Its non-streaming ``extract`` is the streaming
 extractor fed the whole text at once, so a stream's deltas reassemble exactly to the non-streamed result for
-every chunking of the text (tested with hypothesis in ``tests/test_tool_parsers.py``). A call is emitted only
-once it is complete and parses, so a malformed call is never half-sent: it becomes content and is counted in
-``malformed``.
+every chunking of the text (tested with hypothesis in ``tests/test_tool_parsers.py``). Tagged calls (Hermes)
+stream their arguments as they are written once the call's name is known (see :class:`TaggedExtractor`); the other
+formats emit a call only once it is complete and parses. A call that is malformed before it starts becomes
+content; every malformed call is counted in ``malformed``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from pitstop.tools.call_scanner import CallScanner
 
 
 @dataclass(frozen=True)
@@ -132,13 +135,27 @@ class Extractor(ABC):
 
 class TaggedExtractor(Extractor):
     """Calls between ``start`` and ``end`` tags (Hermes ``<tool_call>...</tool_call>``); text outside them is
-    content, streamed as it comes except a tail that could be the start of ``start``."""
+    content, streamed as it comes except a tail that could be the start of ``start``.
 
-    def __init__(self, start: str, end: str, parse: Callable[[str], list[ParsedCall] | None]) -> None:
+    A call whose body is a JSON object is followed by a :class:`~pitstop.tools.call_scanner.CallScanner`: once its
+    ``name`` (one of ``names``) is read and its arguments object has begun, the call starts and its arguments' raw
+    text is sent as it arrives (except a tail that could be the start of ``end``). Such a call ends valid when its
+    arguments object closes and parses, whatever follows it before ``end``; otherwise (the text stops, or the JSON
+    breaks, after the start was sent) it keeps the arguments sent so far and counts in ``malformed``. A body that
+    never starts a call (no known name before the arguments end, arguments written as a string, not JSON) is
+    parsed whole at ``end`` by ``parse``: a call, or content counted in ``malformed``.
+    """
+
+    def __init__(self, start: str, end: str, parse: Callable[[str], list[ParsedCall] | None],
+                 names: set[str] | None = None, args_keys: Sequence[str] = ("arguments",)) -> None:
         super().__init__()
         self.start, self.end, self.parse = start, end, parse
+        self.names, self.args_keys = names, tuple(args_keys)
         self._buf = ""
         self._in_call = False
+        self._scan: CallScanner | None = None
+        self._sent = 0  # characters of the current call's arguments already sent
+        self._started = False  # the current call's start was sent
 
     def feed(self, text: str) -> list[StreamEvent]:
         self._buf += text
@@ -155,20 +172,43 @@ class TaggedExtractor(Extractor):
                 self._buf, self._in_call = self._buf[i + len(self.start):], True
             j = self._buf.find(self.end)
             if j < 0:
-                return events
-            events += self._close(self._buf[:j], self.end)
+                return events + self._follow(self._buf[:len(self._buf) - _partial_suffix(self._buf, self.end)])
+            events += self._follow(self._buf[:j]) + self._close(self._buf[:j], self.end)
             self._buf, self._in_call = self._buf[j + len(self.end):], False
 
     def finish(self) -> list[StreamEvent]:
         events: list[StreamEvent] = []
         if self._in_call:
-            events += self._close(self._buf, "")
+            events += self._follow(self._buf) + self._close(self._buf, "")
         else:
             events += self._content(self._buf)
         self._buf, self._in_call = "", False
         return events + self._flush_ws()
 
+    def _follow(self, body: str) -> list[StreamEvent]:
+        """Scan the call body seen so far; the call's start and new argument text once they can be sent."""
+        if self._scan is None:
+            self._scan = CallScanner(self.names, self.args_keys)
+        self._scan.feed(body[len(self._scan.text):])
+        if not self._scan.streaming:
+            return []
+        events = []
+        if not self._started:
+            self._started = True
+            events += self._start(self._scan.name or "")
+        chunk = self._scan.args_text()[self._sent:]
+        if chunk:
+            self._sent += len(chunk)
+            events.append(StreamEvent(index=self.num_calls - 1, args=chunk))
+        return events
+
     def _close(self, body: str, end: str) -> list[StreamEvent]:
+        scan, started = self._scan, self._started
+        self._scan, self._sent, self._started = None, 0, False
+        if started:
+            if scan is None or not scan.args_complete():
+                self.malformed += 1
+            return []
         calls = self.parse(body)
         if not calls:
             self.malformed += 1

@@ -14,9 +14,8 @@ not such an array (no constraint, or one not followed) is content; a truncated c
 
 from __future__ import annotations
 
-import json
-
 from pitstop.tools.base import Extractor, StreamEvent
+from pitstop.tools.call_scanner import CallScanner
 
 
 class NamedExtractor(Extractor):
@@ -37,35 +36,26 @@ class NamedExtractor(Extractor):
 
 
 class JsonCallsExtractor(Extractor):
-    """``[{"name": ..., "arguments": {...}}, ...]`` followed character by character; ``names``: the tools."""
+    """``[{"name": ..., "arguments": {...}}, ...]`` followed character by character (each element by a
+    :class:`~pitstop.tools.call_scanner.CallScanner`); ``names``: the tools."""
 
     def __init__(self, names: set[str]) -> None:
         super().__init__()
         self.names = names
         self.text = ""
-        self.pos = 0  # next character to scan
-        self.depth = 0
-        self.in_str = self.esc = False
-        self.tok_start = 0
-        self.failed = False
-        self.done = False
-        self._new_element()
-
-    def _new_element(self) -> None:
-        self.expect = "key"  # at depth 2: a key or a value comes next
-        self.key: str | None = None
-        self.name: str | None = None
-        self.args_start: int | None = None
-        self.args_end: int | None = None
-        self.sent = 0  # characters of this element's arguments already sent
-        self.started = False
+        self.state = "open"  # "open": before "["; "element": before an element; "call": in one; "next": after one
+        self.call: CallScanner | None = None
+        self.sent = 0  # characters of the current element's arguments already sent
+        self.started = False  # the current element's call start was sent
+        self.failed = self.done = False
 
     def feed(self, text: str) -> list[StreamEvent]:
         self.text += text
         events: list[StreamEvent] = []
-        while self.pos < len(self.text) and not (self.failed or self.done):
-            self._scan(self.text[self.pos])
-            self.pos += 1
+        for c in text:
+            if self.failed or self.done:
+                break
+            self._step(c)
             events += self._emit()
         return events
 
@@ -78,73 +68,36 @@ class JsonCallsExtractor(Extractor):
             self.malformed += 1
         return []
 
+    def _step(self, c: str) -> None:
+        if self.state == "call":
+            assert self.call is not None
+            self.call.feed(c)
+            self.failed = self.call.failed
+            if self.call.done and not self.failed:
+                self.state = "next"
+        elif c.isspace():
+            return
+        elif self.state == "open":
+            self.state, self.failed = "element", c != "["
+        elif self.state == "element" and c == "{":
+            self.call, self.sent, self.started, self.state = CallScanner(self.names), 0, False, "call"
+            self.call.feed(c)
+        elif self.state == "next" and c in ",]":
+            self.state, self.done = "element", c == "]"
+        else:
+            self.failed = True
+
     def _emit(self) -> list[StreamEvent]:
         """A call's start once its name is known and its arguments began; then its new argument text."""
-        if self.args_start is None or self.name is None or self.failed:
+        call = self.call
+        if call is None or not call.streaming:
             return []
         events = []
         if not self.started:
             self.started = True
-            events += self._start(self.name)
-        end = self.args_end if self.args_end is not None else self.pos + 1
-        chunk = self.text[self.args_start + self.sent:end]
+            events += self._start(call.name or "")
+        chunk = call.args_text()[self.sent:]
         if chunk:
             self.sent += len(chunk)
             events.append(StreamEvent(index=self.num_calls - 1, args=chunk))
         return events
-
-    def _scan(self, c: str) -> None:
-        if self.in_str:
-            if self.esc:
-                self.esc = False
-            elif c == "\\":
-                self.esc = True
-            elif c == '"':
-                self.in_str = False
-                if self.depth == 2:
-                    try:
-                        self._string_at_element(json.loads(self.text[self.tok_start:self.pos + 1]))
-                    except ValueError:
-                        self.failed = True  # not a JSON string
-            return
-        if c == '"':
-            self.in_str, self.tok_start = True, self.pos
-        elif c in "[{":
-            self._open(c)
-        elif c in "]}":
-            self._close(c)
-        elif self.depth == 2 and c == ":":
-            self.expect = "value"
-        elif self.depth == 2 and c == ",":
-            self.expect, self.key = "key", None
-        elif self.depth == 0 and not c.isspace():
-            self.failed = True  # not an array
-
-    def _string_at_element(self, value: str) -> None:
-        if self.expect == "key":
-            self.key = value
-        elif self.key == "name":
-            self.name = value
-            if value not in self.names:
-                self.failed = True
-
-    def _open(self, c: str) -> None:
-        self.depth += 1
-        if self.depth == 1 and c != "[":
-            self.failed = True
-        elif self.depth == 2:
-            if c != "{":
-                self.failed = True
-            self._new_element()
-        elif self.depth == 3 and self.expect == "value" and self.key == "arguments" and self.args_start is None:
-            self.args_start = self.pos
-
-    def _close(self, c: str) -> None:
-        self.depth -= 1
-        if self.depth == 2 and self.args_start is not None and self.args_end is None and self.key == "arguments":
-            self.args_end = self.pos + 1
-        elif self.depth == 1:  # an element closed
-            if self.name is None or self.args_end is None:
-                self.failed = True
-        elif self.depth == 0:
-            self.done = True

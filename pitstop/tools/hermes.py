@@ -12,6 +12,7 @@ import json
 from pitstop.tools.base import Extractor, ParsedCall, TaggedExtractor, ToolParser, call_from_object, tool_list_json
 
 START, END = "<tool_call>", "</tool_call>"
+ARGS_KEYS = ("arguments", "parameters")
 
 
 def _parse(body: str, tool_names: set[str] | None) -> list[ParsedCall] | None:
@@ -19,7 +20,7 @@ def _parse(body: str, tool_names: set[str] | None) -> list[ParsedCall] | None:
         obj = json.loads(body)
     except ValueError:
         return None
-    call = call_from_object(obj, tool_names, ("arguments", "parameters"))
+    call = call_from_object(obj, tool_names, ARGS_KEYS)
     return [call] if call is not None else None
 
 
@@ -27,7 +28,7 @@ class HermesParser(ToolParser):
     name = "hermes"
 
     def extractor(self, tool_names: set[str] | None = None) -> Extractor:
-        return TaggedExtractor(START, END, lambda body: _parse(body, tool_names))
+        return TaggedExtractor(START, END, lambda body: _parse(body, tool_names), tool_names, ARGS_KEYS)
 
     def system_prompt(self, tools: list[dict]) -> str:
         return ("# Tools\n\nYou can call functions to help answer the user. The functions are listed, one JSON "
