@@ -106,7 +106,7 @@ class _SamplingRequest(_Base):
             ValueError: starting with the field: more than one given, a json_schema without ``schema``, an
                 invalid JSON Schema, or a bad ``structured_outputs`` object.
         """
-        from pitstop.tools.choice import check_json_schema
+        from pitstop.tools.json_schema import check_json_schema
 
         given = [f for f in ("response_format", "structured_outputs", "guided_json", "guided_regex",
                              "guided_choice", "guided_grammar") if getattr(self, f) is not None]

@@ -29,22 +29,9 @@ from typing import Any
 from pitstop.sampling_params import StructuredOutputsParams
 from pitstop.tools.base import Extractor, ToolParser
 from pitstop.tools.constrained import JsonCallsExtractor, NamedExtractor
+from pitstop.tools.json_schema import check_json_schema
 
 EMPTY_PARAMETERS: dict = {"type": "object", "properties": {}}
-
-
-def check_json_schema(schema: Any, where: str) -> None:
-    """Raise ``ValueError`` naming ``where`` unless ``schema`` is a valid JSON Schema (Draft 2020-12 meta-schema,
-    checked with the ``jsonschema`` library)."""
-    import jsonschema
-
-    if not isinstance(schema, (dict, bool)):
-        raise ValueError(f"{where}: a JSON Schema must be an object, got {type(schema).__name__}")
-    try:
-        jsonschema.Draft202012Validator.check_schema(schema)
-    except jsonschema.SchemaError as e:
-        path = "/".join(str(p) for p in e.absolute_path)
-        raise ValueError(f"{where}: invalid JSON Schema{' at ' + path if path else ''}: {e.message}") from None
 
 
 def normalize_tools(tools: list[dict] | None) -> list[dict]:

@@ -23,6 +23,7 @@ import llguidance
 import llguidance.numpy as llnp
 
 from pitstop.engine.structured_output.backend import GrammarKey
+from pitstop.tools.json_schema import check_json_schema
 
 _FIELD = {"json": "structured_outputs.json", "json_object": "structured_outputs.json_object",
           "regex": "structured_outputs.regex", "choice": "structured_outputs.choice",
@@ -83,7 +84,7 @@ class LLGuidanceBackend:
         for the tool schemas measured)."""
         kind = key[0]
         if kind == "json":
-            _check_json_schema(json.loads(key[1]))
+            check_json_schema(json.loads(key[1]), _FIELD[kind])
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(self._grammar(key))
         if is_error:
             raise ValueError(f"{_FIELD[kind]}: unsupported or invalid {_WHAT[kind]}: {messages[0].strip()}")
@@ -143,18 +144,3 @@ def _json_options(compact: bool) -> dict[str, Any]:
     if compact:
         opts["whitespace_flexible"] = False
     return opts
-
-
-def _check_json_schema(schema: Any) -> None:
-    """Raise ``ValueError`` naming the place when ``schema`` is not a valid JSON Schema (its metaschema, draft
-    2020-12 unless ``$schema`` names another), as the ``jsonschema`` library checks it."""
-    import jsonschema
-
-    if not isinstance(schema, (dict, bool)):
-        raise ValueError(f"structured_outputs.json must be a JSON Schema object, got {type(schema).__name__}")
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    try:
-        cls.check_schema(schema)
-    except jsonschema.SchemaError as e:
-        where = e.json_path if e.absolute_path else "$"
-        raise ValueError(f"structured_outputs.json is not a valid JSON Schema: {e.message} (at {where})") from None
