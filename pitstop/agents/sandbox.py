@@ -77,9 +77,9 @@ class Sandbox:
             self._isolation = found
         return self._isolation
 
-    def run_shell(self, command: str) -> SandboxResult:
+    def run_shell(self, command: str, write_paths: Sequence[Path] | None = None) -> SandboxResult:
         """Run ``command`` with ``/bin/sh -c``. See :meth:`run`."""
-        return self.run(["/bin/sh", "-c", command])
+        return self.run(["/bin/sh", "-c", command], write_paths=write_paths)
 
     def run_callable(self, target: str, args: Mapping[str, Any] | None = None) -> SandboxResult:
         """Call ``target`` (``"package.module:function"``) with keyword ``args`` in a child Python; its return
@@ -89,24 +89,28 @@ class Sandbox:
         request = json.dumps({"target": target, "args": dict(args or {}), "path": search})
         return self.run([sys.executable, "-I", call_runner.__file__], stdin=request.encode())
 
-    def run(self, argv: Sequence[str], stdin: bytes = b"") -> SandboxResult:
+    def run(self, argv: Sequence[str], stdin: bytes = b"", write_paths: Sequence[Path] | None = None
+            ) -> SandboxResult:
         """Run ``argv`` (looked up on ``path``) with ``stdin`` (bytes) as its input, to its end or to a limit.
-        Never raises for what the command does; raises OSError only when no temporary directory can be made."""
+        ``write_paths``: this call's, instead of the sandbox's. Never raises for what the command does; raises
+        OSError only when no temporary directory can be made."""
         isolation = self.isolation()
+        writable = tuple(self.write_paths if write_paths is None else write_paths)
         workdir = Path(tempfile.mkdtemp(prefix="pitstop-sandbox-"))
         try:
-            return self._run_in(argv, stdin, workdir, isolation)
+            return self._run_in(argv, stdin, workdir, isolation, writable)
         finally:
             _remove_tree(workdir)
 
-    def _run_in(self, argv: Sequence[str], stdin: bytes, workdir: Path, isolation: Isolation) -> SandboxResult:
+    def _run_in(self, argv: Sequence[str], stdin: bytes, workdir: Path, isolation: Isolation,
+                writable: tuple[Path, ...]) -> SandboxResult:
         env = {"PATH": self.path, "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8"}
         read_fd, write_fd = os.pipe()
         try:
             with tempfile.TemporaryFile() as stdin_file:
                 stdin_file.write(stdin)
                 stdin_file.seek(0)
-                command = isolation.command(argv, workdir, self.write_paths, write_fd, self.limits.processes + 1)
+                command = isolation.command(argv, workdir, writable, write_fd, self.limits.processes + 1)
                 started = time.monotonic()
                 proc = subprocess.Popen(
                     command, cwd=workdir, env=env, stdin=stdin_file, stdout=subprocess.PIPE,
