@@ -100,9 +100,12 @@ def test_fork_bomb_is_stopped_and_leaves_no_process(isolate: bool) -> None:
     assert _live_with(marker) == []
 
 
-def test_background_processes_end_with_the_call(sandbox: Sandbox) -> None:
+@pytest.mark.parametrize("isolate", [True, False], ids=["namespaces", "process-group-only"])
+@pytest.mark.filterwarnings("ignore:sandbox. no network isolation")
+def test_background_processes_end_with_the_call(isolate: bool) -> None:
+    box = Sandbox(isolate=isolate)
     marker = f"pitstop-bg-{uuid.uuid4().hex}"
-    result = sandbox.run_shell(f"{PY} -c 'import time; time.sleep(60)' {marker} & echo started")
+    result = box.run_shell(f"{PY} -c 'import time; time.sleep(60)' {marker} & echo started")
     assert result.ok and result.stdout == "started\n"
     deadline = time.monotonic() + 10
     while _live_with(marker) and time.monotonic() < deadline:

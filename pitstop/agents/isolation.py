@@ -28,6 +28,7 @@ from pitstop.agents import child_init
 
 Kind = Literal["unshare", "bwrap", "none"]
 
+_TRIES: tuple[tuple[Kind, int], ...] = (("unshare", 2), ("bwrap", 3))  # (kind, wrapper processes)
 _UNSHARE_FLAGS = ["--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--map-root-user"]
 
 
@@ -102,7 +103,7 @@ def probe(timeout: float = 20.0) -> Isolation:
     timeout: seconds each try may take. Never raises: a failing try is a reason in the result.
     """
     reasons: list[str] = []
-    for kind, overhead in (("unshare", 2), ("bwrap", 3)):
+    for kind, overhead in _TRIES:
         why = _starts(kind, timeout)
         if why is None:
             return Isolation(kind, f"{kind} namespaces", overhead)

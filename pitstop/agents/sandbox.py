@@ -13,12 +13,16 @@ What is enforced, per call (:class:`~pitstop.agents.limits.SandboxLimits`):
   There the call also has its own PID namespace: every process it started dies with it, even one that left
   its process group. Without it, a warning is emitted and ``network_isolated`` is False in every result.
 
+The rlimits are set by ``preexec_fn`` between fork and exec (only ``resource.setrlimit`` calls, no locks taken,
+so it is safe in a threaded server as far as CPython allows).
+
 What is weaker: ``RLIMIT_NPROC`` is per user (and ignored for root), so it is only set inside a user
 namespace; the process count above is the real bound. Per-process rlimits let a call that forks use N times
 the CPU and memory (the wall-clock and process limits bound this). File write permissions hold for arbitrary
 shell commands only under bubblewrap (``writes_confined`` in the result); otherwise the command can write
 wherever the server's user can, and file-path permissions are enforced only for tools that take paths as
-arguments, checked before the call (:mod:`pitstop.agents.permissions`). No cgroups, no seccomp filter.
+arguments, checked before the call (:mod:`pitstop.agents.permissions`). Disk use is not limited (a call can
+fill its temporary directory's file system until the wall clock stops it). No cgroups, no seccomp filter.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def _limit_hit(run: Supervised, code: int, stderr: str, limits: SandboxLimits) -
     if run.stopped_for is not None:
         return run.stopped_for
     if code in (-signals.SIGXCPU, 128 + signals.SIGXCPU) or (
-            code == -signals.SIGKILL and run.cpu_seconds >= limits.cpu_rlimit[0]):
+            code == -signals.SIGKILL and (run.cpu_seconds or 0.0) >= limits.cpu_rlimit[0]):
         return "cpu"
     if code != 0 and any(m in stderr for m in _MEMORY_MARKERS):
         return "memory"

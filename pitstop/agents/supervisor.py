@@ -30,7 +30,7 @@ class Supervised:
     supervisor killed it for (None when it ended by itself)."""
 
     status: int
-    cpu_seconds: float
+    cpu_seconds: float | None
     stdout: bytes
     stderr: bytes
     stdout_truncated: bool
@@ -72,6 +72,16 @@ def _has_ended(pid: int) -> bool:
         return True
 
 
+def _reap(pid: int) -> tuple[int, float | None]:
+    """(raw wait status, CPU seconds) of ended child ``pid``; (exit code 255, None) when another waiter in this
+    process reaped it first."""
+    try:
+        _, status, usage = os.wait4(pid, 0)
+    except ChildProcessError:
+        return 255 << 8, None
+    return status, usage.ru_utime + usage.ru_stime
+
+
 def _watch(proc: subprocess.Popen[bytes], reader: CappedReader, limits: SandboxLimits, overhead: int,
            started: float, poll_seconds: float) -> Stop | None:
     next_count = 0.0
@@ -104,7 +114,7 @@ def supervise(proc: subprocess.Popen[bytes], limits: SandboxLimits, started: flo
     finally:
         kill_group(proc.pid)
         reader.close()
-    _, status, usage = os.wait4(proc.pid, 0)
+    status, cpu = _reap(proc.pid)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return Supervised(status, usage.ru_utime + usage.ru_stime, bytes(reader.out.data), bytes(reader.err.data),
+    return Supervised(status, cpu, bytes(reader.out.data), bytes(reader.err.data),
                       reader.out.truncated, reader.err.truncated, time.monotonic() - started, stopped)
