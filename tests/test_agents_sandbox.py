@@ -146,6 +146,19 @@ def test_network_is_unreachable_where_isolation_works(sandbox: Sandbox) -> None:
     assert result.exit_code != 0 and "OSError" in result.stderr, result
 
 
+def test_writes_outside_the_write_paths_fail_where_confined(sandbox: Sandbox, tmp_path: Path) -> None:
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    result = sandbox.run_shell(f"touch here {allowed}/in; mount -o remount,rw / 2>/dev/null; "
+                               f"touch {outside}/out; echo done", write_paths=[allowed])
+    if not result.writes_confined:
+        pytest.skip(f"writes are not confined here: {result.stderr.strip() or sandbox.isolation().reason}")
+    assert result.ok and result.stdout == "done\n", result
+    assert (allowed / "in").exists() and not (outside / "out").exists()
+    assert "Read-only file system" in result.stderr
+
+
 def test_without_isolation_results_say_so() -> None:
     box = Sandbox(isolate=False)
     with pytest.warns(RuntimeWarning, match="no network isolation"):

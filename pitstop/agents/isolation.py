@@ -4,16 +4,18 @@ Tried in order, the first that starts a process wins:
 
 * ``unshare`` (util-linux): new user (root mapped to the caller), network, PID and mount namespaces
   (``--net --pid --fork --kill-child --mount-proc --map-root-user``). No network but a loopback that is down;
-  the call's processes all die with its first process; the file system is the host's, writable where the
-  caller may write.
+  the call's processes all die with its first process; the first process
+  (:mod:`pitstop.agents.child_init`) remounts the file system read-only but for the call's working directory
+  and write paths and drops the command's capabilities (each result says whether that worked).
 * ``bwrap`` (bubblewrap): new network and PID namespaces, ``/`` bound read-only, the call's working directory
-  and the given write paths bound read-write. The only mode in which write permissions hold for arbitrary shell
-  commands. (Not installed on the machine this was written on, so this path was only probed, never run there.)
+  and the given write paths bound read-write. (Not installed on the machine this was written on, so this path
+  was never run there; where unshare works it is not tried.)
 * none: the call runs on the host network; the sandbox warns (``warnings.warn``) and flags its results.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -45,10 +47,6 @@ class Isolation:
     def network_isolated(self) -> bool:
         return self.kind != "none"
 
-    @property
-    def writes_confined(self) -> bool:
-        """Whether paths outside the working directory and the write paths are read-only for the call."""
-        return self.kind == "bwrap"
 
     def command(self, argv: Sequence[str], workdir: Path, writable: Sequence[Path], status_fd: int,
                 nproc: int) -> list[str]:
@@ -58,8 +56,9 @@ class Isolation:
             return list(argv)
         init = [sys.executable, "-I", "-S", child_init.__file__, str(status_fd)]
         if self.kind == "unshare":
-            return [_which("unshare"), *_UNSHARE_FLAGS, "--", *init, str(nproc), *argv]
-        return [*_bwrap_prefix(workdir, writable), *init, "0", *argv]
+            paths = json.dumps([str(workdir), *(str(p) for p in writable)])
+            return [_which("unshare"), *_UNSHARE_FLAGS, "--", *init, str(nproc), paths, *argv]
+        return [*_bwrap_prefix(workdir, writable), *init, "0", "-", *argv]
 
 
 def _which(name: str) -> str:

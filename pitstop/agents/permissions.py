@@ -8,9 +8,10 @@ nor a symlink leads outside an allowed directory. Relative paths resolve against
 check happens before the tool runs: a symlink swapped in between the check and the use is not caught.
 
 Where this holds: for tools that take paths as arguments and check them before the call. An arbitrary shell
-command (:mod:`pitstop.agents.shell_tool`) is only confined to its write paths where the sandbox runs under
-bubblewrap (``SandboxResult.writes_confined``); otherwise it runs in its own temporary directory but can write
-wherever the server's user can.
+command (:mod:`pitstop.agents.shell_tool`) cannot be checked before the call: it is confined to its write
+paths (and its temporary directory) only where the sandbox has its own mount namespace
+(``SandboxResult.writes_confined``); otherwise it can write wherever the server's user can. Read paths are not
+enforced for shell commands at all.
 """
 
 from __future__ import annotations

@@ -16,12 +16,16 @@ What is enforced, per call (:class:`~pitstop.agents.limits.SandboxLimits`):
 The rlimits are set by ``preexec_fn`` between fork and exec (only ``resource.setrlimit`` calls, no locks taken,
 so it is safe in a threaded server as far as CPython allows).
 
+* writes only to the working directory and the write paths, where the call has its own mount namespace
+  (``writes_confined`` in the result): everything else is read-only and the command has no capabilities to
+  remount it.
+
 What is weaker: ``RLIMIT_NPROC`` is per user (and ignored for root), so it is only set inside a user
 namespace; the process count above is the real bound. Per-process rlimits let a call that forks use N times
-the CPU and memory (the wall-clock and process limits bound this). File write permissions hold for arbitrary
-shell commands only under bubblewrap (``writes_confined`` in the result); otherwise the command can write
-wherever the server's user can, and file-path permissions are enforced only for tools that take paths as
-arguments, checked before the call (:mod:`pitstop.agents.permissions`). Disk use is not limited (a call can
+the CPU and memory (the wall-clock and process limits bound this). Without a mount namespace a command can
+write wherever the server's user can; file-path permissions then hold only for tools that take paths as
+arguments and check them before the call (:mod:`pitstop.agents.permissions`). Reads are not confined (a
+command can read what the server's user can, except the environment). Disk use is not limited (a call can
 fill its temporary directory's file system until the wall clock stops it). No cgroups, no seccomp filter.
 """
 
@@ -124,25 +128,28 @@ class Sandbox:
             os.close(write_fd)
             write_fd = -1
             run = supervise(proc, self.limits, started, isolation.overhead)
-            status = _read_status(read_fd)
+            confined, status = _read_status(read_fd, isolation)
         except (OSError, subprocess.SubprocessError) as err:
-            return failed_start(str(err), isolation.network_isolated, isolation.writes_confined)
+            return failed_start(str(err), isolation.network_isolated, False)
         finally:
             for fd in (read_fd, write_fd):
                 if fd >= 0:
                     os.close(fd)
         return build_result(run, run.status if status is None else status, self.limits,
-                            isolation.network_isolated, isolation.writes_confined)
+                            isolation.network_isolated, confined)
 
 
-def _read_status(fd: int) -> int | None:
-    """The command's raw wait status the namespace init wrote (None when there is none: no init, or killed)."""
+def _read_status(fd: int, isolation: Isolation) -> tuple[bool, int | None]:
+    """What the namespace init wrote (see :mod:`pitstop.agents.child_init`): whether writes were confined, and
+    the command's raw wait status (None when there is none: no init, or it was killed first)."""
     os.set_blocking(fd, False)
     try:
         text = os.read(fd, 64).decode(errors="replace").strip()
     except BlockingIOError:
-        return None
-    return int(text) if text.isdigit() else None
+        text = ""
+    flag, digits = text[:1], text[1:]
+    confined = flag == "C" or (flag == "-" and isolation.kind == "bwrap")
+    return confined, int(digits) if digits.isdigit() else None
 
 
 def _remove_tree(path: Path) -> None:

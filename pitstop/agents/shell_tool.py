@@ -39,8 +39,8 @@ def tool_spec() -> dict[str, Any]:
 @dataclass
 class ShellTool:
     """The ``shell`` tool bound to a sandbox and, optionally, an agent's permissions: ``check_tool("shell")``
-    before each call, and its write paths are the command's (read-only elsewhere only where the sandbox runs
-    under bubblewrap; a shell command's paths cannot be checked before the call)."""
+    before each call, and its write paths are the command's (everything else read-only only where the result
+    says ``writes_confined``; a shell command's paths cannot be checked before the call)."""
 
     sandbox: Sandbox = field(default_factory=Sandbox)
     permissions: Permissions | None = None
