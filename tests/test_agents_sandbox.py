@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pitstop.agents import isolation
 from pitstop.agents.permissions import Permissions
 from pitstop.agents.sandbox import Sandbox, SandboxLimits
 from pitstop.agents.shell_tool import ShellTool, parameters_schema, tool_spec
@@ -137,9 +138,9 @@ def test_100_mb_of_output_is_stopped_without_buffering_it(sandbox: Sandbox) -> N
 
 
 def test_network_is_unreachable_where_isolation_works(sandbox: Sandbox) -> None:
-    isolation = sandbox.isolation()
-    if not isolation.network_isolated:
-        pytest.skip(f"no network isolation on this kernel: {isolation.reason}")
+    found = sandbox.isolation()
+    if not found.network_isolated:
+        pytest.skip(f"no network isolation on this kernel: {found.reason}")
     connect = "import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)"
     result = sandbox.run([PY, "-c", connect])
     assert result.network_isolated
@@ -164,6 +165,17 @@ def test_without_isolation_results_say_so() -> None:
     with pytest.warns(RuntimeWarning, match="no network isolation"):
         result = box.run_shell("true")
     assert result.ok and not result.network_isolated and not result.writes_confined
+
+
+def test_a_failing_probe_means_no_isolation_and_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(isolation, "_TRIES", (("unshare", 2),))
+    monkeypatch.setattr(isolation, "_UNSHARE_FLAGS", ["--pitstop-no-such-flag"])
+    box = Sandbox()
+    with pytest.warns(RuntimeWarning, match="no network isolation .*unshare"):
+        found = box.isolation()
+    assert found.kind == "none"
+    result = box.run_shell("echo hi")
+    assert result.ok and result.stdout == "hi\n" and not result.network_isolated
 
 
 def test_isolation_is_probed_once_per_sandbox(sandbox: Sandbox) -> None:

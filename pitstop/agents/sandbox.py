@@ -103,7 +103,7 @@ class Sandbox:
         ``write_paths``: this call's, instead of the sandbox's. Never raises for what the command does; raises
         OSError only when no temporary directory can be made."""
         isolation = self.isolation()
-        writable = tuple(self.write_paths if write_paths is None else write_paths)
+        writable = tuple(Path(p) for p in (self.write_paths if write_paths is None else write_paths))
         workdir = Path(tempfile.mkdtemp(prefix="pitstop-sandbox-"))
         try:
             return self._run_in(argv, stdin, workdir, isolation, writable)

@@ -57,7 +57,7 @@ class SandboxResult:
         """The text the model gets: stdout when ``ok``; else ``error: <detail>`` and the output's ends.
         ``max_chars``: characters kept of each stream."""
         if self.ok:
-            return _clip(self.stdout, max_chars) + ("\n[output truncated]" if self.stdout_truncated else "")
+            return _clip(self.stdout, max_chars)
         parts = [f"error: {self.detail}"]
         for name, text in (("stdout", self.stdout), ("stderr", self.stderr)):
             if text.strip():
