@@ -204,6 +204,9 @@ def test_crash_is_a_result_with_an_error_text(sandbox: Sandbox) -> None:
     assert result.signal == 11 and result.limit_hit is None
     message = result.to_tool_message()
     assert message.startswith("error: killed by signal SIGSEGV") and "boom" in message and "partial" in message
+    long = sandbox.run_shell("seq 1 20000; seq 1 20000 >&2; exit 2").to_tool_message(max_chars=100)
+    assert "\n1\n2\n" in long and "more characters]" in long
+    assert long.endswith("19999\n20000\n") and "characters before ...]" in long
 
 
 def test_missing_command_is_a_result(sandbox: Sandbox) -> None:

@@ -1,4 +1,5 @@
-"""How a sandboxed call is cut off from the network: a probe of what this kernel allows, and the command prefix.
+"""The namespaces a sandboxed call runs in (no network, own PIDs, read-only file system but for its write
+paths): a probe of what this kernel allows, and the command that wraps the call's own.
 
 Tried in order, the first that starts a process wins:
 
@@ -47,11 +48,12 @@ class Isolation:
     def network_isolated(self) -> bool:
         return self.kind != "none"
 
-
     def command(self, argv: Sequence[str], workdir: Path, writable: Sequence[Path], status_fd: int,
                 nproc: int) -> list[str]:
-        """``argv`` wrapped for this isolation (unchanged for none). ``status_fd``: the pipe end the init writes
-        the command's wait status to; ``nproc``: ``RLIMIT_NPROC`` inside the namespace (0: unset)."""
+        """``argv`` wrapped for this isolation (unchanged for none). ``workdir`` and ``writable``: the paths the
+        call may write; ``status_fd``: the pipe end :mod:`pitstop.agents.child_init` writes the confinement flag
+        and the command's wait status to (it must be passed to the child); ``nproc``: ``RLIMIT_NPROC`` inside
+        the namespace (0: unset)."""
         if self.kind == "none":
             return list(argv)
         init = [sys.executable, "-I", "-S", child_init.__file__, str(status_fd)]

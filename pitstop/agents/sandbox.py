@@ -92,7 +92,9 @@ class Sandbox:
     def run_callable(self, target: str, args: Mapping[str, Any] | None = None) -> SandboxResult:
         """Call ``target`` (``"package.module:function"``) with keyword ``args`` in a child Python; its return
         value comes back as JSON text in ``stdout``. The child sees this process's ``sys.path``.
-        Raises TypeError when ``args`` is not JSON-serialisable; everything else is in the result."""
+        Raises TypeError (or ValueError, for a circular reference) when ``args`` is not JSON-serialisable;
+        everything else, the callable's exceptions included (exit code 1, traceback on stderr), is in the
+        result."""
         search = [p or os.getcwd() for p in sys.path]
         request = json.dumps({"target": target, "args": dict(args or {}), "path": search})
         return self.run([sys.executable, "-I", call_runner.__file__], stdin=request.encode())

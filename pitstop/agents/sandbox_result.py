@@ -54,21 +54,24 @@ class SandboxResult:
         return self.exit_code == 0 and self.limit_hit is None
 
     def to_tool_message(self, max_chars: int = 16_000) -> str:
-        """The text the model gets: stdout when ``ok``; else ``error: <detail>`` and the output's ends.
-        ``max_chars``: characters kept of each stream."""
+        """The text the model gets: stdout when ``ok``; else ``error: <detail>``, then stdout and stderr.
+        ``max_chars``: characters kept of each stream (the start of stdout, the end of stderr)."""
         if self.ok:
             return _clip(self.stdout, max_chars)
         parts = [f"error: {self.detail}"]
         for name, text in (("stdout", self.stdout), ("stderr", self.stderr)):
             if text.strip():
-                parts.append(f"{name}:\n{_clip(text, max_chars)}")
+                parts.append(f"{name}:\n{_clip(text, max_chars, keep_end=name == 'stderr')}")
         return "\n".join(parts)
 
 
-def _clip(text: str, max_chars: int) -> str:
-    if len(text) <= max_chars:
+def _clip(text: str, max_chars: int, keep_end: bool = False) -> str:
+    cut = len(text) - max_chars
+    if cut <= 0:
         return text
-    return text[:max_chars] + f"\n[... {len(text) - max_chars} more characters]"
+    if keep_end:
+        return f"[{cut} characters before ...]\n" + text[cut:]
+    return text[:max_chars] + f"\n[... {cut} more characters]"
 
 
 def _decode(data: bytes) -> str:
