@@ -222,6 +222,20 @@ def test_callable_runs_by_import_path(sandbox: Sandbox) -> None:
     assert failing.exit_code == 1 and "JSONDecodeError" in failing.stderr
 
 
+def test_empty_command_is_the_caller_error(sandbox: Sandbox) -> None:
+    with pytest.raises(ValueError, match="empty argv"):
+        sandbox.run([])
+
+
+def test_parent_files_are_not_inherited(sandbox: Sandbox, tmp_path: Path) -> None:
+    with open(tmp_path / "secret.txt", "w") as secret:
+        os.set_inheritable(secret.fileno(), True)
+        result = sandbox.run_shell("ls /proc/self/fd")
+    fds = set(result.stdout.split())
+    assert fds <= {"0", "1", "2", "3"}, fds  # 3: the directory ls is reading
+    assert sandbox.run([PY, "-c", "import sys; print(sys.stdin.read())"], stdin=b"hello").stdout == "hello\n"
+
+
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="wall_seconds"):
         SandboxLimits(wall_seconds=0)

@@ -8,7 +8,8 @@ What is enforced, per call (:class:`~pitstop.agents.limits.SandboxLimits`):
   number of live processes of the call's process group (counted in ``/proc`` by the parent every ~0.1 s, so a
   fast fork loop can briefly exceed it). The group is always killed (SIGKILL) when the command ends.
 * a private working directory, also ``HOME`` and ``TMPDIR``, removed after the call; an environment of only
-  ``PATH``, ``HOME``, ``TMPDIR`` and ``LANG`` (nothing of the parent's, so no secrets).
+  ``PATH``, ``HOME``, ``TMPDIR`` and ``LANG`` (nothing of the parent's, so no secrets); no open file of the
+  parent's but stdin (a copy of the given bytes), stdout and stderr (pipes).
 * no network where the kernel allows it (:mod:`pitstop.agents.isolation`, probed once per :class:`Sandbox`).
   There the call also has its own PID namespace: every process it started dies with it, even one that left
   its process group. Without it, a warning is emitted and ``network_isolated`` is False in every result.
@@ -103,7 +104,9 @@ class Sandbox:
             ) -> SandboxResult:
         """Run ``argv`` (looked up on ``path``) with ``stdin`` (bytes) as its input, to its end or to a limit.
         ``write_paths``: this call's, instead of the sandbox's. Never raises for what the command does; raises
-        OSError only when no temporary directory can be made."""
+        ValueError for an empty ``argv``, OSError only when no temporary directory can be made."""
+        if not argv:
+            raise ValueError("Sandbox.run needs a command, got an empty argv")
         isolation = self.isolation()
         writable = tuple(Path(p) for p in (self.write_paths if write_paths is None else write_paths))
         workdir = Path(tempfile.mkdtemp(prefix="pitstop-sandbox-"))
