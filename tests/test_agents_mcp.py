@@ -1,0 +1,57 @@
+"""MCP tools through pitstop.agents.mcp_client: a FastMCP server (tests/mcp_echo_server.py) over stdio."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mcp")
+
+from pitstop.agents.mcp_client import MCPClient, MCPServer  # noqa: E402
+from pitstop.agents.tools import ToolError, ToolRegistry  # noqa: E402
+
+SERVER = MCPServer(command=sys.executable, args=(str(Path(__file__).with_name("mcp_echo_server.py")),),
+                   timeout_s=20.0)
+
+
+async def _session_checks() -> None:
+    async with MCPClient(SERVER) as client:
+        tools = ToolRegistry(await client.list_tools())
+        assert sorted(tools.names()) == ["add", "echo"]
+        add, echo = tools.get("add"), tools.get("echo")
+        assert add.description == "Adds two integers."
+        assert add.parameters["type"] == "object"
+        assert add.parameters["required"] == ["a", "b"]
+        assert {k: v["type"] for k, v in add.parameters["properties"].items()} == {"a": "integer", "b": "integer"}
+        assert echo.parameters["required"] == ["text"]
+        assert echo.parameters["properties"]["text"]["type"] == "string"
+        assert add.openai_spec()["function"]["name"] == "add"
+
+        assert await add.call({"a": 2, "b": 40}) == "42"
+        assert await echo.call({"text": "hi there"}) == "hi there"
+        # both calls in flight on one session at once
+        assert await asyncio.gather(add.call({"a": 1, "b": 1}), echo.call({"text": "x"})) == ["2", "x"]
+        with pytest.raises(ToolError, match="a"):
+            await add.call({"a": "not a number", "b": 1})
+        with pytest.raises(ToolError):
+            await add.call({"b": 1})
+        assert await echo.call({"text": "still alive"}) == "still alive"  # the session survived the errors
+
+
+def test_mcp_stdio_server_tools_list_and_call() -> None:
+    asyncio.run(_session_checks())
+
+
+def test_mcp_server_config_needs_exactly_one_transport() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        MCPServer()
+    with pytest.raises(ValueError, match="exactly one"):
+        MCPServer(command="x", url="http://localhost:1/mcp")
+
+
+def test_mcp_client_outside_async_with_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="not connected"):
+        MCPClient(SERVER).session
