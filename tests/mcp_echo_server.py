@@ -1,4 +1,7 @@
-"""A tiny MCP server for tests/test_agents_mcp.py (stdio): ``add(a, b)`` and ``echo(text)``."""
+"""A tiny MCP server for tests/test_agents_mcp.py: ``add(a, b)`` and ``echo(text)``; stdio, or streamable HTTP on
+127.0.0.1 with the port as the argument."""
+
+import sys
 
 from mcp.server.fastmcp import FastMCP
 
@@ -18,4 +21,8 @@ def echo(text: str) -> str:
 
 
 if __name__ == "__main__":
-    server.run("stdio")
+    if len(sys.argv) > 1:
+        server.settings.port = int(sys.argv[1])
+        server.run("streamable-http")
+    else:
+        server.run("stdio")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +20,8 @@ SERVER = MCPServer(command=sys.executable, args=(str(Path(__file__).with_name("m
                    timeout_s=20.0)
 
 
-async def _session_checks() -> None:
-    async with MCPClient(SERVER) as client:
+async def _session_checks(server: MCPServer) -> None:
+    async with MCPClient(server) as client:
         tools = ToolRegistry(await client.list_tools())
         assert sorted(tools.names()) == ["add", "echo"]
         add, echo = tools.get("add"), tools.get("echo")
@@ -42,7 +45,37 @@ async def _session_checks() -> None:
 
 
 def test_mcp_stdio_server_tools_list_and_call() -> None:
-    asyncio.run(_session_checks())
+    asyncio.run(_session_checks(SERVER))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_listening(port: int, proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the MCP HTTP server exited"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"MCP HTTP server not listening on {port}")
+
+
+def test_mcp_streamable_http_server_tools_list_and_call() -> None:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, SERVER.args[0], str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(port, proc)
+        asyncio.run(_session_checks(MCPServer(url=f"http://127.0.0.1:{port}/mcp", timeout_s=20.0)))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_mcp_server_config_needs_exactly_one_transport() -> None:

@@ -10,6 +10,7 @@ JSON-RPC on stdin/stdout) or ``mcp.client.streamable_http.streamablehttp_client`
 from __future__ import annotations
 
 import json
+import warnings
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -127,7 +128,11 @@ class MCPClient:
         s = self.server
         if s.command is not None:
             return stdio_client(StdioServerParameters(command=s.command, args=list(s.args), env=s.env, cwd=s.cwd))
-        return _http_pair(streamablehttp_client(s.url, headers=s.headers))  # type: ignore[arg-type]
+        with warnings.catch_warnings():
+            # deprecated in late 1.x for streamable_http_client (which wants an httpx client); the one API of the
+            # whole >=1.9 range
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return _http_pair(streamablehttp_client(s.url, headers=s.headers))  # type: ignore[arg-type]
 
     @property
     def session(self) -> mcp.ClientSession:
