@@ -12,7 +12,7 @@ import pytest
 
 from pitstop.agents.planner import Planner, PlannerResult
 from pitstop.agents.planner_prompts import parse_join
-from pitstop.agents.tools import ToolRegistry, tool
+from pitstop.agents.tools import ToolError, ToolRegistry, tool
 
 SLEEP_S = 0.3
 
@@ -211,3 +211,47 @@ def test_planner_arguments_are_checked() -> None:
 def test_parse_join(reply: str, kind: str, text: str) -> None:
     d = parse_join(reply)
     assert (d.kind, d.text) == (kind, text)
+
+
+def test_a_failing_model_call_propagates_and_cancels_the_running_tasks() -> None:
+    ran: list[str] = []
+
+    async def llm(messages: list[dict[str, str]]) -> AsyncIterator[str]:
+        yield '1. search("slow")\n'
+        await asyncio.sleep(0.05)
+        raise ConnectionError("endpoint went away")
+
+    async def main() -> None:
+        with pytest.raises(ConnectionError, match="went away"):
+            await Planner(llm, make_tools(ran)).run("q?")
+        assert [t for t in asyncio.all_tasks() if t.get_name().startswith("plan-task-")] == []
+
+    asyncio.run(main())
+    assert ran == ["search:slow"]  # it started, and was cancelled with the round
+
+
+def test_bind_names_positional_arguments_by_the_schema_order() -> None:
+    from pitstop.agents.plan import Placeholder, Task
+    from pitstop.agents.task_fetching import bind
+
+    params = make_tools([]).get("combine").parameters
+    task = Task(3, "combine", ([Placeholder(1), "x $2 $9"],), {"sep": "$1"}, frozenset({1, 2}))
+    assert bind(task, params, {1: "A", 2: "B"}) == {"items": ["A", "x B $9"], "sep": "A"}
+    with pytest.raises(ToolError, match="'items' given by position and by name"):
+        bind(Task(1, "combine", (["a"],), {"items": ["b"]}), params, {})
+
+
+def test_submit_needs_the_dependencies_first() -> None:
+    from pitstop.agents.plan import Task
+    from pitstop.agents.task_fetching import TaskFetchingUnit
+
+    async def main() -> None:
+        tfu = TaskFetchingUnit(make_tools([]))
+        with pytest.raises(ValueError, match="before one of its dependencies"):
+            tfu.submit(Task(2, "search", ("$1",), {}, frozenset({1})))
+        tfu.submit(Task(1, "search", ("a",)))
+        with pytest.raises(ValueError, match="submitted twice"):
+            tfu.submit(Task(1, "search", ("a",)))
+        assert [r.result for r in await tfu.wait()] == ["<a>"]
+
+    asyncio.run(main())

@@ -115,7 +115,7 @@ def parse_task(line: str, expected_idx: int, tools: frozenset[str] | None = None
         raise PlanError(f"plan line {line!r}: no *args / **kwargs in a plan")
     args = tuple(_literal(a, line) for a in node.args)
     kwargs = {kw.arg: _literal(kw.value, line) for kw in node.keywords if kw.arg is not None}
-    bare = _refs([a for a in (*args, *kwargs.values())], 0)
+    bare = _refs([*args, *kwargs.values()], 0)  # strings count for no task here: bare placeholders only
     if bad := sorted(n for n in bare if not 1 <= n < expected_idx):
         raise PlanError(f"plan line {line!r}: ${bad[0]} is not an earlier task")
     deps = _refs([*args, *kwargs.values()], expected_idx - 1)
