@@ -38,6 +38,9 @@ def test_dependency_inside_a_string_only() -> None:
     ("1. search(__import__('os'))", "literals or \\$N"),
     ("1. search($1)", "\\$1 is not an earlier task"),
     ("1. search(*xs)", "no \\*args"),
+    ("1. search({[1]: 2})", "dict key"),
+    ("1. search(" + "[" * 5000 + "]" * 5000 + ")", "not a call"),
+    ("1. search('\\0' \0)", "not a call"),
 ])
 def test_bad_task_lines(line: str, message: str) -> None:
     with pytest.raises(PlanError, match=message):

@@ -69,7 +69,10 @@ def _literal(node: ast.expr, line: str) -> Any:
     if isinstance(node, ast.Tuple):
         return tuple(_literal(e, line) for e in node.elts)
     if isinstance(node, ast.Dict) and None not in node.keys:
-        return {_literal(k, line): _literal(v, line) for k, v in zip(node.keys, node.values)}  # type: ignore[arg-type]
+        keys = [_literal(k, line) for k in node.keys]  # type: ignore[arg-type]
+        if any(isinstance(k, list | dict) for k in keys):
+            raise PlanError(f"plan line {line!r}: a dict key must be a string, number or tuple")
+        return dict(zip(keys, (_literal(v, line) for v in node.values)))
     if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd)
             and isinstance(node.operand, ast.Constant) and isinstance(node.operand.value, int | float)):
         return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
@@ -104,7 +107,7 @@ def parse_task(line: str, expected_idx: int, tools: frozenset[str] | None = None
         raise PlanError(f"plan line {line!r}: expected task {expected_idx}")
     try:
         node = ast.parse(_DOLLAR.sub(rf"{_MARK}\1_", m.group(2)), mode="eval").body
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # ValueError: NUL bytes; the others: nesting
         raise PlanError(f"plan line {line!r}: not a call like tool(arg, key=value)") from None
     if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
         raise PlanError(f"plan line {line!r}: not a call like tool(arg, key=value)")
