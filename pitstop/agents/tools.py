@@ -13,6 +13,7 @@ import asyncio
 import inspect
 import json
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints, overload
@@ -30,8 +31,8 @@ class ToolError(Exception):
 
 
 @dataclass
-class Tool:
-    """A callable tool. Subclasses implement ``call``.
+class Tool(ABC):
+    """A callable tool (abstract: subclasses implement ``call``).
 
     Attributes:
         name: the name the model calls it by.
@@ -48,13 +49,13 @@ class Tool:
         return {"type": "function",
                 "function": {"name": self.name, "description": self.description, "parameters": self.parameters}}
 
+    @abstractmethod
     async def call(self, arguments: dict[str, Any]) -> str:
         """Runs the tool; its result as text.
 
         Raises:
             ToolError: invalid arguments, or the tool failed.
         """
-        raise NotImplementedError
 
 
 class _NoFieldTitles(GenerateJsonSchema):
