@@ -1,4 +1,4 @@
-"""pitstop's agent runtime: tools (typed Python functions, MCP servers) and the planners and loops that call them
-around a model. Model-agnostic: the LLM side is an async callable, so pitstop's engine or any OpenAI endpoint
-plugs in. Imports neither torch nor ``pitstop.server``.
+"""The agent runtime: tools an agent calls, the sandbox non-trusted tool calls run in, and per-agent permissions.
+
+Imports nothing of pitstop above ``pitstop.tools`` (never torch, never the server).
 """
