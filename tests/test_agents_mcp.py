@@ -88,3 +88,32 @@ def test_mcp_server_config_needs_exactly_one_transport() -> None:
 def test_mcp_client_outside_async_with_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match="not connected"):
         MCPClient(SERVER).session
+
+
+async def _plan_over_mcp() -> None:
+    from pitstop.agents.planner import Planner
+
+    def scripted(replies: list[str], seen: list[list[dict[str, str]]]):  # noqa: ANN202
+        """A fake model streaming ``replies`` (one per call, the last repeating) line by line."""
+
+        async def llm(messages: list[dict[str, str]]):  # noqa: ANN202
+            seen.append(messages)
+            for line in replies[min(len(seen), len(replies)) - 1].splitlines(keepends=True):
+                yield line
+        return llm
+
+    joiner_seen: list[list[dict[str, str]]] = []
+    plan = '1. add(2, 3)\n2. add($1, b=10)\n3. echo("sum is $2")\n4. add("x", 1)\n5. join()\n'
+    async with MCPClient(SERVER) as client:
+        tools = ToolRegistry(await client.list_tools())
+        planner = Planner(scripted([plan], []), tools, joiner=scripted(["Final Answer: 15"], joiner_seen))
+        res = await planner.run("what is 2 + 3 + 10?")
+    t = res.rounds[0].tasks
+    assert [r.result for r in t[:3]] == ["5", "15", "sum is 15"]
+    assert t[1].arguments == {"a": "5", "b": 10}  # a result is text; the server's schema coerces it
+    assert t[3].error is not None and "a" in t[3].error
+    assert res.answer == "15" and "3. echo -> sum is 15" in joiner_seen[0][-1]["content"]
+
+
+def test_planner_runs_a_plan_over_mcp_tools() -> None:
+    asyncio.run(_plan_over_mcp())
