@@ -122,3 +122,41 @@ def test_registry_lookup_duplicates_and_unknown_names() -> None:
     with pytest.raises(ToolError, match="unknown tool 'pong'; the tools are: forecast, ping"):
         reg.get("pong")
     assert [s["function"]["name"] for s in reg.openai_specs()] == ["forecast", "ping"]
+
+
+def test_callable_objects_and_bound_methods_are_tools() -> None:
+    from dataclasses import dataclass
+
+    from pitstop.agents.tools import make_tool
+
+    @dataclass
+    class Shell:
+        prefix: str = "$ "
+
+        def __call__(self, command: str, timeout_s: float = 5.0) -> str:
+            """Runs one command.
+
+            Args:
+                command: the shell command.
+            """
+            return self.prefix + command
+
+        def upper(self, text: str) -> str:
+            """Upper-cases text."""
+            return text.upper()
+
+    sh = make_tool(Shell(), name="shell")
+    assert sh.description == "Runs one command."
+    assert sh.parameters["required"] == ["command"] and list(sh.parameters["properties"]) == ["command", "timeout_s"]
+    assert sh.parameters["properties"]["command"]["description"] == "the shell command."
+    assert _run(sh.call({"command": "ls"})) == "$ ls"
+    up = make_tool(Shell().upper)
+    assert (up.name, up.description, up.parameters["required"]) == ("upper", "Upper-cases text.", ["text"])
+    assert _run(up.call({"text": "a"})) == "A"
+
+    class Later:
+        async def __call__(self, n: int) -> int:
+            await asyncio.sleep(0)
+            return n + 1
+
+    assert _run(make_tool(Later()).call({"n": 1})) == "2"

@@ -88,7 +88,7 @@ class FunctionTool(Tool):
         """
         kwargs = self._validate(arguments)
         try:
-            if inspect.iscoroutinefunction(self.fn):
+            if _is_async(self.fn):
                 result = await self.fn(**kwargs)
             else:
                 result = await asyncio.to_thread(self.fn, **kwargs)
@@ -112,6 +112,11 @@ class FunctionTool(Tool):
         except pydantic.ValidationError as e:
             raise ToolError(f"invalid arguments for tool {self.name!r}: {_errors(e)}") from None
         return {name: getattr(validated, name) for name in self.model.model_fields}
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """An ``async def`` function or method, or an object whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
 def _errors(e: pydantic.ValidationError) -> str:
@@ -139,9 +144,10 @@ def _arguments_model(fn: Callable[..., Any], name: str) -> type[pydantic.BaseMod
     Raises:
         TypeError: ``fn`` takes ``*args`` or ``**kwargs`` (no fixed schema).
     """
-    sig = inspect.signature(fn)
-    hints = get_type_hints(fn, include_extras=True)
-    docs = arg_docs(fn.__doc__)
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else fn.__call__  # a callable object
+    sig = inspect.signature(target)
+    hints = get_type_hints(target, include_extras=True)
+    docs = arg_docs(target.__doc__)
     fields: dict[str, Any] = {}
     for p in sig.parameters.values():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -163,19 +169,21 @@ def _schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
 
 
 def make_tool(fn: Callable[..., Any], name: str | None = None, description: str | None = None) -> FunctionTool:
-    """``fn`` as a ``FunctionTool``: name (default ``fn.__name__``), description (default the docstring's first
+    """``fn`` (a function, a bound method, or an object with a typed ``__call__``) as a ``FunctionTool``: name
+    (default ``fn.__name__``, else the class name), description (default the docstring's first
     paragraph), parameters from the type hints and the docstring's ``Args:``.
 
     Raises:
         TypeError: ``fn`` takes ``*args`` / ``**kwargs``, or a type hint has no JSON Schema (pydantic's message).
     """
-    name = name or fn.__name__
+    name = name or getattr(fn, "__name__", type(fn).__name__)
     model = _arguments_model(fn, name)
     try:
         parameters = _schema(model)
     except pydantic.PydanticInvalidForJsonSchema as e:
         raise TypeError(f"tool {name!r}: a parameter's type has no JSON Schema: {e}") from None
-    desc = summary(fn.__doc__) if description is None else description
+    doc = fn.__doc__ if inspect.isfunction(fn) or inspect.ismethod(fn) else (fn.__call__.__doc__ or fn.__doc__)
+    desc = summary(doc) if description is None else description
     return FunctionTool(name=name, description=desc, parameters=parameters, fn=fn, model=model)
 
 
