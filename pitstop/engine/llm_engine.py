@@ -262,7 +262,7 @@ class LLMEngine:
         grammars are left to wait for, it blocks for them a few ms rather than return at once (no spinning)."""
         mgr = self.structured_outputs
         if mgr is not None and mgr.has_pending:
-            self._aborted += self._fail_requests(mgr.poll_failures(), "invalid_request_error")
+            self._aborted += self._fail_requests(mgr.poll_failures())
         so = self.scheduler.schedule(self.clock() if now is None else now)
         if mgr is not None and mgr.live:
             if so.scheduled:
@@ -282,8 +282,7 @@ class LLMEngine:
         touched = self.scheduler.update(so, result, self.clock() if now is None else now)
         failed: list[RequestOutput] = []
         if so.structured is not None:
-            failed = [out for rid, error, error_type in self.structured_outputs.accept(touched, so.structured)
-                      for out in self._fail_requests([(rid, error)], error_type)]
+            failed = self._fail_requests(self.structured_outputs.accept(touched, so.structured))
         if self.keep_step_history:
             self._record(so, result.step_time_s)
         self.scheduler.programs.observe_step(so.num_prefill_tokens, result.step_time_s)
@@ -291,12 +290,12 @@ class LLMEngine:
             touched = [r for r in touched if r.is_finished]
         return failed + (self.output_processor.process(touched) if touched else [])
 
-    def _fail_requests(self, failures: list[tuple[str, str]], error_type: str = "server_error") -> list[RequestOutput]:
-        """End each ``(user request id, error)`` alone; their final outputs carry the error and ``error_type``
+    def _fail_requests(self, failures: list[tuple[str, str, str]]) -> list[RequestOutput]:
+        """End each ``(user request id, error, error_type)`` alone; their final outputs carry the error and its type
         (``invalid_request_error``: the request's grammar failed to compile, or not in time, or cannot be followed
         with this model's tokens; ``server_error``: an engine fault)."""
         outs = []
-        for rid, error in failures:
+        for rid, error, error_type in failures:
             out = self.output_processor.fail_request(rid, error, error_type)
             if out is not None:
                 outs.append(out)

@@ -101,6 +101,8 @@ class Extractor(ABC):
         self.num_calls = 0
         self.malformed = 0
         self._pending_ws = ""
+        self._streaming: CallScanner | None = None  # the call whose arguments are being streamed
+        self._sent = 0  # characters of its arguments already sent
 
     @abstractmethod
     def feed(self, text: str) -> list[StreamEvent]:
@@ -120,6 +122,21 @@ class Extractor(ABC):
     def _call(self, call: ParsedCall) -> list[StreamEvent]:
         """A complete call: its start and all of its arguments."""
         return self._start(call.name) + [StreamEvent(index=self.num_calls - 1, args=call.arguments)]
+
+    def _stream_call(self, scan: CallScanner) -> list[StreamEvent]:
+        """``scan``'s call while it is written: its start the first time it can stream, then the argument text
+        not yet sent."""
+        if not scan.streaming:
+            return []
+        events = []
+        if scan is not self._streaming:
+            self._streaming, self._sent = scan, 0
+            events += self._start(scan.name or "")
+        chunk = scan.args_text()[self._sent:]
+        if chunk:
+            self._sent += len(chunk)
+            events.append(StreamEvent(index=self.num_calls - 1, args=chunk))
+        return events
 
     def _start(self, name: str) -> list[StreamEvent]:
         """The start of the next call (its arguments follow as ``args`` events of the same index)."""
@@ -154,8 +171,6 @@ class TaggedExtractor(Extractor):
         self._buf = ""
         self._in_call = False
         self._scan: CallScanner | None = None
-        self._sent = 0  # characters of the current call's arguments already sent
-        self._started = False  # the current call's start was sent
 
     def feed(self, text: str) -> list[StreamEvent]:
         self._buf += text
@@ -190,23 +205,12 @@ class TaggedExtractor(Extractor):
         if self._scan is None:
             self._scan = CallScanner(self.names, self.args_keys)
         self._scan.feed(body[len(self._scan.text):])
-        if not self._scan.streaming:
-            return []
-        events = []
-        if not self._started:
-            self._started = True
-            events += self._start(self._scan.name or "")
-        chunk = self._scan.args_text()[self._sent:]
-        if chunk:
-            self._sent += len(chunk)
-            events.append(StreamEvent(index=self.num_calls - 1, args=chunk))
-        return events
+        return self._stream_call(self._scan)
 
     def _close(self, body: str, end: str) -> list[StreamEvent]:
-        scan, started = self._scan, self._started
-        self._scan, self._sent, self._started = None, 0, False
-        if started:
-            if scan is None or not scan.args_complete():
+        scan, self._scan = self._scan, None
+        if scan is not None and scan is self._streaming:  # the call started: its arguments were sent
+            if not scan.args_complete():
                 self.malformed += 1
             return []
         calls = self.parse(body)

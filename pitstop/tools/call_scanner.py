@@ -43,11 +43,12 @@ class CallScanner:
 
     def feed(self, text: str) -> None:
         """Scan ``text`` (nothing more is scanned once ``failed`` or ``done``; the text is still kept)."""
-        for c in text:
-            pos = len(self.text)
-            self.text += c
-            if not (self.failed or self.done):
-                self._scan(c, pos)
+        start = len(self.text)
+        self.text += text
+        for pos in range(start, len(self.text)):
+            if self.failed or self.done:
+                break
+            self._scan(self.text[pos], pos)
 
     @property
     def streaming(self) -> bool:

@@ -45,8 +45,6 @@ class JsonCallsExtractor(Extractor):
         self.text = ""
         self.state = "open"  # "open": before "["; "element": before an element; "call": in one; "next": after one
         self.call: CallScanner | None = None
-        self.sent = 0  # characters of the current element's arguments already sent
-        self.started = False  # the current element's call start was sent
         self.failed = self.done = False
 
     def feed(self, text: str) -> list[StreamEvent]:
@@ -80,7 +78,7 @@ class JsonCallsExtractor(Extractor):
         elif self.state == "open":
             self.state, self.failed = "element", c != "["
         elif self.state == "element" and c == "{":
-            self.call, self.sent, self.started, self.state = CallScanner(self.names), 0, False, "call"
+            self.call, self.state = CallScanner(self.names), "call"
             self.call.feed(c)
         elif self.state == "next" and c in ",]":
             self.state, self.done = "element", c == "]"
@@ -89,15 +87,4 @@ class JsonCallsExtractor(Extractor):
 
     def _emit(self) -> list[StreamEvent]:
         """A call's start once its name is known and its arguments began; then its new argument text."""
-        call = self.call
-        if call is None or not call.streaming:
-            return []
-        events = []
-        if not self.started:
-            self.started = True
-            events += self._start(call.name or "")
-        chunk = call.args_text()[self.sent:]
-        if chunk:
-            self.sent += len(chunk)
-            events.append(StreamEvent(index=self.num_calls - 1, args=chunk))
-        return events
+        return self._stream_call(self.call) if self.call is not None else []

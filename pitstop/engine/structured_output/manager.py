@@ -99,9 +99,9 @@ class StructuredOutputManager:
         self._pending.pop(g.request_id, None)
 
     # ---- each step ------------------------------------------------------------------------------------------------
-    def poll_failures(self) -> list[tuple[str, str]]:
-        """``(parent id, error)`` of the requests whose grammar failed to compile or is past its deadline, one per
-        parent; requests whose grammar is ready stop being polled."""
+    def poll_failures(self) -> list[tuple[str, str, str]]:
+        """``(parent id, error, "invalid_request_error")`` of the requests whose grammar failed to compile or is past
+        its deadline, one per parent; requests whose grammar is ready stop being polled."""
         if not self._pending:
             return []
         now = self.clock()
@@ -114,7 +114,7 @@ class StructuredOutputManager:
             elif now >= g.deadline:
                 failed.setdefault(g.parent_id, f"structured_outputs: the grammar did not compile within "
                                                f"{self.compile_timeout_s:g} s (grammar_compile_timeout_s)")
-        return list(failed.items())
+        return [(rid, error, "invalid_request_error") for rid, error in failed.items()]
 
     @property
     def has_pending(self) -> bool:
