@@ -86,6 +86,7 @@ class CompletionOutput:
         logprobs: per generated token, when requested.
         tool_calls: the calls parsed from ``text`` when ``LLM.chat`` offered tools (``[]``: none made);
             None when no tools were offered. ``text`` stays the raw output.
+        content: with ``tool_calls``, the text outside the calls (the assistant message's ``content``).
     """
 
     index: int
@@ -96,6 +97,7 @@ class CompletionOutput:
     logprobs: SampleLogprobs | None = None
     cumulative_logprob: float | None = None
     tool_calls: list[ToolCall] | None = None
+    content: str | None = None
 
     def finished(self) -> bool:
         return self.finish_reason is not None

@@ -23,6 +23,7 @@ class ProgramStats:
         pin_releases: pins released early under memory pressure.
         reused_tokens: prompt tokens served from the prefix cache.
         reprefilled_tokens: tokens of an earlier turn's context computed again.
+        tool_reports: tool runs the client reported (``POST /v1/programs/{id}/tool_result``).
     """
 
     turns: int = 0
@@ -32,9 +33,14 @@ class ProgramStats:
     pin_releases: int = 0
     reused_tokens: int = 0
     reprefilled_tokens: int = 0
+    tool_reports: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+MAX_TOOL_DURATIONS = 64
+"""Reported tool runs a program keeps for its stats (a bound: a long program does not grow without end)."""
 
 
 @dataclass(eq=False)
@@ -54,6 +60,8 @@ class Program:
         last_active: seconds (engine clock) of its latest arrival, turn end or tool report (idle timeout).
         ended: the client ended it while a turn was running: that turn pins nothing and the program is
             dropped when its last running turn ends.
+        tool_durations: the latest reported tool runs, ``(tool name, seconds)``, oldest first (at most
+            ``MAX_TOOL_DURATIONS``).
     """
 
     program_id: str
@@ -72,6 +80,7 @@ class Program:
     turn_waiting: bool = False
     last_active: float = 0.0
     ended: bool = False
+    tool_durations: list[tuple[str, float]] = field(default_factory=list)
     stats: ProgramStats = field(default_factory=ProgramStats)
 
     @property

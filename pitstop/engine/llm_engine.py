@@ -346,7 +346,8 @@ class LLMEngine:
             return None
         out = p.stats.as_dict()
         out.update(attained_service=p.attained_service, pinned_blocks=len(p.pinned),
-                   pin_expiry=p.pin_expiry if p.pinned else None, pin_tool=p.pin_tool if p.pinned else None)
+                   pin_expiry=p.pin_expiry if p.pinned else None, pin_tool=p.pin_tool if p.pinned else None,
+                   tool_durations=[{"tool_name": t, "duration_s": d} for t, d in p.tool_durations])
         return out
 
     # ---- stats -----------------------------------------------------------------------------

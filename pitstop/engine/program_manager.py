@@ -17,7 +17,7 @@ a new program over the bound ends the least recently active idle one, or is refu
 from __future__ import annotations
 
 from pitstop.engine.kv_cache_manager import KVCacheManager
-from pitstop.program import Program, ProgramStats
+from pitstop.program import MAX_TOOL_DURATIONS, Program, ProgramStats
 from pitstop.request import Request, RequestStatus
 from pitstop.policies.ttl_base import PinContext, TTLPolicy
 
@@ -202,6 +202,8 @@ class ProgramManager:
         p = self.programs.get(program_id)
         if p is not None:
             p.tool_reported = True
+            self._count(p, "tool_reports")
+            p.tool_durations = [*p.tool_durations[-(MAX_TOOL_DURATIONS - 1):], (tool_name, duration_s)]
             if now is not None:
                 p.last_active = max(p.last_active, now)
 

@@ -172,7 +172,7 @@ def _attach_tool_calls(outs: list[RequestOutput], choice: Any, parser: Any, tool
     """Set ``tool_calls`` on every completion: the calls its text makes under ``choice``."""
     import uuid
 
-    from pitstop.tools.base import calls_of
+    from pitstop.tools.base import calls_of, content_of
     from pitstop.tools.choice import extractor_for
 
     for out in outs:
@@ -181,3 +181,4 @@ def _attach_tool_calls(outs: list[RequestOutput], choice: Any, parser: Any, tool
             events = ex.feed(c.text) + ex.finish() if ex is not None else []
             c.tool_calls = [ToolCall(f"call_{uuid.uuid4().hex[:24]}", call.name, call.arguments)
                             for call in calls_of(events)]
+            c.content = (content_of(events) or "") if ex is not None else c.text
