@@ -53,6 +53,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tool-call-parser", default=None, choices=sorted(PARSERS),
                    help="format of tool calls under tool_choice=auto, and of the tool prompt for chat templates "
                         "without tools (default: inferred from the chat template, else hermes)")
+    p.add_argument("--tool-history", default="generated", choices=["generated", "template"],
+                   help="render an assistant turn with tool calls that this server returned, when it comes back in "
+                        "a later request, as the text the model generated (its KV cache is reused to the end) or "
+                        "as the chat template renders the calls (default: %(default)s)")
     p.add_argument("--debug-endpoints", action="store_true", help="expose GET /debug/kv (tests)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     return p
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             srv.should_exit = True  # uvicorn's main loop polls this flag
 
     app = create_app(engine, names, api_key=keys, max_queue=args.max_queue, debug_endpoints=args.debug_endpoints,
-                     tool_call_parser=args.tool_call_parser,
+                     tool_call_parser=args.tool_call_parser, tool_history=args.tool_history,
                      limits=limits, cache_isolation=args.cache_isolation, on_engine_death=on_engine_death)
     print(f"pitstop: serving {names[0]} on http://{args.host}:{args.port}/v1 "
           f"(max_model_len={engine.max_model_len}, KV blocks={engine.kv_manager.num_blocks}; "

@@ -27,6 +27,10 @@ class LLM:
         kv_cache_memory: KV cache size: bytes or a string like "1GiB".
         max_model_len: context limit in tokens (default: the model's, capped at 8192).
         enable_prefix_caching: reuse KV blocks of shared prefixes.
+        tool_history: ``generated`` (default): an assistant message with ``tool_calls`` that ``chat`` returned is
+            rendered, when it comes back in a later conversation, as the text the model generated (the earlier
+            turn's KV cache is reused to its end; ``pitstop.tools.raw_turns``); ``template``: as the chat
+            template renders the calls.
         **kwargs: any other ``EngineConfig`` field (block_size, max_num_seqs, max_num_batched_tokens,
             enable_chunked_prefill, num_threads, seed, scheduling_policy).
 
@@ -37,7 +41,12 @@ class LLM:
 
     def __init__(self, model: str = "SmolLM2-135M-Instruct", dtype: str = "auto",
                  kv_cache_memory: int | str = "1GiB", max_model_len: int | None = None,
-                 enable_prefix_caching: bool = True, **kwargs: Any) -> None:
+                 enable_prefix_caching: bool = True, tool_history: str = "generated", **kwargs: Any) -> None:
+        from pitstop.tools.raw_turns import RawToolTurns
+
+        if tool_history not in ("generated", "template"):
+            raise ValueError(f"tool_history must be 'generated' or 'template', got {tool_history!r}")
+        self.raw_turns = RawToolTurns() if tool_history == "generated" else None
         config = EngineConfig(model=model, dtype=dtype, kv_cache_memory=kv_cache_memory,
                               max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
                               **kwargs)
@@ -119,6 +128,8 @@ class LLM:
         tok = self.get_tokenizer()
         prompts = []
         for conv in conversations:
+            if self.raw_turns is not None:
+                conv = self.raw_turns.restore(None, conv)
             text = apply_chat_template(tok, conv, offered, parser, add_generation_prompt=add_generation_prompt,
                                        **(chat_template_kwargs or {}))
             prompts.append(list(tok(text, add_special_tokens=False).input_ids))
@@ -132,6 +143,9 @@ class LLM:
         outs = self.generate(prompts, params, use_tqdm=use_tqdm, **request_kwargs)
         if offered:
             _attach_tool_calls(outs, choice, parser, tool_defs)
+            if self.raw_turns is not None:
+                for c in (c for out in outs for c in out.outputs if c.tool_calls):
+                    self.raw_turns.remember(None, c.text, c.content, [(t.id, t.name, t.arguments) for t in c.tool_calls])
         return outs
 
     def _tool_parser(self, name: str | None):

@@ -106,7 +106,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[str] | None = None,
                max_queue: int = 256, debug_endpoints: bool = False, limits: RequestLimits | None = None,
                cache_isolation: str = "none", on_engine_death: Callable[[BaseException], None] | None = None,
-               tool_call_parser: str | None = None) -> FastAPI:
+               tool_call_parser: str | None = None, tool_history: str = "generated") -> FastAPI:
     """Build the app around a loaded engine. The engine thread starts and stops with the app's lifespan.
 
     Args:
@@ -121,9 +121,12 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[st
         cache_isolation: ``none`` or ``per-key`` (tenants never share prefix-cache blocks).
         on_engine_death: called (in the engine thread) if the engine thread dies.
         tool_call_parser: ``hermes``, ``llama3_json`` or ``pythonic`` (None: inferred from the chat template).
+        tool_history: how an assistant message with ``tool_calls`` this server returned is rendered when it comes
+            back in a later request: ``generated`` (the text the model generated, so the previous turn's KV cache
+            is reused to its end; ``pitstop.tools.raw_turns``) or ``template`` (the chat template's rendering).
 
     Raises:
-        ValueError: an unknown ``cache_isolation`` or ``tool_call_parser``.
+        ValueError: an unknown ``cache_isolation``, ``tool_call_parser`` or ``tool_history``.
     """
     limits = limits or RequestLimits()
     if cache_isolation not in CACHE_ISOLATION:
@@ -138,7 +141,8 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[st
     async_engine = AsyncEngine(engine, max_queue=max_queue, on_finish=metrics.on_finish, on_death=on_engine_death)
     holder["engine"] = async_engine
     completions = ServingCompletions(async_engine, model_names, metrics, limits, cache_isolation)
-    chat = ServingChat(async_engine, model_names, metrics, limits, cache_isolation, tool_parser=tool_call_parser)
+    chat = ServingChat(async_engine, model_names, metrics, limits, cache_isolation, tool_parser=tool_call_parser,
+                       tool_history=tool_history)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

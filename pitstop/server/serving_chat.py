@@ -34,6 +34,7 @@ from pitstop.server.tenants import request_tenant, scoped_program
 from pitstop.tools.base import Extractor, ParsedCall, StreamEvent, ToolParser, calls_of, content_of
 from pitstop.tools.chat import apply_chat_template
 from pitstop.tools.choice import ToolChoice, constraint, extractor_for, normalize_tools, parse_tool_choice
+from pitstop.tools.raw_turns import RawToolTurns
 from pitstop.tools.registry import DEFAULT_PARSER, get_parser, infer_parser
 
 
@@ -61,10 +62,13 @@ class ServingChat(ServingBase):
     ``tool_parser``: the ``--tool-call-parser`` name (None: inferred from the chat template).
     """
 
-    def __init__(self, *args, tool_parser: str | None = None, **kwargs) -> None:
+    def __init__(self, *args, tool_parser: str | None = None, tool_history: str = "generated", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         name = tool_parser or infer_parser(getattr(self.tokenizer, "chat_template", None)) or DEFAULT_PARSER
         self.parser: ToolParser = get_parser(name)
+        if tool_history not in ("generated", "template"):
+            raise ValueError(f"tool_history must be 'generated' or 'template', got {tool_history!r}")
+        self.raw_turns = RawToolTurns() if tool_history == "generated" else None
 
     def tool_setup(self, req: ChatCompletionRequest) -> ToolSetup:
         """400 naming the field for a bad tool, tool_choice or structured-output request."""
@@ -80,7 +84,8 @@ class ServingChat(ServingBase):
                               "with response_format or structured outputs", param="tool_choice")
         return ToolSetup(tools, choice, tool_constraint or structured)
 
-    def prompt_ids(self, req: ChatCompletionRequest, setup: ToolSetup | None = None) -> list[int]:
+    def prompt_ids(self, req: ChatCompletionRequest, setup: ToolSetup | None = None,
+                   tenant: str | None = None) -> list[int]:
         conv = []
         for i, m in enumerate(req.messages):
             if isinstance(m.content, list):
@@ -89,6 +94,8 @@ class ServingChat(ServingBase):
                         raise bad_request(f"messages[{i}].content: only text parts are supported",
                                           param=f"messages.{i}.content")
             conv.append(m.as_dict())
+        if self.raw_turns is not None:
+            conv = self.raw_turns.restore(tenant, conv)
         tools = setup.tools if setup is not None and setup.offered else []
         try:
             text = apply_chat_template(self.tokenizer, conv, tools, self.parser,
@@ -109,11 +116,11 @@ class ServingChat(ServingBase):
         setup = self.tool_setup(req)
         max_tokens = self.max_tokens(req)
         top = req.top_logprobs or 0
-        ids = self.prompt_ids(req, setup)
+        tenant = request_tenant(raw)
+        ids = self.prompt_ids(req, setup, tenant)
         self.check_prompt(ids, max_tokens, param="messages")
         params = self.sampling_params(req, max_tokens, top if req.logprobs else None, setup.structured)
         rid = random_id("chatcmpl")
-        tenant = request_tenant(raw)
         decide_last = setup.offered and req.is_last_turn is None and req.is_last_step is None
         handles = self.admit(rid, [ids], params, req, tenant, is_last_turn=False if decide_last else None)
         close = lambda: [h.close() for h in handles]  # noqa: E731
@@ -130,14 +137,14 @@ class ServingChat(ServingBase):
                 if first is None:
                     close()
                     return Response(status_code=499)  # client closed the connection
-            return SSEResponse(self._stream(rid, model, req, handles[0], setup, turn, first), on_close=close)
+            return SSEResponse(self._stream(rid, model, req, handles[0], setup, turn, first, tenant), on_close=close)
         try:
             out = await until_disconnect(raw, self._collect(handles[0]))
         finally:
             close()
         if out is None:
             return Response(status_code=499)  # client closed the connection
-        body = self._body(rid, model, req, out, setup)
+        body = self._body(rid, model, req, out, setup, tenant)
         await turn.finished([tc["function"]["name"] for ch in body["choices"]
                              for tc in ch["message"].get("tool_calls") or []])
         return JSONResponse(body)
@@ -157,7 +164,8 @@ class ServingChat(ServingBase):
         assert out is not None
         return out
 
-    def _message(self, text: str, finish_reason: str | None, setup: ToolSetup) -> tuple[dict, str | None]:
+    def _message(self, text: str, finish_reason: str | None, setup: ToolSetup,
+                 tenant: str | None = None) -> tuple[dict, str | None]:
         """The assistant message of one completion and its finish reason (``tool_calls`` when it made calls and
         stopped by itself; ``length`` stays ``length``: the last call may be cut short)."""
         ex = self.extractor(setup)
@@ -168,8 +176,17 @@ class ServingChat(ServingBase):
         content, calls = content_of(events), calls_of(events)
         if not calls:
             return {"role": "assistant", "content": content}, finish_reason
+        ids = [tool_call_id() for _ in calls]
+        self._remember(tenant, text, content, calls, ids)
         return ({"role": "assistant", "content": content,
-                 "tool_calls": [_call_json(c, tool_call_id()) for c in calls]}, _finish(finish_reason))
+                 "tool_calls": [_call_json(c, cid) for c, cid in zip(calls, ids)]}, _finish(finish_reason))
+
+    def _remember(self, tenant: str | None, text: str, content: str | None, calls: list[ParsedCall],
+                  ids: list[str]) -> None:
+        """Keep the generated text of a turn that made ``calls`` (handed out as ``ids``) for ``--tool-history
+        generated``."""
+        if self.raw_turns is not None and len(ids) == len(calls):
+            self.raw_turns.remember(tenant, text, content, [(i, c.name, c.arguments) for i, c in zip(ids, calls)])
 
     def _count(self, ex: Extractor, setup: ToolSetup) -> None:
         self.metrics.tool_calls.inc(ex.num_calls)
@@ -177,11 +194,12 @@ class ServingChat(ServingBase):
             label = self.parser.name if setup.choice.mode == "auto" else "constrained"
             self.metrics.tool_calls_malformed.labels(label).inc(ex.malformed)
 
-    def _body(self, rid: str, model: str, req: ChatCompletionRequest, out: RequestOutput, setup: ToolSetup) -> dict:
+    def _body(self, rid: str, model: str, req: ChatCompletionRequest, out: RequestOutput, setup: ToolSetup,
+              tenant: str | None = None) -> dict:
         top = req.top_logprobs or 0
         choices = []
         for c in out.outputs:
-            message, finish = self._message(c.text, c.finish_reason, setup)
+            message, finish = self._message(c.text, c.finish_reason, setup, tenant)
             choices.append({"index": c.index, "message": message,
                             "logprobs": self.chat_logprobs(c.token_ids, c.logprobs, top) if req.logprobs else None,
                             "finish_reason": finish, "stop_reason": c.stop_reason})
@@ -194,12 +212,14 @@ class ServingChat(ServingBase):
         return body
 
     async def _stream(self, rid: str, model: str, req: ChatCompletionRequest, handle: RequestHandle,
-                      setup: ToolSetup, turn: "_Turn", first: StreamUpdate | None) -> AsyncIterator[str]:
+                      setup: ToolSetup, turn: "_Turn", first: StreamUpdate | None,
+                      tenant: str | None = None) -> AsyncIterator[str]:
         created = int(time.time())
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         top = req.top_logprobs or 0
         extractors = [self.extractor(setup) for _ in range(req.n)]
         called: list[list[str]] = [[] for _ in range(req.n)]
+        call_ids: list[list[str]] = [[] for _ in range(req.n)]
 
         def chunk(choices: list[dict], usage: dict | None = None, last: bool = False, **extra: object) -> str:
             c = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -229,7 +249,7 @@ class ServingChat(ServingBase):
                         deltas = [{"content": d.text}] if d.text or d.finish_reason is None else [{}]
                     else:
                         events = ex.feed(d.text) + (ex.finish() if d.finish_reason is not None else [])
-                        deltas = self._event_deltas(events, called[d.index])
+                        deltas = self._event_deltas(events, called[d.index], call_ids[d.index])
                         if d.finish_reason is not None:
                             self._count(ex, setup)
                     finish = d.finish_reason
@@ -246,6 +266,8 @@ class ServingChat(ServingBase):
                         yield chunk([ch])
                 out = u.output or out
             await turn.finished([n for names in called for n in names])
+            if out is not None:
+                self._remember_streamed(tenant, out, setup, call_ids)
             if include_usage and out is not None:
                 yield chunk([], self.usage([out]), last=True)
         except (ValueError, RuntimeError, EngineDead) as e:
@@ -253,8 +275,18 @@ class ServingChat(ServingBase):
                                  else "invalid_request_error"))
         yield sse("[DONE]")
 
+    def _remember_streamed(self, tenant: str | None, out: RequestOutput, setup: ToolSetup,
+                           call_ids: list[list[str]]) -> None:
+        """``_remember`` for streamed completions: their calls, parsed again from the whole text (the stream's
+        extractor gives the same, a tested property), with the ids the stream handed out."""
+        for c in out.outputs:
+            ex = self.extractor(setup)
+            if ex is not None and c.index < len(call_ids) and call_ids[c.index]:
+                events = ex.feed(c.text) + ex.finish()
+                self._remember(tenant, c.text, content_of(events), calls_of(events), call_ids[c.index])
+
     @staticmethod
-    def _event_deltas(events: list[StreamEvent], called: list[str]) -> list[dict]:
+    def _event_deltas(events: list[StreamEvent], called: list[str], ids: list[str] | None = None) -> list[dict]:
         """OpenAI deltas of extractor events: content; a call's start (id, type, name, empty arguments); a
         fragment of its arguments."""
         deltas = []
@@ -263,7 +295,10 @@ class ServingChat(ServingBase):
                 deltas.append({"content": e.content})
             elif e.name is not None:
                 called.append(e.name)
-                deltas.append({"tool_calls": [{"index": e.index, **_call_json(ParsedCall(e.name, ""), tool_call_id())}]})
+                cid = tool_call_id()
+                if ids is not None:
+                    ids.append(cid)
+                deltas.append({"tool_calls": [{"index": e.index, **_call_json(ParsedCall(e.name, ""), cid)}]})
             elif e.args:
                 deltas.append({"tool_calls": [{"index": e.index, "function": {"arguments": e.args}}]})
         return deltas
