@@ -66,26 +66,41 @@ def mcp_server(spec: AgentSpec, server: MCPServerSpec) -> MCPServer:
 async def build_tools(spec: AgentSpec, stack: AsyncExitStack) -> ToolRegistry:
     """Every tool the spec lists, in its order; MCP servers are connected on ``stack`` (closed with it).
 
+    The spec's directory goes on ``sys.path`` first, so that ``python:`` modules next to the spec import (here
+    and in the sandbox's child).
+
     Raises:
-        ValueError: two tools with one name, or a malformed python target. ImportError, AttributeError: a python
-            target that does not exist. TypeError: a function whose hints have no JSON Schema.
+        ValueError: two tools with one name, or a python target that cannot be imported or has no JSON Schema.
         mcp.McpError, OSError: an MCP server cannot be started or reached.
     """
     write_paths = tuple(spec.path(p) for p in spec.permissions.write_paths)
     sandbox = Sandbox(spec.sandbox.to_limits(), write_paths=write_paths)
+    if str(spec.base_dir) not in sys.path:  # python: targets next to the spec (the sandbox's child gets sys.path)
+        sys.path.insert(0, str(spec.base_dir))
     tools = ToolRegistry()
-    for entry in spec.tools:
-        for t in await _entry_tools(spec, entry, sandbox, stack):
+    for i, entry in enumerate(spec.tools):
+        for t in await _entry_tools(spec, entry, sandbox, stack, i):
             tools.add(t)
     return tools
 
 
+def python_tool(entry: PythonToolSpec, sandbox: Sandbox, index: int) -> Tool:
+    """The tool of a ``python:`` entry: in process when trusted, else sandboxed per call.
+
+    Raises:
+        ValueError: the target cannot be imported, does not exist, or has no JSON Schema (the message names the
+            entry, ``tools.N.python``).
+    """
+    try:
+        return make_tool(load(entry.python)) if entry.trusted else sandboxed_tool(entry.python, sandbox)
+    except (ImportError, AttributeError, TypeError, ValueError) as e:
+        raise ValueError(f"tools.{index}.python: {entry.python!r}: {type(e).__name__}: {e}") from e
+
+
 async def _entry_tools(spec: AgentSpec, entry: PythonToolSpec | ShellToolSpec | MCPToolSpec, sandbox: Sandbox,
-                       stack: AsyncExitStack) -> list[Tool]:
+                       stack: AsyncExitStack, index: int) -> list[Tool]:
     if isinstance(entry, PythonToolSpec):
-        if entry.trusted:
-            return [make_tool(load(entry.python))]
-        return [sandboxed_tool(entry.python, sandbox)]
+        return [python_tool(entry, sandbox, index)]
     if isinstance(entry, ShellToolSpec):
         shell_box = Sandbox(entry.shell.over(spec.sandbox).to_limits(), write_paths=sandbox.write_paths)
         return [make_tool(ShellTool(shell_box), name=SHELL_NAME, description=SHELL_DESCRIPTION)]

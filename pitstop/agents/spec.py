@@ -21,7 +21,6 @@ An API key is never in the file: ``api_key_env`` names the environment variable 
 from __future__ import annotations
 
 import os
-import sys
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -168,8 +167,9 @@ class AgentSpec(_Strict):
     """One agent: its model (exactly one of ``model`` and ``endpoint``), loop, limits, tools and permissions.
 
     ``max_tokens``: per LLM call (tokens); ``temperature``: sampling (0: greedy); ``max_turns``,
-    ``forced_tool_turns``: the ReAct loop's (see ``Agent``); ``max_replans``: the planner's. ``base_dir``: the
-    directory relative paths resolve against (set by ``load_spec``; not a key of the file).
+    ``forced_tool_turns``, ``system_prompt``: the ReAct loop's (see ``Agent``; the planner loops ignore them);
+    ``max_replans``: the planner's (``planner`` and ``sequential``). ``base_dir``: the directory relative paths
+    resolve against (set by ``load_spec``; not a key of the file).
     """
 
     name: str = "agent"
@@ -212,8 +212,7 @@ class AgentSpec(_Strict):
 
 
 def load_spec(path: str | os.PathLike[str]) -> AgentSpec:
-    """Reads and checks an agent spec (``.yaml`` / ``.yml`` or ``.toml``), and puts its directory on ``sys.path``
-    (for its ``python:`` tools).
+    """Reads and checks an agent spec (``.yaml`` / ``.yml`` or ``.toml``); its ``base_dir`` is the file's directory.
 
     Raises:
         FileNotFoundError: no such file.
@@ -231,8 +230,6 @@ def load_spec(path: str | os.PathLike[str]) -> AgentSpec:
         spec = AgentSpec.model_validate({**data, "base_dir": base})
     except pydantic.ValidationError as e:
         raise ValueError(f"{file}: {_errors(e)}") from None
-    if str(base) not in sys.path:
-        sys.path.insert(0, str(base))
     return spec
 
 
