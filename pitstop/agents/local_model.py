@@ -84,9 +84,13 @@ class LocalChatModel:
         engine = self.llm.llm_engine
         await asyncio.to_thread(self._locked, engine.report_tool_result, program_id, tool_name, max(0.0, duration_s))
 
+    async def program_stats(self, program_id: str) -> dict[str, Any] | None:
+        """The program's counters now; None once it has ended (or was never seen)."""
+        return await asyncio.to_thread(self._locked, self.llm.llm_engine.program_stats, program_id)
+
     async def end_program(self, program_id: str) -> dict[str, Any] | None:
         engine = self.llm.llm_engine
-        stats = await asyncio.to_thread(self._locked, engine.program_stats, program_id)
+        stats = await self.program_stats(program_id)
         await asyncio.to_thread(self._locked, engine.end_program, program_id)
         return stats
 

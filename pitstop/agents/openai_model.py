@@ -107,13 +107,19 @@ class OpenAIChatModel:
                                   json={"tool_name": tool_name, "duration_s": max(0.0, duration_s)})
         r.raise_for_status()
 
+    async def program_stats(self, program_id: str) -> dict[str, Any] | None:
+        """The program's counters now (``GET /v1/programs/{id}``); None when it has ended (or was never seen) or
+        the endpoint does not track programs. Raises httpx.HTTPError when the request fails."""
+        if not await self.links_programs():
+            return None
+        got = await self._http.get(f"{self.base_url}/programs/{program_id}", headers=self._headers)
+        return got.json() if got.status_code == 200 else None
+
     async def end_program(self, program_id: str) -> dict[str, Any] | None:
         if not await self.links_programs():
             return None
-        url = f"{self.base_url}/programs/{program_id}"
-        got = await self._http.get(url, headers=self._headers)
-        stats = got.json() if got.status_code == 200 else None
-        gone = await self._http.delete(url, headers=self._headers)
+        stats = await self.program_stats(program_id)
+        gone = await self._http.delete(f"{self.base_url}/programs/{program_id}", headers=self._headers)
         if gone.status_code not in (200, 404):  # 404: the engine ended it already (a final turn, idle timeout)
             gone.raise_for_status()
         return stats

@@ -1,12 +1,12 @@
-"""The ``pitstop`` console script: ``generate``, ``chat``, ``demo``, ``serve``, ``bench throughput|serve``,
-``simulate``, ``profile``, ``info``."""
+"""The ``pitstop`` console script: ``generate``, ``chat``, ``demo``, ``serve``, ``bench throughput|serve|agents``,
+``simulate``, ``profile``, ``info``, ``agent run SPEC TASK`` (an agent described in a YAML or TOML file)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pitstop.cli import chat, demo, generate, info, profile, serve, simulate
+from pitstop.cli import agent, chat, demo, generate, info, profile, serve, simulate
 from pitstop.cli.engine_args import add_engine_args
 
 
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=mod.run)
     simulate.add_parser(sub).set_defaults(func=simulate.run)
     info.add_parser(sub).set_defaults(func=info.run)
+    agent.add_parser(sub).set_defaults(func=agent.run)
     p = profile.add_parser(sub)
     add_engine_args(p)
     p.set_defaults(func=profile.run)
