@@ -48,7 +48,8 @@ def build_model(spec: AgentSpec) -> ChatModel:
 
     assert spec.model is not None  # the spec's validator: exactly one of model and endpoint
     llm = LLM(model=spec.model_location(), dtype=spec.model.dtype, kv_cache_memory=spec.model.kv_cache_memory,
-              max_model_len=spec.model.max_model_len)
+              max_model_len=spec.model.max_model_len, scheduling_policy=spec.model.scheduling_policy,
+              ttl_policy=spec.model.ttl_policy)
     return LocalChatModel(llm, SamplingParams(temperature=spec.temperature, max_tokens=spec.max_tokens))
 
 

@@ -54,12 +54,16 @@ class LimitsSpec(_Strict):
 
 class LocalModelSpec(_Strict):
     """The in-process engine: ``name`` (a known model name, an HF folder or a .gguf file), ``dtype``
-    (auto, bfloat16, float32), ``kv_cache_memory`` (e.g. ``1GiB``), ``max_model_len`` (tokens)."""
+    (auto, bfloat16, float32), ``kv_cache_memory`` (e.g. ``1GiB``), ``max_model_len`` (tokens), and its program
+    policies: ``scheduling_policy`` (default program-fcfs) and ``ttl_policy`` (default continuum: the run's KV
+    is pinned across its tool calls)."""
 
     name: str = Field(min_length=1)
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     kv_cache_memory: str | int = "1GiB"
     max_model_len: int | None = Field(None, gt=0)
+    scheduling_policy: Literal["fcfs", "program-fcfs", "plas", "priority"] = "program-fcfs"
+    ttl_policy: Literal["none", "fixed", "continuum"] = "continuum"
 
 
 class EndpointSpec(_Strict):
