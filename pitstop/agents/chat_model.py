@@ -106,6 +106,10 @@ class ChatModel(Protocol):
         """Tell the engine a tool run of the program finished (``duration_s`` seconds)."""
         ...
 
+    async def program_stats(self, program_id: str) -> dict[str, Any] | None:
+        """The program's counters now (None once it has ended, or where the engine does not track programs)."""
+        ...
+
     async def end_program(self, program_id: str) -> dict[str, Any] | None:
         """End the program (its pinned KV is released); returns its counters as the engine had them just before
         (``GET /v1/programs/{id}``: turns, pins, pin hits, reused and re-prefilled tokens, tool reports), or None
