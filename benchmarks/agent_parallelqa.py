@@ -539,6 +539,7 @@ class RunRow:
     llm_s: float
     llm_calls: int
     tool_s: float
+    tool_wall_s: float
     tool_calls: int
     prompt_tokens: int
     cached_tokens: int
@@ -561,8 +562,8 @@ async def run_mode(mode: str, task: QATask, model: OracleChatModel, tools: ToolR
     e2e = time.perf_counter() - t0
     if model.mismatches:
         error = (error + "; " if error else "") + "; ".join(model.mismatches)
-    return RunRow(task.id, task.kind, mode, e2e, model.llm_s, model.calls, sum(x.duration_s for x in runs), len(runs),
-                  model.prompt_tokens, model.cached_tokens, model.output_tokens, answer,
+    return RunRow(task.id, task.kind, mode, e2e, model.llm_s, model.calls, sum(x.duration_s for x in runs),
+                  union_s([(x.start, x.end) for x in runs]), len(runs), model.prompt_tokens, model.cached_tokens, model.output_tokens, answer,
                   (answer or "").strip() == task.answer, error)
 
 
@@ -578,8 +579,18 @@ async def run_all(tasks: list[QATask], model: OracleChatModel, tools: ToolRegist
             rows.append(row)
             if verbose:
                 print(f"  task {t.id:>2} {t.kind:<12} {mode:<18} {row.e2e_s:6.2f} s (llm {row.llm_s:5.2f}, "
-                      f"tools {row.tool_s:5.2f}) {'ok' if row.correct else 'WRONG ' + repr(row.answer)}", flush=True)
+                      f"tools {row.tool_s:5.2f}, wall {row.tool_wall_s:5.2f}) {'ok' if row.correct else 'WRONG ' + repr(row.answer)}", flush=True)
     return rows
+
+
+def union_s(intervals: list[tuple[float, float]]) -> float:
+    """The length (seconds) of the union of ``(start, end)`` intervals: the wall time some tool was running."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
 
 
 # ------------------------------------------------------------------------------------------------------ summary
@@ -597,6 +608,7 @@ def mode_summary(rows: list[RunRow]) -> dict[str, Any]:
             "e2e_p90_s": pct(e2e, 90),
             "llm_mean_s": statistics.fmean(r.llm_s for r in rows) if rows else float("nan"),
             "tool_mean_s": statistics.fmean(r.tool_s for r in rows) if rows else float("nan"),
+            "tool_wall_mean_s": statistics.fmean(r.tool_wall_s for r in rows) if rows else float("nan"),
             "llm_calls_mean": statistics.fmean(r.llm_calls for r in rows) if rows else float("nan")}
 
 
@@ -621,6 +633,8 @@ def summarize(tasks: list[QATask], rows: list[RunRow], target: float = 1.5) -> d
     out["speedup_planner_vs_react"] = {g: speedup(rows, "planner", "react", ids) for g, ids in groups.items()}
     out["speedup_planner_vs_planner_sequential"] = {g: speedup(rows, "planner", "planner_sequential", ids)
                                                     for g, ids in groups.items()}
+    out["by_kind"] = {k: {m: statistics.fmean(r.e2e_s for r in rows if r.kind == k and r.mode == m)
+                          for m in {r.mode for r in rows if r.kind == k}} for k in sorted({r.kind for r in rows})}
     out["plans"] = {g: _structure([shapes[i] for i in ids]) for g, ids in groups.items()}
     ind = out["speedup_planner_vs_react"]["independent"]["ratio_of_means"]
     out["target"] = {"speedup": target, "measured_independent": ind, "met": bool(ind >= target)}
@@ -640,13 +654,14 @@ def _structure(shapes: list[DagShape]) -> dict[str, Any]:
 def print_table(summary: dict[str, Any]) -> None:
     """The compact table: per group and mode, latency, LLM and tool time, calls, correct answers; speed-ups."""
     print(f"{'group':<12} {'mode':<19} {'runs':>4} {'ok':>3} {'mean s':>7} {'p50 s':>6} {'p90 s':>6} "
-          f"{'llm s':>6} {'tool s':>6} {'llm calls':>9}")
+          f"{'llm s':>6} {'tool s':>6} {'tool wall':>9} {'llm calls':>9}")
     for g, modes in summary["modes"].items():
         for m in MODES:
             if m in modes and modes[m]["runs"]:
                 s = modes[m]
                 print(f"{g:<12} {m:<19} {s['runs']:>4} {s['correct']:>3} {s['e2e_mean_s']:7.2f} {s['e2e_p50_s']:6.2f} "
-                      f"{s['e2e_p90_s']:6.2f} {s['llm_mean_s']:6.2f} {s['tool_mean_s']:6.2f} {s['llm_calls_mean']:9.1f}")
+                      f"{s['e2e_p90_s']:6.2f} {s['llm_mean_s']:6.2f} {s['tool_mean_s']:6.2f} {s['tool_wall_mean_s']:9.2f} "
+                      f"{s['llm_calls_mean']:9.1f}")
     for name in ("speedup_planner_vs_react", "speedup_planner_vs_planner_sequential"):
         parts = [f"{g} {v['ratio_of_means']:.2f}x (geomean {v['geomean_ratio']:.2f}x, {v['tasks']} tasks)"
                  for g, v in summary[name].items() if v["tasks"]]
@@ -680,7 +695,7 @@ def machine() -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", type=int, default=24, help="number of tasks (cycling through the shapes)")
+    ap.add_argument("--tasks", type=int, default=33, help="number of tasks (cycling through the 11 shapes)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the task set and the durations")
     ap.add_argument("--datasets", default="all_images_haiku",
                     help="comma-separated AgentCgroup experiment folders whose tool durations are drawn")

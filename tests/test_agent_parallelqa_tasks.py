@@ -104,12 +104,13 @@ def test_planner_beats_sequential_react_on_a_fan_out_task() -> None:
     # ideal: 0.4 s vs 1.2 s (3x); 1.5x leaves room for a slow machine
     assert react.e2e_s >= 1.5 * planner.e2e_s, (planner.e2e_s, react.e2e_s)
     assert seq.e2e_s >= 1.5 * planner.e2e_s, (planner.e2e_s, seq.e2e_s)
+    assert react.tool_wall_s >= 1.5 * planner.tool_wall_s, (planner.tool_wall_s, react.tool_wall_s)
     assert planner.e2e_s >= 0.4  # the critical path's two calls did sleep
 
 
 def test_summary_groups_speedups_and_structure() -> None:
     tasks = pqa.generate_tasks(4, seed=0)
-    rows = [pqa.RunRow(t.id, t.kind, m, e2e, 0.0, 1, 0.0, 1, 0, 0, 0, t.answer, True)
+    rows = [pqa.RunRow(t.id, t.kind, m, e2e, 0.0, 1, 0.0, 0.0, 1, 0, 0, 0, t.answer, True)
             for t in tasks for m, e2e in (("planner", 1.0), ("react", 2.0), ("planner_sequential", 1.5))]
     s = pqa.summarize(tasks, rows)
     assert s["speedup_planner_vs_react"]["all"]["ratio_of_means"] == pytest.approx(2.0)
@@ -122,3 +123,8 @@ def test_summary_groups_speedups_and_structure() -> None:
 def test_a_missing_trace_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="GPL-2.0"):
         pqa.load_trace_durations(["all_images_haiku"], tmp_path / "absent.csv")
+
+
+def test_union_of_tool_intervals() -> None:
+    assert pqa.union_s([(0.0, 1.0), (0.5, 2.0), (3.0, 4.0)]) == pytest.approx(3.0)
+    assert pqa.union_s([]) == 0.0
