@@ -125,14 +125,14 @@ TASKS = ["Fix the failing test in tests/test_parser.py.", "Find where the config
 
 
 async def one_run(i: int, base_url: str, args: argparse.Namespace, durations: DrawnDurations,
-                  start_at: float) -> dict:
+                  start_at: float, task: str | None = None) -> dict:
     await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
     model = OpenAIChatModel(base_url + "/v1", max_tokens=args.max_tokens)
     drawn: list[float] = []
     agent = Agent(model, run_tools(i, durations, drawn), max_turns=args.tool_turns + 1,
                   forced_tool_turns=args.tool_turns)
     try:
-        res = await agent.run(TASKS[i % len(TASKS)])
+        res = await agent.run(task or TASKS[i % len(TASKS)])
     finally:
         await model.aclose()
     st = res.program_stats or {}
@@ -182,17 +182,41 @@ def run_engine(engine: str, n: int, args: argparse.Namespace, durations: DrawnDu
     try:
         if pinned:
             os.sched_setaffinity(0, {1})
+        asyncio.run(warm_up(url, args, durations))
+        before = engine_counters(url)
         t = time.perf_counter()
         rows = asyncio.run(drive(url, n, args, durations))
         wall = time.perf_counter() - t
-        held = httpx.get(url + "/metrics", timeout=10).text
+        after = engine_counters(url)
     finally:
         proc.terminate()
         proc.wait(30)
     summary = summarize(rows, wall)
-    summary["programs_left"] = next((float(ln.split()[-1]) for ln in held.splitlines()
-                                     if ln.startswith("pitstop_programs ")), None)
+    summary["engine"] = {k: after[k] - before.get(k, 0.0) for k in after if k != "pitstop_programs"}
+    summary["programs_left"] = after.get("pitstop_programs")
     return {"summary": summary, "rows": rows}
+
+
+COUNTERS = ("pitstop_num_preemptions", "pitstop_pins", "pitstop_pin_hits", "pitstop_pin_expiries",
+            "pitstop_pin_releases", "pitstop_program_reused_tokens", "pitstop_program_reprefilled_tokens",
+            "pitstop_prefix_cache_queries_tokens", "pitstop_prefix_cache_hits_tokens", "pitstop_programs")
+
+
+def engine_counters(url: str) -> dict[str, float]:
+    """The engine-wide counters of ``/metrics`` (``COUNTERS``)."""
+    out = {}
+    for ln in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        name, _, value = ln.partition(" ")
+        if name in COUNTERS:
+            out[name] = float(value)
+    return out
+
+
+async def warm_up(base_url: str, args: argparse.Namespace, durations: DrawnDurations) -> None:
+    """Two untimed runs (first-use kernels, allocator) on tasks the trial does not use, their programs ended."""
+    warm = argparse.Namespace(**{**vars(args), "arrival_rate": 100.0})
+    await asyncio.gather(*(one_run(10_000 + i, base_url, warm, durations, time.perf_counter(), task="Warm up.")
+                           for i in range(2)))
 
 
 def machine() -> dict:
@@ -211,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=48, help="per LLM turn")
     p.add_argument("--duration-scale", type=float, default=1.0, help="trace tool durations x this")
     p.add_argument("--duration-cap-s", type=float, default=8.0, help="and at most this (seconds)")
-    p.add_argument("--kv-cache-memory", default="128MiB")
-    p.add_argument("--max-model-len", type=int, default=1280)
+    p.add_argument("--kv-cache-memory", default="128MiB", help="KV cache of the server (pressure: see README)")
+    p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--max-num-seqs", type=int, default=32)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -223,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                     "machine": machine(), "trials": {}}
     for n in args.runs:
-        trial = {e: run_engine(e, n, args, durations, args.output.parent) for e in ENGINES}
+        order = list(ENGINES) if len(result["trials"]) % 2 == 0 else list(ENGINES)[::-1]  # alternate who goes first
+        trial = {e: run_engine(e, n, args, durations, args.output.parent) for e in order}
         a, b = trial["program-aware"]["summary"], trial["plain"]["summary"]
         trial["ratio"] = {"jct_mean": b["jct_mean_s"] / a["jct_mean_s"], "jct_p90": b["jct_p90_s"] / a["jct_p90_s"],
                           "reprefilled": b["reprefilled_tokens"] / max(1, a["reprefilled_tokens"])}

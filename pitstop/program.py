@@ -55,6 +55,7 @@ class Program:
         pin_tool: the tool its pin waits for. ``last_turn_end`` / ``last_tool``: the latest turn's end.
         last_context_len: tokens (prompt + output) of its latest finished turn.
         tool_reported: a tool result was reported for the current gap (no inference from arrival).
+        gap_tool_s: the longest tool run reported in the current gap (seconds).
         turn_waiting: its next turn has arrived and waits for admission while its pin holds: the pin
             no longer expires (the tool is done; only admission is pending) and is released last.
         last_active: seconds (engine clock) of its latest arrival, turn end or tool report (idle timeout).
@@ -77,6 +78,7 @@ class Program:
     last_tool: str | None = None
     last_context_len: int = 0
     tool_reported: bool = False
+    gap_tool_s: float = 0.0
     turn_waiting: bool = False
     last_active: float = 0.0
     ended: bool = False

@@ -77,6 +77,40 @@ def test_continuum_ttl_falls_back_to_all_tools_then_prior():
     assert pol.ttl(ctx(usage=0.0)) == pytest.approx(3.0 * 1.05 + 1e-3)
 
 
+def test_continuum_ttl_outlives_the_tool_by_the_gap_overhead():
+    pol = ContinuumTTL(min_samples=3)
+    for d in (0.1, 0.1, 0.1):
+        pol.observe_tool("Read", d)
+    base = pol.ttl(ctx(tool="Read", usage=0.0))
+    assert base == pytest.approx(0.1 * 1.05 + 1e-3)
+    c = ctx(tool="Read", usage=0.0)
+    c.gap_overhead = 0.4
+    assert pol.ttl(c) == pytest.approx(0.1 * 1.05 + 0.4 * 1.5 + 1e-3)  # the pin must outlive the tool by o
+    # and holding for tau + o is priced: at high pressure a short context is not worth the longer hold
+    c2 = ctx(tool="Read", tokens=40, usage=0.9)
+    assert pol.ttl(c2) > 0.0
+    c2.gap_overhead = 5.0
+    assert pol.ttl(c2) == 0.0
+
+
+def test_engine_measures_the_gap_outside_reported_tool_runs():
+    eng, ex, clock = make_engine(ttl="continuum", ttl_seconds=None)
+    pm = eng.scheduler.programs
+    ids = list(range(1, 30))
+    for k in range(4):
+        out = turn(eng, f"t{k}", ids, tool="Grep")
+        ids = out.prompt_token_ids + out.outputs[0].token_ids + [5]
+        clock.t += 0.05  # the reply's way to the client
+        eng.report_tool_result("p", "Grep", 0.2)  # the client ran the tool for 0.2 s (reported)...
+        eng.report_tool_result("p", "Grep", 0.1)  # ... and a parallel one beside it
+        clock.t += 0.2 + 0.3  # the tool, then 0.3 s before the next turn arrives
+    # gap = 0.55 s, longest reported tool 0.2 s: 0.35 s outside the tool, learned by EWMA from 0
+    assert 0.0 < pm.gap_overhead <= 0.35 + 1e-9
+    samples = pm.ttl_policy._by_tool["Grep"]
+    assert sorted(set(samples)) == [0.1, 0.2]  # reported durations, no gap inferred while reports come
+    assert eng.stats()["gap_overhead"] == pm.gap_overhead
+
+
 def test_ttl_policy_registry():
     assert get_ttl_policy("none").ttl(ctx()) == 0
     assert get_ttl_policy("fixed", 3.0).ttl(ctx()) == 3.0

@@ -361,7 +361,7 @@ class LLMEngine:
                    kv_blocks_pinned=kv.num_pinned_blocks, prefix_queries=kv.prefix_queries,
                    prefix_hits=kv.prefix_hits, prefix_hit_rate=kv.prefix_hits / max(kv.prefix_queries, 1),
                    num_programs=len(pm.programs), programs_idle_ended=pm.idle_ended,
-                   prefill_rate=pm.prefill_rate, queue_delay=pm.queue_delay)
+                   prefill_rate=pm.prefill_rate, queue_delay=pm.queue_delay, gap_overhead=pm.gap_overhead)
         return out
 
     def check_kv_invariants(self) -> None:

@@ -45,6 +45,7 @@ class ProgramManager:
         self._next_idle_check = float("-inf")  # the idle scan runs at most once a second (seconds)
         self.prefill_rate = 2000.0  # tokens/s, EWMA over steps with prefill
         self.queue_delay = 0.0  # seconds, EWMA over admissions
+        self.gap_overhead = 0.0  # seconds, EWMA of (gap between turns - reported tool time); see PinContext
         self._pinned: dict[str, Program] = {}
 
     # ---- lifecycle of turns ------------------------------------------------------------------
@@ -75,7 +76,10 @@ class ProgramManager:
             p = self.programs[req.program_id] = Program(req.program_id, req.arrival_time)
         elif p.last_turn_end is not None and not p.tool_reported and p.last_tool is not None:
             self.ttl_policy.observe_tool(p.last_tool, req.arrival_time - p.last_turn_end)
-        p.tool_reported = False
+        elif p.last_turn_end is not None and p.tool_reported:
+            outside = max(0.0, req.arrival_time - p.last_turn_end - p.gap_tool_s)
+            self.gap_overhead += _EWMA * (outside - self.gap_overhead)
+        p.tool_reported, p.gap_tool_s = False, 0.0
         p.ended = False  # a turn after an end keeps the id in use
         p.turn_waiting = p.has_pin
         p.last_active = max(p.last_active, req.arrival_time)
@@ -129,7 +133,8 @@ class ProgramManager:
         pool = self.kv.pool
         return PinContext(tool_name=tool, context_tokens=num_blocks * self.kv.block_size, num_blocks=num_blocks,
                           total_blocks=pool.num_blocks, usage=pool.num_used_blocks / pool.num_blocks,
-                          prefill_rate=self.prefill_rate, queue_delay=self.queue_delay, now=now)
+                          prefill_rate=self.prefill_rate, queue_delay=self.queue_delay, now=now,
+                          gap_overhead=self.gap_overhead)
 
     def _pin(self, p: Program, req: Request, now: float) -> bool:
         held = self.kv.req_blocks.get(req.request_id, [])
@@ -202,6 +207,7 @@ class ProgramManager:
         p = self.programs.get(program_id)
         if p is not None:
             p.tool_reported = True
+            p.gap_tool_s = max(p.gap_tool_s, duration_s)  # parallel tools overlap: the longest bounds the gap
             self._count(p, "tool_reports")
             p.tool_durations = [*p.tool_durations[-(MAX_TOOL_DURATIONS - 1):], (tool_name, duration_s)]
             if now is not None:

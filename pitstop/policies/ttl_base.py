@@ -22,6 +22,9 @@ class PinContext:
         prefill_rate: measured prefill throughput, tokens per second.
         queue_delay: recent mean queueing delay of admitted requests, seconds.
         now: engine clock, seconds.
+        gap_overhead: recent mean of the part of a gap between turns that is not the tool's run (seconds): the
+            reply's way to the client, the client's own work, the tool report, the next request's way in. A
+            pin must outlive the tool by this much for the next turn to find it.
     """
 
     tool_name: str
@@ -32,6 +35,7 @@ class PinContext:
     prefill_rate: float
     queue_delay: float
     now: float
+    gap_overhead: float = 0.0
 
 
 class TTLPolicy(ABC):

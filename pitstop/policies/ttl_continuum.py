@@ -18,6 +18,12 @@ When a turn ends in tool ``t``, pin for the tau that maximises
 Candidates for tau are the observed durations themselves (J only changes at them) or, under the
 prior, a grid of its quantiles. tau is capped at ``max_ttl_s``. Returns 0 (no pin) when no tau has
 J > 0.
+
+The pin is kept for ``tau + o``, where ``o`` (``PinContext.gap_overhead``) is the engine's measured mean
+of a gap's time outside the tool (reply delivery, client work, the tool report, the next request's way
+in), and it is priced for that long: a client-reported tool duration leaves that time out, and a pin
+that lasts exactly the tool's duration expires before the next turn arrives. (pitstop's addition, not
+in Continuum; ``o`` is 0 until gaps with reported tool times have been seen.)
 """
 
 from __future__ import annotations
@@ -79,11 +85,12 @@ class ContinuumTTL(TTLPolicy):
         else:
             n = len(data)
             cands = [(d, bisect.bisect_right(data, d) / n) for d in dict.fromkeys(data)]
+        o = max(ctx.gap_overhead, 0.0)
         best_tau, best_j = 0.0, 0.0
         for tau, p in cands:
             tau = min(tau, self.max_ttl_s)
-            j = p * b - c * tau
+            j = p * b - c * (tau + o)
             if j > best_j:
                 best_tau, best_j = tau, j
         # a duration equal to tau must still find the pin: keep a small margin
-        return best_tau * 1.05 + 1e-3 if best_j > 0 else 0.0
+        return min(best_tau * 1.05 + o * 1.5, self.max_ttl_s) + 1e-3 if best_j > 0 else 0.0
