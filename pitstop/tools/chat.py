@@ -16,7 +16,8 @@ from typing import Any
 from pitstop.tools.base import ParsedCall, ToolParser
 
 
-def _content_text(content: Any) -> str:
+def content_text(content: Any) -> str:
+    """A message's content as text: None is '', text parts of a list are joined."""
     if content is None:
         return ""
     if isinstance(content, list):
@@ -43,7 +44,7 @@ def for_template(messages: list[dict]) -> list[dict]:
     (Qwen3's and Llama's templates ``tojson`` it), content ``None`` -> ``""``."""
     out = []
     for m in messages:
-        m = {**m, "content": _content_text(m.get("content"))}
+        m = {**m, "content": content_text(m.get("content"))}
         if m.get("tool_calls"):
             calls = []
             for tc in m["tool_calls"]:
@@ -64,7 +65,7 @@ def with_tools_in_prompt(messages: list[dict], tools: list[dict], parser: ToolPa
     names = _names_by_id(messages)
     out: list[dict] = []
     for m in messages:
-        role, text = m.get("role"), _content_text(m.get("content"))
+        role, text = m.get("role"), content_text(m.get("content"))
         if role == "assistant" and m.get("tool_calls"):
             calls = parser.render_calls(_calls_of(m))
             out.append({"role": "assistant", "content": f"{text}\n{calls}" if text else calls})

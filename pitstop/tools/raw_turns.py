@@ -21,6 +21,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from pitstop.tools.chat import content_text
+
 
 @dataclass(frozen=True)
 class RawTurn:
@@ -40,14 +42,6 @@ def _same_arguments(a: Any, b: str) -> bool:
         return (json.loads(a) if isinstance(a, str) else a) == json.loads(b)
     except (TypeError, ValueError):
         return False
-
-
-def _text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return str(content)
 
 
 class RawToolTurns:
@@ -95,7 +89,7 @@ class RawToolTurns:
         if not calls or not isinstance(calls, list) or not isinstance(calls[0], dict):
             return None
         turn = self._turns.get((scope, str(calls[0].get("id"))))
-        if turn is None or len(calls) != len(turn.calls) or _text(m.get("content")).strip() != turn.content.strip():
+        if turn is None or len(calls) != len(turn.calls) or content_text(m.get("content")).strip() != turn.content.strip():
             return None
         for tc, (cid, name, args) in zip(calls, turn.calls):
             fn = tc.get("function") if isinstance(tc, dict) else None
