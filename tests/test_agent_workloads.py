@@ -10,7 +10,7 @@ import pytest
 from pitstop.workloads.agent_program import (
     AgentProgram, AgentTurn, finalize, poisson_program_arrivals, sample_programs, scale_programs, summarize_programs,
 )
-from pitstop.workloads.agentcgroup import agentcgroup_path, load_agentcgroup
+from pitstop.workloads.agentcgroup import agentcgroup_path, load_agentcgroup, output_rules
 from pitstop.workloads.tracelab import TRACELAB_ROUNDS, load_tracelab, tracelab_path
 
 LLM_COLS = ["dataset", "task", "attempt", "call_idx", "message_id", "model", "is_sidechain", "t_request_s",
@@ -60,6 +60,40 @@ def test_agentcgroup_parser_on_synthetic_csv(tmp_path):
     assert gap["all_images_local/a/attempt_1"].turns[1].tool_time_s == pytest.approx(30.0)  # 34.0 - 4.0
     only = load_agentcgroup(tmp_path, datasets=("all_images_haiku",))
     assert [p.program_id for p in only] == ["all_images_haiku/b/attempt_1"]
+
+
+def test_placeholder_outputs_are_found_from_the_rows_not_the_dataset_name(tmp_path):
+    """A dataset the loader has never heard of, with Claude-API placeholder output_tokens: chars / 4 is used,
+    and the rule with its reason travels with each program (bench agents puts it in the workload summary)."""
+    _write_synthetic(tmp_path)
+    text = (tmp_path / "llm_calls.csv").read_text()
+    (tmp_path / "llm_calls.csv").write_text(text.replace("all_images_haiku", "claude_api_2027")
+                                            .replace("all_images_local", "glm_local_2027"))
+    progs = {p.program_id: p for p in load_agentcgroup(tmp_path)}
+    api = progs["claude_api_2027/b/attempt_1"]
+    assert [t.output_tokens for t in api.turns] == [200, 100]  # output_chars / 4, as for all_images_haiku
+    rule = api.meta["output_rule"]
+    assert rule["rule"] == "output_chars/4" and rule["median_chars_per_token"] == 300.0
+    assert "placeholder" in rule["reason"]
+    local = progs["glm_local_2027/a/attempt_1"]
+    assert [t.output_tokens for t in local.turns] == [50, 20, 30]
+    assert local.meta["output_rule"]["rule"] == "output_tokens"
+    assert output_rules([{"dataset": "x", "output_chars": "", "output_tokens": "1"}])["x"].rule == "output_tokens"
+
+
+def test_renamed_copy_of_the_real_trace_gives_the_same_workload(tmp_path):
+    try:
+        path = agentcgroup_path()
+    except FileNotFoundError:
+        pytest.skip("agentcgroup trace (GPL-2.0, not vendored) not present")
+    renamed = tmp_path / "llm_calls.csv"  # a temporary copy, deleted with tmp_path (never in the repository)
+    renamed.write_text(path.read_text().replace("all_images_haiku", "run_a").replace("all_images_local", "run_b"))
+    (tmp_path / "tool_calls.csv").write_text(path.with_name("tool_calls.csv").read_text()
+                                             .replace("all_images_haiku", "run_a").replace("all_images_local", "run_b"))
+    orig, copy = load_agentcgroup(path), load_agentcgroup(tmp_path)
+    assert summarize_programs(copy) == summarize_programs(orig)
+    assert {p.meta["output_rule"]["rule"] for p in copy if p.meta["dataset"] == "run_a"} == {"output_chars/4"}
+    assert {p.meta["output_rule"]["rule"] for p in copy if p.meta["dataset"] == "run_b"} == {"output_tokens"}
 
 
 def test_agentcgroup_real_trace_if_present():

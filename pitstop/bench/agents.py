@@ -130,6 +130,7 @@ def load_programs(args: argparse.Namespace) -> tuple[list[AgentProgram], dict]:
                                  args.max_turns, args.max_tool_time)
     wl = {"trace": args.trace, "trace_path": str(args.trace_path) if args.trace_path else None,
           "programs_in_trace": len(raw), "scale": info.as_dict(), "summary": summarize_programs(progs),
+          "output_rules": {p.meta["dataset"]: p.meta["output_rule"] for p in raw if "output_rule" in p.meta},
           "program_rate_per_s": args.program_rate, "arrivals": "Poisson (seeded)", "seed": args.seed}
     return progs, wl
 

@@ -13,8 +13,11 @@ program's turns are derived (see ``benchmarks/README.md``, "Agent programs"):
 - Turn 0's new tokens = ``prompt_tokens`` of the first call (system prompt + tool schemas + task).
   Turn ``k``'s new tokens = ``prompt_tokens[k] - prompt_tokens[k-1] - output[k-1]``, clipped to >= 1 (the
   context occasionally shrinks upstream, e.g. after compaction: 33 of 6,542 consecutive pairs).
-- Output tokens: ``output_tokens`` for ``all_images_local`` (GLM 4.7 flash, exact); ``output_chars / 4``
-  for ``all_images_haiku`` (Claude API rows, whose ``output_tokens`` is a streaming placeholder, e.g. 2).
+- Output tokens: decided per dataset from its rows (``output_rules``), never by its name. Where the median
+  of ``output_chars / output_tokens`` is above ``MAX_CHARS_PER_TOKEN`` (no tokenizer writes that many
+  characters per token: ``output_tokens`` is a streaming placeholder, as in the Claude API rows of
+  ``all_images_haiku``: median 65 chars per "token", ``output_tokens`` 1-2), ``output_chars / 4``;
+  otherwise ``output_tokens`` as given (``all_images_local``, GLM 4.7 flash: median 3.9).
 - Tool time after call ``k``: ``tool_time_max_s`` (the longest of the tool calls the response issued; they
   run in parallel). On the main chain it equals the gap to the next main-chain request
   (``t_request[k+1] - t_response[k]``) within 6 ms for 99% of pairs, and for a ``Task`` call it covers the
@@ -28,7 +31,9 @@ program's turns are derived (see ``benchmarks/README.md``, "Agent programs"):
 from __future__ import annotations
 
 import csv
+import statistics
 from collections import defaultdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pitstop.workloads.agent_program import AgentProgram, AgentTurn, finalize
@@ -38,7 +43,47 @@ AGENTCGROUP_DIR = "agentcgroup_claude_code"
 LLM_CALLS = "llm_calls.csv"
 TOOL_CALLS = "tool_calls.csv"
 CHARS_PER_TOKEN = 4.0
-PLACEHOLDER_OUTPUT_DATASETS = frozenset({"all_images_haiku"})
+MAX_CHARS_PER_TOKEN = 12.0
+"""Above this median of output characters per reported output token, ``output_tokens`` is a placeholder
+(real tokenizers average 3-5 characters per token on English and code)."""
+
+
+@dataclass(frozen=True)
+class OutputRule:
+    """How one dataset's output tokens are read: ``rule`` is ``output_tokens`` or ``output_chars/4``;
+    ``median_chars_per_token`` over its ``rows`` with output characters (None: no such row); ``reason`` in
+    words (for the workload summary)."""
+
+    dataset: str
+    rule: str
+    median_chars_per_token: float | None
+    rows: int
+    reason: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def output_rules(rows: list[dict]) -> dict[str, OutputRule]:
+    """The output-token rule of each dataset in ``rows`` (``llm_calls.csv`` rows), from the rows themselves."""
+    ratios: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        chars = _f(row.get("output_chars"))
+        if chars > 0:
+            ratios[row["dataset"]].append(chars / max(_f(row.get("output_tokens")), 1.0))
+    rules = {}
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        xs = ratios.get(ds, [])
+        med = statistics.median(xs) if xs else None
+        if med is not None and med > MAX_CHARS_PER_TOKEN:
+            rules[ds] = OutputRule(ds, "output_chars/4", med, len(xs),
+                                   f"median {med:.1f} output chars per reported token > {MAX_CHARS_PER_TOKEN:g}: "
+                                   f"output_tokens is a placeholder")
+        else:
+            why = "no output_chars to check" if med is None else \
+                f"median {med:.1f} output chars per token <= {MAX_CHARS_PER_TOKEN:g}: plausible"
+            rules[ds] = OutputRule(ds, "output_tokens", med, len(xs), why)
+    return rules
 
 
 def agentcgroup_path(path: str | Path | None = None) -> Path:
@@ -86,16 +131,17 @@ def _tool_name(names_field: str, t_response: float, tools: list[tuple[float, str
     return max(cands)[1] if cands else names[0]
 
 
-def output_tokens_of(row: dict) -> int:
-    """Output tokens of one ``llm_calls.csv`` row (``output_chars / 4`` where ``output_tokens`` is a placeholder)."""
-    if row["dataset"] in PLACEHOLDER_OUTPUT_DATASETS:
+def output_tokens_of(row: dict, rule: OutputRule) -> int:
+    """Output tokens of one ``llm_calls.csv`` row under its dataset's ``rule`` (>= 1)."""
+    if rule.rule == "output_chars/4":
         return max(1, round(_f(row["output_chars"]) / CHARS_PER_TOKEN))
     return max(1, int(_f(row["output_tokens"])))
 
 
 def load_agentcgroup(path: str | Path | None = None, datasets: tuple[str, ...] | None = None,
                      tool_time: str = "tool_max") -> list[AgentProgram]:
-    """Read the sessions as ``AgentProgram``s at trace scale (tokens, seconds), in file order.
+    """Read the sessions as ``AgentProgram``s at trace scale (tokens, seconds), in file order. Each program's
+    ``meta`` has its ``dataset`` and that dataset's ``output_rule`` (``OutputRule.as_dict``).
 
     Args:
         path: ``llm_calls.csv`` or its folder (``tool_calls.csv`` next to it is optional: tool names then
@@ -109,6 +155,7 @@ def load_agentcgroup(path: str | Path | None = None, datasets: tuple[str, ...] |
     llm_path = agentcgroup_path(path)
     tools = _load_tool_calls(llm_path.with_name(TOOL_CALLS))
     sessions: dict[tuple[str, str, str], list[dict]] = {}
+    kept: list[dict] = []
     with open(llm_path, newline="") as f:
         for row in csv.DictReader(f):
             if datasets is not None and row["dataset"] not in datasets:
@@ -118,6 +165,8 @@ def load_agentcgroup(path: str | Path | None = None, datasets: tuple[str, ...] |
             if _f(row["prompt_tokens"]) <= 0:
                 continue
             sessions.setdefault((row["dataset"], row["task"], row["attempt"]), []).append(row)
+            kept.append(row)
+    rules = output_rules(kept)
     programs = []
     for key, rows in sessions.items():
         rows.sort(key=lambda r: int(r["call_idx"]))
@@ -125,7 +174,7 @@ def load_agentcgroup(path: str | Path | None = None, datasets: tuple[str, ...] |
         prev_prompt = prev_out = 0
         for k, row in enumerate(rows):
             prompt = int(_f(row["prompt_tokens"]))
-            out = output_tokens_of(row)
+            out = output_tokens_of(row, rules[key[0]])
             new = prompt if k == 0 else max(1, prompt - prev_prompt - prev_out)
             if tool_time == "gap" and k + 1 < len(rows):
                 t = _f(rows[k + 1]["t_request_s"]) - _f(row["t_response_s"])
@@ -135,5 +184,5 @@ def load_agentcgroup(path: str | Path | None = None, datasets: tuple[str, ...] |
             turns.append(AgentTurn(new, out, name, max(0.0, t)))
             prev_prompt, prev_out = prompt, out
         programs.append(AgentProgram(f"{key[0]}/{key[1]}/{key[2]}", finalize(turns), source="agentcgroup",
-                                     meta={"dataset": key[0]}))
+                                     meta={"dataset": key[0], "output_rule": rules[key[0]].as_dict()}))
     return programs
