@@ -9,6 +9,27 @@ _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "ki": 2**10, "mi": 2**20, "gi": 2**30}
 
 
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+"""Bytes per element of the KV cache in each concrete dtype."""
+
+
+def kv_cache_num_blocks(kv_cache_memory: int | float | str, bytes_per_token: int, block_size: int) -> int:
+    """KV blocks that ``kv_cache_memory`` (bytes, or e.g. ``"64MiB"``) holds, at ``bytes_per_token`` (K and V of
+    all layers, in the cache's dtype) and ``block_size`` tokens per block. The one computation behind the real
+    engine's cache (``ModelRunner``) and the simulator's.
+
+    Raises:
+        ValueError: unparsable memory, or not even one block.
+    """
+    memory = parse_bytes(kv_cache_memory)
+    per_block = bytes_per_token * block_size
+    n = int(memory // per_block)
+    if n < 1:
+        raise ValueError(f"kv_cache_memory={memory} B holds no KV block (one block of {block_size} tokens needs "
+                         f"{per_block} B)")
+    return n
+
+
 def parse_bytes(value: int | float | str) -> int:
     """Parse a memory size: an int (bytes) or a string like ``"512MiB"``, ``"2GiB"``, ``"1.5GB"``.
 

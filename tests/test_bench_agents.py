@@ -152,7 +152,7 @@ def test_cli_sim_backend_compare(tmp_path):
     out = tmp_path / "sim.json"
     rc = main(["--backend", "sim", "--trace", "tracelab", "--num-programs", "6", "--max-turns", "4",
                "--token-scale", "0.1", "--time-scale", "0.5", "--program-rate", "2", "--max-model-len", "1024",
-               "--kv-cache-memory", "32MiB", "--compare", "fcfs+none,program-fcfs+continuum,plas+fixed",
+               "--kv-cache-memory", "32MiB", "--dtype", "bfloat16", "--compare", "fcfs+none,program-fcfs+continuum,plas+fixed",
                "--ttl-seconds", "2", "--output-json", str(out), "--quiet"])
     assert rc == 0
     res = json.loads(out.read_text())
@@ -176,3 +176,28 @@ def test_records_of_the_gpl_trace_are_redacted():
     assert red["program_id"] == "program-0" and red["tool_time_s"] is None and "pin_tool" not in red["stats"]
     assert not set(TRACE_DERIVED_TURN_FIELDS) & set(red["turns"][0]) and red["turns"][0]["finished_s"] == 0.5
     assert records_json([rec])[0]["turns"][0]["prompt_len"] == 100
+
+
+@pytest.mark.parametrize("dtype,kv,ok", [("float32", "64MiB", False), ("bfloat16", "64MiB", True),
+                                         ("float32", "128MiB", True)])
+def test_simulated_kv_is_sized_by_dtype_and_checked_like_the_real_engine(dtype, kv, ok):
+    """The simulator's KV capacity is the real engine's for the same flags (dtype included), and the same flags
+    fail the same way (issue 20: float32 + 64MiB held 2,912 simulated tokens, the bf16 figure)."""
+    from pitstop.bench.agents import build_parser, build_sim_engine
+    from pitstop.config import EngineConfig
+    from pitstop.entrypoints.engine_builder import build_engine
+
+    args = build_parser().parse_args(["--backend", "sim", "--dtype", dtype, "--kv-cache-memory", kv,
+                                      "--max-model-len", "2048"])
+    cfg = EngineConfig(model=args.model, dtype=dtype, kv_cache_memory=kv, max_model_len=2048, num_threads=1)
+    if ok:
+        sim, _ = build_sim_engine(args, "fcfs", "none")
+        real = build_engine(cfg)
+        assert sim.kv_manager.num_blocks == real.kv_manager.num_blocks
+        return
+    with pytest.raises(ValueError) as real_err:
+        build_engine(cfg)
+    with pytest.raises(ValueError) as sim_err:
+        build_sim_engine(args, "fcfs", "none")
+    assert str(sim_err.value) == str(real_err.value)
+    assert "holds 1456 tokens" in str(sim_err.value)

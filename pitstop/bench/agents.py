@@ -78,8 +78,10 @@ def build_engine(args: argparse.Namespace, scheduling_policy: str, ttl_policy: s
 def build_sim_engine(args: argparse.Namespace, scheduling_policy: str, ttl_policy: str, cost_model=None):
     """An ``LLMEngine`` on a virtual clock whose steps take the time the simulator's cost model predicts
     (``cost_model``, default the one ``--cost-model``/``--hardware`` name, ``pitstop.sim``); no model is loaded. KV blocks from
-    ``--kv-cache-memory`` and the model config's KV bytes per token (bf16). Returns (engine, clock)."""
-    from pitstop.config import EngineConfig, parse_bytes
+    ``--kv-cache-memory`` and the model config's KV bytes per token in ``--dtype`` (``auto``: the dtype the real
+    engine would choose on this CPU), by the real engine's computation, so the same flags give the same capacity
+    and the same errors. Returns (engine, clock)."""
+    from pitstop.config import DTYPE_BYTES, EngineConfig, kv_cache_num_blocks
     from pitstop.engine.llm_engine import LLMEngine
     from pitstop.executor.simulated_runner import SimulatedRunner
     from pitstop.clock import VirtualClock
@@ -87,8 +89,8 @@ def build_sim_engine(args: argparse.Namespace, scheduling_policy: str, ttl_polic
     from pitstop.sim.model_configs import load_model_config, load_model_shape
 
     vocab_size = load_model_config(args.model).get("vocab_size", 32000)
-    bytes_per_token = load_model_shape(args.model).kv_bytes_per_token(2)  # K and V, bf16
-    num_blocks = parse_bytes(args.kv_cache_memory) // (bytes_per_token * args.block_size)
+    bytes_per_token = load_model_shape(args.model).kv_bytes_per_token(DTYPE_BYTES[concrete_dtype(args.dtype)])
+    num_blocks = kv_cache_num_blocks(args.kv_cache_memory, bytes_per_token, args.block_size)
     clock = VirtualClock()
     cost = cost_model or build_cost_model(args.cost_model, args.model, args.hardware,
                                           profile=getattr(args, "profile", None))
@@ -96,6 +98,14 @@ def build_sim_engine(args: argparse.Namespace, scheduling_policy: str, ttl_polic
     engine = LLMEngine(EngineConfig(**_engine_kwargs(args, scheduling_policy, ttl_policy)), executor=runner,
                        clock=clock, num_blocks=int(num_blocks), vocab_size=vocab_size, max_model_len=args.max_model_len)
     return engine, clock
+
+
+def concrete_dtype(dtype: str) -> str:
+    """``dtype`` with ``auto`` resolved as the real engine resolves it on this CPU (``choose_kernels``)."""
+    if dtype != "auto":
+        return dtype
+    from pitstop.model.cpu_features import choose_kernels
+    return choose_kernels(dtype).dtype
 
 
 def engine_stats(engine) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pitstop.config import kv_cache_num_blocks
 from pitstop.executor.malloc_tuning import tune_malloc
 from pitstop.scheduler_output import ExecutorResult, ScheduledRequest, SchedulerOutput
 from pitstop.model.cpu_features import KernelChoice, choose_kernels
@@ -62,10 +63,7 @@ class ModelRunner:
             prepack_linears(self.model)
         self.hf_config = self.model.hf_config
         self.bytes_per_block = kv_cache_bytes_per_block(self.hf_config, block_size, self.dtype)
-        self.num_blocks = int(kv_cache_memory // self.bytes_per_block)
-        if self.num_blocks < 1:
-            raise ValueError(f"kv_cache_memory={kv_cache_memory} B holds no KV block "
-                             f"(one block of {block_size} tokens needs {self.bytes_per_block} B)")
+        self.num_blocks = kv_cache_num_blocks(kv_cache_memory, self.bytes_per_block // block_size, block_size)
         self.kv_caches = allocate_kv_cache(self.model, self.num_blocks, block_size, self.dtype)
         self.sampler = Sampler()
 
