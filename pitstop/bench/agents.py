@@ -57,7 +57,7 @@ def parse_combos(text: str) -> list[tuple[str, str]]:
 
 def _engine_kwargs(args: argparse.Namespace, scheduling_policy: str, ttl_policy: str) -> dict[str, Any]:
     """``EngineConfig`` fields shared by the real and the simulated engine of one policy combination."""
-    kw: dict[str, Any] = dict(model=args.model, kv_cache_memory=args.kv_cache_memory, block_size=args.block_size,
+    kw: dict[str, Any] = dict(model=args.model, kv_cache_memory=kv_memory(args), block_size=args.block_size,
                               max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                               max_num_batched_tokens=args.max_num_batched_tokens, seed=args.seed,
                               skip_tokenizer_init=True, scheduling_policy=scheduling_policy, ttl_policy=ttl_policy)
@@ -90,7 +90,7 @@ def build_sim_engine(args: argparse.Namespace, scheduling_policy: str, ttl_polic
 
     vocab_size = load_model_config(args.model).get("vocab_size", 32000)
     bytes_per_token = load_model_shape(args.model).kv_bytes_per_token(DTYPE_BYTES[concrete_dtype(args.dtype)])
-    num_blocks = kv_cache_num_blocks(args.kv_cache_memory, bytes_per_token, args.block_size)
+    num_blocks = kv_cache_num_blocks(kv_memory(args), bytes_per_token, args.block_size)
     clock = VirtualClock()
     cost = cost_model or build_cost_model(args.cost_model, args.model, args.hardware,
                                           profile=getattr(args, "profile", None))
@@ -98,6 +98,18 @@ def build_sim_engine(args: argparse.Namespace, scheduling_policy: str, ttl_polic
     engine = LLMEngine(EngineConfig(**_engine_kwargs(args, scheduling_policy, ttl_policy)), executor=runner,
                        clock=clock, num_blocks=int(num_blocks), vocab_size=vocab_size, max_model_len=args.max_model_len)
     return engine, clock
+
+
+def kv_memory(args: argparse.Namespace) -> str | int:
+    """``--kv-cache-memory``, or its dtype-dependent default."""
+    return args.kv_cache_memory or default_kv_cache_memory(args.dtype)
+
+
+def default_kv_cache_memory(dtype: str) -> str:
+    """64 MiB per 2 bytes of the KV dtype (``dtype`` resolved as the engine would): the same token capacity
+    (2,912 tokens of SmolLM2-135M) in bf16 and float32."""
+    from pitstop.config import DTYPE_BYTES
+    return f"{32 * DTYPE_BYTES[concrete_dtype(dtype)]}MiB"
 
 
 def concrete_dtype(dtype: str) -> str:
@@ -178,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-scale", type=float, default=0.15, help="multiply every tool time")
     p.add_argument("--max-tool-time", type=float, default=20.0, help="cap a scaled tool time (s)")
     p.add_argument("--max-model-len", type=int, default=2048)
-    p.add_argument("--kv-cache-memory", default="64MiB",
-                   help="KV cache of the in-process engine (SmolLM2-135M: 22.5 KiB/token, 64MiB = 2,912 tokens)")
+    p.add_argument("--kv-cache-memory", default=None,
+                   help="KV cache of the in-process or simulated engine (default: 64MiB in bf16, 128MiB in float32: "
+                        "2,912 tokens of SmolLM2-135M either way, so the pressure is the same on every CPU)")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--max-num-seqs", type=int, default=128)
     p.add_argument("--max-num-batched-tokens", type=int, default=1024)
@@ -240,6 +253,7 @@ def ratios(runs: dict[str, dict]) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.kv_cache_memory = kv_memory(args)  # recorded in the result
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     programs, workload = load_programs(args)
     arrivals = poisson_program_arrivals(len(programs), args.program_rate, args.seed)
