@@ -53,6 +53,44 @@ def test_bad_values(server, body, param):
     assert err["param"] == param, err
 
 
+@pytest.mark.parametrize("messages,param,says", [
+    ([{"role": "banana", "content": "hi"}], "messages.0", "banana"),
+    ([{"role": "", "content": "hi"}], "messages.0", "expected tags"),
+    ([{"content": "hi"}], "messages.0", "role"),
+    ([{"role": "user"}], "messages.0.content", "Field required"),
+    ([{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}], "messages.1.tool_call_id", "required"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant"}], "messages.1", "content or tool_calls"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}], "messages.0.content",
+     "'text'"),
+    ([{"role": "user", "content": 7}], "messages.0.content", "string"),
+    ([{"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f"}}]}],
+     "messages.0.tool_calls.0.function.arguments", "required"),
+])
+def test_messages_are_validated_as_openai_does(server, messages, param, says):
+    """Roles, required fields per role and content types (issue 20: role "banana" or "" with no content used to
+    generate); the 400 names the field."""
+    err = _error(server.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 2}), 400)
+    assert err["param"] == param and says in err["message"], err
+
+
+def test_every_role_and_text_parts_are_accepted(server):
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "system", "content": [{"type": "text",
+                                                                                          "text": "Be kind."}]},
+                {"role": "user", "content": [{"type": "text", "text": "Call f."}, {"type": "text", "text": "Now."}]},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "done"}, {"role": "user", "content": "Thanks."}]
+    r = server.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 2, "temperature": 0,
+                                                  "return_token_ids": True})
+    assert r.status_code == 200, r.text
+    from transformers import AutoTokenizer
+
+    from pitstop.model.resolve import resolve_model
+    text = AutoTokenizer.from_pretrained(str(resolve_model(MODEL))).decode(r.json()["prompt_token_ids"])
+    # the text parts joined by a newline, developer rendered as the template's system
+    assert "Call f.\nNow." in text and "<|im_start|>system\nBe brief." in text
+
+
 def test_unknown_model(server):
     err = _error(server.post("/v1/completions", json={"model": "gpt-17", "prompt": "hi"}), 400)
     assert err["code"] == "model_not_found" and err["param"] == "model"

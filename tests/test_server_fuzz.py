@@ -61,6 +61,40 @@ def test_no_5xx_and_openai_error_bodies(fuzz_server):
     assert statuses[("/v1/completions", 200)] + statuses[("/v1/chat/completions", 200)] > 0, statuses
 
 
+NEGATIVE_EXAMPLES = int(os.environ.get("PITSTOP_FUZZ_NEGATIVE_EXAMPLES", "25"))
+
+
+def test_negative_data_is_rejected(fuzz_server):
+    """schemathesis' negative mode: requests that break the OpenAPI document (wrong types, missing required
+    fields, out-of-range values, bad roles) must be rejected with a 4xx (``negative_data_rejection``), never a
+    5xx (``not_a_server_error``), with an OpenAI error body. The document says exactly what the server accepts."""
+    from schemathesis import GenerationMode
+    from schemathesis.checks import negative_data_rejection, not_a_server_error
+
+    from hypothesis.errors import Unsatisfiable
+
+    statuses: Counter = Counter()
+    unbreakable = []
+    for op in _operations(fuzz_server):
+        @given(case=op.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+        @settings(max_examples=NEGATIVE_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
+                  database=None, derandomize=FUZZ_SEED is None)
+        def check(case) -> None:
+            resp = case.call(headers=AUTH, timeout=60)
+            statuses[(case.path, resp.status_code)] += 1
+            case.validate_response(resp, checks=[not_a_server_error, negative_data_rejection])
+            if resp.status_code >= 400 and resp.status_code != 404:
+                assert set(resp.json()) == {"error"}, resp.text
+
+        try:
+            (check if FUZZ_SEED is None else seed(int(FUZZ_SEED))(check))()
+        except Unsatisfiable:  # nothing in it can be broken (no body, only free-form string parameters)
+            unbreakable.append(f"{op.method.upper()} {op.path}")
+    print("negative fuzz statuses:", dict(sorted(statuses.items())), "no negative data:", unbreakable)
+    broken = {path for (path, st) in statuses}
+    assert {"/v1/completions", "/v1/chat/completions", "/v1/programs/{program_id}/tool_result"} <= broken, statuses
+
+
 def test_server_healthy_and_kv_balanced_after_fuzzing(fuzz_server):
     assert fuzz_server.get("/health").status_code == 200
     fuzz_server.assert_kv_balanced()

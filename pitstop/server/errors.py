@@ -79,8 +79,20 @@ def field_error(err: ValueError) -> APIError:
     return from_value_error(err)
 
 
+_ROLE_TAGS = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+
 def _loc(loc: tuple) -> str:
-    return ".".join(str(x) for x in loc if x not in ("body",)) or "body"
+    """A field path from pydantic's ``loc``, without ``body`` and the tags pydantic adds inside unions (a
+    message's role after its index, ``str`` / ``list[...]`` for the union member tried)."""
+    out: list[str] = []
+    for i, x in enumerate(loc):
+        if x == "body" or (isinstance(x, str) and (x == "str" or x.startswith("list["))):
+            continue
+        if x in _ROLE_TAGS and i > 0 and isinstance(loc[i - 1], int):
+            continue
+        out.append(str(x))
+    return ".".join(out) or "body"
 
 
 def install_handlers(app: FastAPI) -> None:

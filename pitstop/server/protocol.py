@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pitstop.sampling_params import SamplingParams, StructuredOutputsParams
 
@@ -24,7 +24,11 @@ def random_id(prefix: str) -> str:
 
 
 class _Base(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """Request and response bodies. Strict types: a JSON value is accepted only with the type the OpenAPI
+    document gives (``false`` is not the number 0, ``"3"`` not the integer 3; an integer is a number), so the
+    document says exactly what the server accepts."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class StreamOptions(_Base):
@@ -36,7 +40,7 @@ class JsonSchemaFormat(_Base):
     """``response_format.json_schema``: ``schema`` is a JSON Schema; pitstop always constrains to it
     (``strict`` true or false)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, strict=True)
     name: str | None = None
     description: str | None = None
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
@@ -174,18 +178,84 @@ class CompletionRequest(_SamplingRequest):
     best_of: int | None = None
 
 
-class ChatMessage(_Base):
-    """One message; ``tool_calls`` on assistant turns (content may be null), ``tool_call_id`` on ``role: tool``."""
+class TextPart(_Base):
+    """A text content part (``{"type": "text", "text": ...}``): the only part type this server reads."""
 
-    role: str
-    content: str | list[dict[str, Any]] | None = None
+    type: Literal["text"]
+    text: str
+
+
+class FunctionCall(_Base):
+    name: str
+    arguments: str
+
+
+class ToolCallParam(_Base):
+    """An earlier tool call in an assistant message (``id``, ``type: function``, ``function``)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class _Message(_Base):
+    """Fields every message has (OpenAI's chat message params); ``as_dict`` gives the chat template's dict."""
+
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The message for the chat template (unset fields left out)."""
-        return self.model_dump(exclude_none=True) | {"content": self.content}
+        """The message for the chat template: unset fields left out, text parts joined into one string,
+        ``developer`` as the template's ``system``."""
+        content = getattr(self, "content", None)
+        if isinstance(content, list):  # text parts: one text, joined by newlines (as vLLM)
+            content = "\n".join(part.text for part in content)
+        out = self.model_dump(exclude_none=True) | {"content": content}
+        if out["role"] == "developer":
+            out["role"] = "system"
+        return out
+
+
+class SystemMessage(_Message):
+    role: Literal["system"]
+    content: str | list[TextPart]
+
+
+class DeveloperMessage(_Message):
+    role: Literal["developer"]
+    content: str | list[TextPart]
+
+
+class UserMessage(_Message):
+    role: Literal["user"]
+    content: str | list[TextPart]
+
+
+class AssistantMessage(_Message):
+    """An earlier reply: ``content``, ``tool_calls``, or both (at least one)."""
+
+    role: Literal["assistant"]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCallParam] | None = None
+
+    @model_validator(mode="after")
+    def _content_or_calls(self) -> "AssistantMessage":
+        if self.content is None and not self.tool_calls:
+            raise ValueError("an assistant message needs content or tool_calls")
+        return self
+
+
+class ToolMessage(_Message):
+    """A tool's result for the call ``tool_call_id``."""
+
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str
+
+
+ChatMessage = Annotated[SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage,
+                        Field(discriminator="role")]
+"""One message of ``messages``: its ``role`` (system, developer, user, assistant, tool) decides its fields, as in
+OpenAI's API (``tool`` needs ``tool_call_id``; ``assistant`` may have ``tool_calls`` instead of content)."""
 
 
 class ChatCompletionRequest(_SamplingRequest):
@@ -229,7 +299,7 @@ class ModelList(_Base):
     data: list[ModelCard]
 
 
-class ToolResult(BaseModel):
+class ToolResult(_Base):
     """``POST /v1/programs/{program_id}/tool_result``: a finished tool run of a program."""
 
     tool_name: str = "unknown"

@@ -86,14 +86,7 @@ class ServingChat(ServingBase):
 
     def prompt_ids(self, req: ChatCompletionRequest, setup: ToolSetup | None = None,
                    tenant: str | None = None) -> list[int]:
-        conv = []
-        for i, m in enumerate(req.messages):
-            if isinstance(m.content, list):
-                for part in m.content:
-                    if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                        raise bad_request(f"messages[{i}].content: only text parts are supported",
-                                          param=f"messages.{i}.content")
-            conv.append(m.as_dict())
+        conv = [m.as_dict() for m in req.messages]  # roles, fields and text-only parts: checked by the schema
         if self.raw_turns is not None:
             conv = self.raw_turns.restore(tenant, conv)
         tools = setup.tools if setup is not None and setup.offered else []
