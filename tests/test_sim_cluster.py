@@ -220,3 +220,12 @@ def test_replica_mirrors_every_call_of_engine_step():
     src = inspect.getsource(Replica)
     assert "engine.begin_step(" in src and "runner.execute(" in src and "engine.finish_step(" in src
     assert "engine._" not in src and "scheduler.schedule(" not in src and "scheduler.update(" not in src
+
+
+def test_an_explicit_context_the_kv_cache_cannot_hold_fails_as_in_the_real_engine():
+    """Issue 20: the simulator applies the engine's own check (it used to shrink max_model_len silently)."""
+    with pytest.raises(ValueError, match=r"the KV cache holds 4096 tokens .* less than max_model_len=8192"):
+        build_cluster(SimConfig(model="smollm2-135m", replicas=1, kv_cache_tokens=4096, max_model_len=8192))
+    # the model's own (defaulted) context is still fitted to the cache
+    cluster = build_cluster(SimConfig(model="smollm2-135m", replicas=1, kv_cache_tokens=4096))
+    assert cluster.replicas[0].engine.max_model_len == 4096

@@ -96,8 +96,9 @@ def build_cluster(cfg: SimConfig, cost_model: CostModel | None = None) -> Cluste
     cm = cost_model or build_cost_model(cfg.cost_model, cfg.model, cfg.hardware, cfg.tp, cfg.profile)
     vocab, mml = model_facts(cfg)
     num_blocks = kv_tokens(cfg) // cfg.block_size
-    if num_blocks * cfg.block_size < mml:
-        mml = num_blocks * cfg.block_size  # the engine refuses a context the KV cache cannot hold
+    if num_blocks * cfg.block_size < mml and cfg.max_model_len is None:
+        mml = num_blocks * cfg.block_size  # the model's own context would not fit: use what the KV cache holds
+    # an explicit max_model_len the KV cache cannot hold: the engine's own check raises, as the real engine's
     econf = EngineConfig(model=cfg.model, block_size=cfg.block_size, max_model_len=mml, max_num_seqs=cfg.max_num_seqs,
                          max_num_batched_tokens=cfg.max_num_batched_tokens,
                          enable_prefix_caching=cfg.enable_prefix_caching,
@@ -114,6 +115,8 @@ def build_cluster(cfg: SimConfig, cost_model: CostModel | None = None) -> Cluste
 
 def effective_max_model_len(cfg: SimConfig) -> int:
     vocab, mml = model_facts(cfg)
+    if cfg.max_model_len is not None:
+        return mml
     return min(mml, (kv_tokens(cfg) // cfg.block_size) * cfg.block_size)
 
 
