@@ -112,6 +112,23 @@ def test_errors_400_401_413(server, client):
                   413)["code"] == "request_too_large"
 
 
+def test_disconnect_mid_stream_aborts_on_the_replica(server):
+    """A client that leaves a stream early: the replica's request is aborted and its KV freed (checked by the
+    autouse fixture on every replica), not run to its 1000 tokens."""
+    before = counter(server.metrics(), "pitstop_generation_tokens_total")
+    with server._client.stream("POST", "/v1/completions", json={
+            "model": MODEL, "prompt": "Tell a long story.", "max_tokens": 1000, "ignore_eos": True, "stream": True}) as r:
+        assert r.status_code == 200
+        got = 0
+        for line in r.iter_lines():
+            got += line.startswith("data: ")
+            if got >= 3:
+                break
+    st = server.wait_idle(timeout=30)
+    assert st["num_running"] == 0 and st["num_outstanding"] == 0, st
+    assert counter(server.metrics(), "pitstop_generation_tokens_total") == before  # aborted: not finished
+
+
 def test_round_robin_spreads_lone_requests(server):
     assert server.post("/debug/router", json={"router": "round-robin"}).status_code == 200
     try:

@@ -70,7 +70,9 @@ def worktree_path() -> str:
 
 def serve_forever(app, host: str, port: int, ray_address: str | None = None, log_level: str = "warning") -> int:
     """Start Ray (a local instance when ``ray_address`` is None; else join ``auto`` or an address), run ``app``
-    on ``host:port`` and block until SIGINT/SIGTERM. Returns the exit code (0).
+    on ``host:port`` and block until SIGINT/SIGTERM, then remove it (and shut down Serve and Ray when they were
+    started here). Returns the exit code (0). On a joined cluster whose Serve already runs, Serve's HTTP options
+    (host, port) are the running ones.
 
     Raises:
         ConnectionError / RuntimeError: Ray or Serve could not start.
@@ -94,7 +96,10 @@ def serve_forever(app, host: str, port: int, ray_address: str | None = None, log
         stop.wait()
     finally:
         try:
-            serve.shutdown()
+            if ray_address is None:
+                serve.shutdown()  # the local instance's Serve, then Ray, go with us
+            else:
+                serve.delete(APP_NAME)  # leave a joined cluster's Serve (and other apps) running
         finally:
             ray.shutdown()
     return 0
