@@ -99,7 +99,8 @@ def test_chat_and_streamed_chat_equal_llm_chat(client, llm, server):
 
 
 def test_errors_400_401_413(server, client):
-    r = server.post("/v1/completions", content=b'{"model": "x", "prompt": ', headers={"content-type": "application/json"})
+    r = server.post("/v1/completions", content=b'{"model": "x", "prompt": ',
+                    headers={"content-type": "application/json"})
     assert _error(r, 400)["code"] == "invalid_json"
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=MODEL, prompt="hi", max_tokens=4, n=17)
@@ -116,8 +117,8 @@ def test_disconnect_mid_stream_aborts_on_the_replica(server):
     """A client that leaves a stream early: the replica's request is aborted and its KV freed (checked by the
     autouse fixture on every replica), not run to its 1000 tokens."""
     before = counter(server.metrics(), "pitstop_generation_tokens_total")
-    with server._client.stream("POST", "/v1/completions", json={
-            "model": MODEL, "prompt": "Tell a long story.", "max_tokens": 1000, "ignore_eos": True, "stream": True}) as r:
+    body = {"model": MODEL, "prompt": "Tell a long story.", "max_tokens": 1000, "ignore_eos": True, "stream": True}
+    with server._client.stream("POST", "/v1/completions", json=body) as r:
         assert r.status_code == 200
         got = 0
         for line in r.iter_lines():
