@@ -57,6 +57,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="render an assistant turn with tool calls that this server returned, when it comes back in "
                         "a later request, as the text the model generated (its KV cache is reused to the end) or "
                         "as the chat template renders the calls (default: %(default)s)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="engine replicas; more than 1 serves them on Ray Serve behind one API, each with the engine "
+                        "flags here (threads, KV memory...); 1: this single-process server, no Ray (default: 1)")
+    p.add_argument("--router", default="program-affinity",
+                   help="with --replicas > 1: round-robin, least-loaded, prefix-affinity, two-choice or "
+                        "program-affinity (default: %(default)s)")
+    p.add_argument("--ray-address", default=None,
+                   help="with --replicas > 1: the Ray cluster to join ('auto' or an address; default: start a local "
+                        "Ray instance)")
     p.add_argument("--debug-endpoints", action="store_true", help="expose GET /debug/kv (tests)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     return p
@@ -72,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from pitstop.server.uvicorn_server import DrainingServer
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.replicas > 1:
+        return run_replicas(args)
     engine = build_engine(EngineConfig(**engine_kwargs(args), program_idle_timeout=args.program_idle_timeout,
                                        max_programs=args.max_programs),
                           keep_step_history=False)  # a record per step grows without bound in a server
@@ -79,10 +90,8 @@ def run(args: argparse.Namespace) -> int:
     for extra in (Path(args.model).name, Path(str(engine.model_dir)).name if engine.model_dir else None):
         if extra and extra not in names:
             names.append(extra)
-    limits = RequestLimits(max_request_bytes=args.max_request_bytes, max_n=args.max_n,
-                           max_logprobs=args.max_logprobs, max_stop=args.max_stop, max_stop_chars=args.max_stop_chars,
-                           max_logit_bias=args.max_logit_bias, max_tokens=args.max_tokens_limit)
-    keys = args.api_key or ([os.environ["PITSTOP_API_KEY"]] if os.environ.get("PITSTOP_API_KEY") else None)
+    limits = RequestLimits(**_limit_kwargs(args))
+    keys = _api_keys(args)
     died: list[BaseException] = []
     servers: list = []
 
@@ -106,3 +115,39 @@ def run(args: argparse.Namespace) -> int:
         return 3
     return 0
 
+
+
+def _limit_kwargs(args: argparse.Namespace) -> dict:
+    return dict(max_request_bytes=args.max_request_bytes, max_n=args.max_n, max_logprobs=args.max_logprobs,
+                max_stop=args.max_stop, max_stop_chars=args.max_stop_chars, max_logit_bias=args.max_logit_bias,
+                max_tokens=args.max_tokens_limit)
+
+
+def _api_keys(args: argparse.Namespace) -> list[str] | None:
+    return args.api_key or ([os.environ["PITSTOP_API_KEY"]] if os.environ.get("PITSTOP_API_KEY") else None)
+
+
+def run_replicas(args: argparse.Namespace) -> int:
+    """``--replicas N`` (N > 1): N engine replicas on Ray Serve (``pitstop.server.ray``). Returns the exit code:
+    2 when Ray Serve is not installed or the router name is unknown."""
+    from pitstop.cli.engine_args import engine_kwargs
+    try:
+        from pitstop.server.ray.app import build_app, serve_forever
+    except ImportError as e:
+        print(f"pitstop: error: --replicas > 1 needs Ray Serve (pip install 'ray[serve]'): {e}", flush=True)
+        return 2
+    names = args.served_model_name or [args.model]
+    if Path(args.model).name not in names:
+        names.append(Path(args.model).name)
+    engine_config = dict(engine_kwargs(args), program_idle_timeout=args.program_idle_timeout,
+                         max_programs=args.max_programs)
+    app_kwargs = dict(model_names=names, api_key=_api_keys(args), max_queue=args.max_queue,
+                      debug_endpoints=args.debug_endpoints, limits=_limit_kwargs(args),
+                      cache_isolation=args.cache_isolation, tool_call_parser=args.tool_call_parser,
+                      tool_history=args.tool_history)
+    try:
+        app = build_app(engine_config, app_kwargs, args.replicas, router=args.router)
+    except ValueError as e:
+        print(f"pitstop: error: {e}", flush=True)
+        return 2
+    return serve_forever(app, args.host, args.port, args.ray_address, args.log_level)

@@ -1,0 +1,135 @@
+"""A Ray Serve ``RequestRouter`` whose choice is made by one of pitstop's routers (``pitstop.sim.routers``: the
+same classes the cluster simulator drives).
+
+Per request, the router reads the ``RouteInfo`` the ingress passed as the call's first argument and, by kind:
+
+* ``route``: builds a ``RouteRequest`` (prompt length, prefix keys, program key) and one ``LiveLoad`` per replica
+  (replicas sorted by id, so indexes are stable while the set is), asks the pitstop router (``assign``: route then
+  record), and remembers the program's replica;
+* ``program`` (``GET/DELETE /v1/programs/{id}``, ``tool_result``): the replica that got the program's last turn
+  (any replica when none did: it answers 404 as the single server would);
+* ``replica``: the ``replica_index``-th replica (the ingress' broadcasts: /health, /metrics, /debug/*).
+
+Load (``LiveLoad``): ``outstanding_requests`` = max(requests this router sent and not yet completed, the
+replica's own ``num_outstanding``); ``outstanding_tokens`` / ``queued_prefill_tokens`` = estimated prompt + output
+tokens / prompt tokens of the requests this router sent and not yet completed; ``kv_capacity_tokens`` and the
+engine counts (running, waiting, KV usage, pinned blocks) come from the replicas' ``record_routing_stats``
+(pushed by Serve every ``request_routing_stats_period_s``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+
+from pitstop.server.ray.routing import KIND_PROGRAM, KIND_REPLICA, RouteInfo
+from pitstop.sim.routers import RouteRequest, Router, get_router
+
+
+MAX_PROGRAMS = 100_000  # program -> replica entries kept (LRU)
+
+
+@dataclass
+class LiveLoad:
+    """A ``pitstop.sim.routers.ReplicaLoad`` built from live replica state (counts; tokens; ``kv_usage`` 0..1)."""
+
+    index: int
+    outstanding_requests: int = 0
+    outstanding_tokens: int = 0
+    queued_prefill_tokens: int = 0
+    kv_capacity_tokens: int = 1 << 30
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_usage: float = 0.0
+    kv_pinned_blocks: int = 0
+
+
+class PitstopRequestRouter(RequestRouter):
+    """Ray Serve request router delegating to a pitstop router (``request_router_kwargs``: ``router``, the
+    ``--router`` name, and ``router_kwargs``, its constructor arguments)."""
+
+    def initialize_state(self, router: str = "round-robin", router_kwargs: dict | None = None, **_: Any) -> None:
+        """Called by Serve with ``request_router_kwargs``. Raises ValueError for an unknown router name."""
+        self.default_router = router
+        self.router_kwargs = router_kwargs or {}
+        self.routers: dict[str, Router] = {}
+        self._router(router)  # fail early on an unknown name
+        self.program_home: OrderedDict[str, str] = OrderedDict()  # program key -> replica unique id
+        self.inflight: dict[str, tuple[str, int, int]] = {}  # internal request id -> (replica, prompt, total tokens)
+
+    def _router(self, name: str | None) -> Router:
+        name = name or self.default_router
+        r = self.routers.get(name)
+        if r is None:
+            r = self.routers[name] = get_router(name, **(self.router_kwargs if name == self.default_router else {}))
+            r.reset(0)
+        return r
+
+    def _loads(self, replicas: list[RunningReplica]) -> list[LiveLoad]:
+        loads = []
+        for i, rep in enumerate(replicas):
+            rid = rep.replica_id.unique_id
+            mine = [v for v in self.inflight.values() if v[0] == rid]
+            st = rep.routing_stats or {}
+            loads.append(LiveLoad(
+                index=i, outstanding_requests=max(len(mine), int(st.get("num_outstanding", 0))),
+                outstanding_tokens=sum(v[2] for v in mine), queued_prefill_tokens=sum(v[1] for v in mine),
+                kv_capacity_tokens=int(st.get("kv_capacity_tokens", 1 << 30)),
+                num_running=int(st.get("num_running", 0)), num_waiting=int(st.get("num_waiting", 0)),
+                kv_usage=float(st.get("kv_usage", 0.0)), kv_pinned_blocks=int(st.get("kv_pinned_blocks", 0))))
+        return loads
+
+    async def _select_from_candidate_replicas(self, candidates: list[RunningReplica],
+                                              backoff_index: int) -> RunningReplica | None:
+        """The replica this router chose, without Serve's queue-length probe: the pitstop router has decided, and
+        the engine replicas never reject (``max_ongoing_requests`` is far above what the engine admits; its own
+        limits answer 429). Overrides a private ``RequestRouter`` method (Ray 2.60): the probe, an actor call
+        per request with a 0.1 s deadline, timed out on a loaded 2-core machine and the routing retried."""
+        for r in candidates:
+            if r.replica_id in self._replicas:
+                return r
+        return None
+
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+        """One replica for ``pending_request`` (Serve probes it, then sends; on rejection Serve calls again)."""
+        if pending_request is not None:
+            pending_request.routing_context.should_backoff = True  # Serve retries without sleeping otherwise
+        replicas = sorted(candidate_replicas, key=lambda r: r.replica_id.unique_id)
+        if not replicas:
+            return []
+        info = None
+        if pending_request is not None and pending_request.args and isinstance(pending_request.args[0], dict):
+            info = RouteInfo.from_dict(pending_request.args[0])
+        if info is None:  # a call without routing keys
+            return [[replicas[0]]]
+        if info.kind == KIND_REPLICA:
+            return [[replicas[info.replica_index % len(replicas)]]]
+        by_id = {r.replica_id.unique_id: r for r in replicas}
+        if info.kind == KIND_PROGRAM:
+            home = self.program_home.get(info.program_key) if info.program_key else None
+            return [[by_id.get(home, replicas[0])]]
+        router = self._router(info.router)
+        req = RouteRequest(info.request_id, info.prompt_len, info.output_len, info.prefix_keys, info.block_tokens,
+                           info.program_key)
+        now = pending_request.created_at
+        index = router.assign(req, self._loads(replicas), now)
+        chosen = replicas[index]
+        rid = chosen.replica_id.unique_id
+        self.inflight[pending_request.metadata.internal_request_id] = (
+            rid, info.prompt_len, info.prompt_len + info.output_len)
+        if info.program_key:
+            self.program_home[info.program_key] = rid
+            self.program_home.move_to_end(info.program_key)
+            while len(self.program_home) > MAX_PROGRAMS:
+                self.program_home.popitem(last=False)
+            if info.is_last_turn and hasattr(router, "forget"):
+                router.forget(info.program_key)
+        return [[chosen]]
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        """Serve's hook when a request (or stream) to a replica finished: drop it from the in-flight load."""
+        self.inflight.pop(internal_request_id, None)
