@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import httpx
 import pytest
@@ -85,15 +84,18 @@ def sleepy_tools(delay: float = 0.3) -> ToolRegistry:
     return ToolRegistry([lookup, secret])
 
 
+def _overlapped(runs) -> bool:
+    """Each run started before every other one ended (their intervals share a moment: they ran at once)."""
+    return max(r.start for r in runs) < min(r.end for r in runs)
+
+
 def test_parallel_calls_run_together_and_results_come_back_untrusted():
     ep = ScriptedEndpoint([{"calls": [("lookup", {"city": "Paris"}), ("lookup", {"city": "Rome"})]},
                            {"content": "Rome is bigger."}])
     agent = Agent(ep.model(), sleepy_tools())
-    t = time.perf_counter()
     res = asyncio.run(agent.run("Which is bigger?"))
-    wall = time.perf_counter() - t
     assert res.outcome == "answer" and res.answer == "Rome is bigger."
-    assert len(res.tool_runs) == 2 and wall < 0.55, wall  # two 0.3 s calls at once, not one after the other
+    assert len(res.tool_runs) == 2 and _overlapped(res.tool_runs)  # at once, not one after the other
     tool_msgs = [m for m in res.messages if m["role"] == "tool"]
     assert [m["tool_call_id"] for m in tool_msgs] == ["call_0", "call_1"]
     assert 'trust="untrusted">2.1M</tool_output>' in tool_msgs[0]["content"]
@@ -170,10 +172,9 @@ def test_trace_has_llm_and_parallel_tool_tracks(tmp_path):
 def test_planner_agent_runs_the_dag_and_links_the_program():
     plan = '1. lookup("Paris")\n2. lookup("Rome")\n3. join()\n'
     ep = ScriptedEndpoint([{"content": plan}, {"content": "Thought: done\nFinal Answer: Rome"}])
-    t = time.perf_counter()
     run = asyncio.run(PlannerAgent(ep.model(), sleepy_tools(0.3)).run("Which is bigger?"))
     assert run.error is None and run.answer == "Rome"
-    assert time.perf_counter() - t < 0.55  # the two lookups ran at once
+    assert _overlapped(run.tool_runs)  # the two lookups ran at once
     assert ep.requests[0]["stream"] is True and "structured_outputs" in ep.requests[0]  # the plan grammar
     assert "structured_outputs" not in ep.requests[1]  # the joiner is free text
     assert all(r["program_id"] == run.program_id for r in ep.requests)
