@@ -49,7 +49,8 @@ def test_no_5xx_and_openai_error_bodies(fuzz_server):
         def check(case) -> None:
             resp = case.call(headers=AUTH, timeout=60)
             statuses[(case.path, resp.status_code)] += 1
-            assert resp.status_code < 500, f"{case.method} {case.path}: {resp.status_code} {resp.text[:500]}"
+            assert resp.status_code < 500, (f"{case.method} {case.path}: {resp.status_code} {resp.text[:500]}\n"
+                                            f"body: {case.body!r}\nserver log:\n{fuzz_server.log()[-2000:]}")
             if resp.status_code >= 400:
                 body = resp.json()
                 assert set(body) == {"error"} and {"message", "type", "param", "code"} <= set(body["error"]), body

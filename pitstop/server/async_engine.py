@@ -267,6 +267,8 @@ class AsyncEngine:
         if out.error is not None:  # the engine ended this request alone (e.g. its detokenization failed)
             self._tracked.pop(out.request_id, None)
             own = out.error_type == "invalid_request_error"  # its own input (a grammar that did not compile): a 400
+            if not own:  # the 500's body names no cause: the log does
+                log.error("request %s failed in the engine: %s", out.request_id, out.error)
             self._push(tracked, StreamUpdate([], error=(ValueError if own else RuntimeError)(out.error)))
             return
         deltas = []

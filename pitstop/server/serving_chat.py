@@ -15,6 +15,7 @@ it is complete and parses. Either way the stream reassembles exactly to the non-
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -36,6 +37,8 @@ from pitstop.tools.chat import apply_chat_template
 from pitstop.tools.choice import ToolChoice, constraint, extractor_for, normalize_tools, parse_tool_choice
 from pitstop.tools.raw_turns import RawToolTurns
 from pitstop.tools.registry import DEFAULT_PARSER, get_parser, infer_parser
+
+log = logging.getLogger(__name__)
 
 
 def tool_call_id() -> str:
@@ -147,6 +150,7 @@ class ServingChat(ServingBase):
         with self.stream_errors():
             async for u in handle.updates():
                 return u
+        log.error("request %s: its stream ended without an update", handle.request_id)
         raise RuntimeError("the request's stream ended without an update")
 
     async def _collect(self, handle: RequestHandle) -> RequestOutput:
