@@ -18,7 +18,7 @@ from pitstop.engine.llm_engine import LLMEngine
 from pitstop.server.async_engine import AsyncEngine
 from pitstop.server.debug_memory import memory_report
 from pitstop.server.errors import APIError, error_body, install_handlers
-from pitstop.server.limits import RequestLimits, body_too_large
+from pitstop.server.limits import RequestLimits, body_too_large, read_body
 from pitstop.server.metrics import ServerMetrics
 from pitstop.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, ToolResult
 from pitstop.server.serving_chat import ServingChat
@@ -77,7 +77,7 @@ class _AuthAndMetrics:
             return receive if int(declared) <= self.max_request_bytes else None
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
             return receive
-        body = await _read_body(receive, self.max_request_bytes)
+        body = await read_body(receive, self.max_request_bytes)
         if body is None:
             return None
         replay = [{"type": "http.request", "body": body, "more_body": False}]
@@ -85,22 +85,6 @@ class _AuthAndMetrics:
         async def replaying() -> Message:
             return replay.pop() if replay else await receive()
         return replaying
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or None once it exceeds ``limit`` bytes."""
-    parts, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(parts)
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
 
 
 def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[str] | None = None,

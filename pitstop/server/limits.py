@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pitstop.server.errors import APIError, bad_request
 
@@ -55,3 +56,19 @@ def body_too_large(limit: int) -> APIError:
     """The 413 answer for a body over ``limit`` bytes."""
     return APIError(413, f"request body larger than {limit} bytes (--max-request-bytes)",
                     "invalid_request_error", None, "request_too_large")
+
+
+async def read_body(receive: Any, limit: int) -> bytes | None:
+    """The whole request body, or None once it exceeds ``limit`` bytes."""
+    parts, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(parts)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)

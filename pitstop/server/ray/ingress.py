@@ -19,29 +19,13 @@ import json
 import uuid
 from typing import Any
 
-from pitstop.server.limits import body_too_large
+from pitstop.server.limits import body_too_large, read_body
 from pitstop.server.ray.routing import KIND_PROGRAM, KIND_REPLICA, RouteInfo, bearer_token, program_key, route_info
 
 _GENERATE = ("/v1/completions", "/v1/chat/completions")
 _PROGRAMS = "/v1/programs/"
 _SUMMED = ("num_blocks", "num_free_blocks", "num_used_blocks", "num_running", "num_waiting", "num_held",
            "num_outstanding", "num_preemptions", "num_pinned_blocks", "num_programs", "num_grammars")
-
-
-async def _read_body(receive, limit: int) -> bytes | None:
-    """The request body, or None once it exceeds ``limit`` bytes."""
-    parts, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(parts)
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
 
 
 def label_metrics(text: str, index: int) -> list[str]:
@@ -122,7 +106,7 @@ class Ingress:
         if declared.isdigit() and int(declared) > self.max_request_bytes:
             body = None
         else:
-            body = await _read_body(receive, self.max_request_bytes)
+            body = await read_body(receive, self.max_request_bytes)
         if body is None:
             await body_too_large(self.max_request_bytes).response()(scope, receive, send)
             return
