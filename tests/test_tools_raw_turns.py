@@ -63,3 +63,10 @@ def test_parallel_calls_must_all_match_and_capacity_drops_the_least_recently_use
     assert len(t) == 2 and t.restore(None, [both])[0]["content"] == "two calls"  # "t2" went, not this one
     with pytest.raises(ValueError):
         RawToolTurns(capacity=0)
+
+
+def test_tool_history_names_one_memory_or_none():
+    from pitstop.tools.raw_turns import raw_turns_for
+    assert isinstance(raw_turns_for("generated"), RawToolTurns) and raw_turns_for("template") is None
+    with pytest.raises(ValueError, match="tool_history"):
+        raw_turns_for("raw")

@@ -109,8 +109,7 @@ class Agent:
         """
         trace = RunTrace(self.clock)
         link = EngineLink(self.model, program_id)
-        guarded = GuardedTools(self.tools, self.permissions, on_run=lambda r: self._on_run(r, trace, link),
-                               clock=self.clock)
+        guarded = GuardedTools(self.tools, self.permissions, on_run=link.tool_observer(trace), clock=self.clock)
         messages: list[Message] = [{"role": "system", "content": self.system_prompt},
                                    {"role": "user", "content": task}]
         turns: list[TurnRecord] = []
@@ -155,11 +154,6 @@ class Agent:
         except ToolError as e:
             return tool_message(call.id, None, str(e))
         return tool_message(call.id, untrusted(output, call.name), None)
-
-    @staticmethod
-    async def _on_run(run: ToolRun, trace: RunTrace, link: EngineLink) -> None:
-        trace.add("tool", run.name, run.start, run.end, error=run.error, arguments=run.arguments)
-        await link.tool_done(run)
 
 
 def parse_arguments(name: str, arguments: str) -> dict[str, Any]:

@@ -10,7 +10,8 @@ import uuid
 from typing import Any
 
 from pitstop.agents.chat_model import ChatModel, ProgramHints
-from pitstop.agents.tool_guard import ToolRun
+from pitstop.agents.tool_guard import OnRun, ToolRun
+from pitstop.agents.trace import RunTrace
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,14 @@ class EngineLink:
         if self.linked and not run.refused:
             await self.model.report_tool(self.program_id, run.name, run.duration_s)
             self.reported.append((run.name, run.duration_s))
+
+    def tool_observer(self, trace: RunTrace) -> OnRun:
+        """``GuardedTools``' ``on_run`` for a run: each tool run goes into ``trace`` as a span, then to the
+        engine (``tool_done``)."""
+        async def on_run(run: ToolRun) -> None:
+            trace.add("tool", run.name, run.start, run.end, error=run.error, arguments=run.arguments)
+            await self.tool_done(run)
+        return on_run
 
     async def end(self) -> dict[str, Any] | None:
         """Ends the program; its counters just before (``stats``), or None. Never raises: a failed end is logged

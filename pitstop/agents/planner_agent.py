@@ -61,16 +61,17 @@ class PlannerAgent:
         """Answers ``question``; the program ends with the run, whatever its outcome."""
         trace = RunTrace(self.clock)
         link = EngineLink(self.model, program_id)
+        guarded = GuardedTools(self.tools, self.permissions, on_run=link.tool_observer(trace), clock=self.clock)
 
-        async def on_run(run: ToolRun) -> None:
-            trace.add("tool", run.name, run.start, run.end, error=run.error, arguments=run.arguments)
-            await link.tool_done(run)
+        def plan_llm(messages: list[Message]) -> AsyncIterator[str]:  # under the plan grammar where supported
+            grammar = planner.grammar() if self.constrain and link.linked else None
+            return self.model.stream(messages, program=link.hints(), grammar=grammar)
 
-        guarded = GuardedTools(self.tools, self.permissions, on_run=on_run, clock=self.clock)
-        allowed = [t for t in guarded if self.permissions is None or t.name in self.permissions.tools]
-        planner = Planner(self._llm(link, grammar=True), ToolRegistry(allowed), joiner=self._llm(link, grammar=False),
-                          max_replans=self.max_replans, sequential=self.sequential, clock=self.clock)
-        self._planner = planner
+        def join_llm(messages: list[Message]) -> AsyncIterator[str]:
+            return self.model.stream(messages, program=link.hints())
+
+        planner = Planner(plan_llm, ToolRegistry(guarded.allowed()), joiner=join_llm, max_replans=self.max_replans,
+                          sequential=self.sequential, clock=self.clock)
         result, error = None, None
         try:
             await link.start()
@@ -81,12 +82,6 @@ class PlannerAgent:
         finally:
             stats = await asyncio.shield(link.end())
         return PlannerRun(result, trace, guarded.runs, link.program_id, stats, self.clock() - trace.t0, error)
-
-    def _llm(self, link: EngineLink, grammar: bool) -> Callable[[list[Message]], AsyncIterator[str]]:
-        def call(messages: list[Message]) -> AsyncIterator[str]:
-            g = self._planner.grammar() if grammar and self.constrain and link.linked else None
-            return self.model.stream(messages, program=link.hints(), grammar=g)
-        return call
 
 
 def _trace_rounds(trace: RunTrace, result: PlannerResult) -> None:

@@ -100,10 +100,14 @@ class GuardedTools(ToolRegistry):
         for t in tools:
             self.add(GuardedTool(t.name, t.description, t.parameters, inner=t, guard=self))
 
+    def allowed(self) -> list[Tool]:
+        """The tools the permissions allow (the ones to offer; a call to another is still refused)."""
+        names = self.permissions.tools if self.permissions is not None else None
+        return [t for t in self if names is None or t.name in names]
+
     def openai_specs(self) -> list[dict[str, Any]]:
-        """The tools the permissions allow (a refused tool is not offered; a call to it is still refused)."""
-        allowed = self.permissions.tools if self.permissions is not None else None
-        return [t.openai_spec() for t in self if allowed is None or t.name in allowed]
+        """The allowed tools as OpenAI ``tools`` entries (a refused tool is not offered)."""
+        return [t.openai_spec() for t in self.allowed()]
 
     async def record(self, run: ToolRun) -> None:
         self.runs.append(run)

@@ -42,11 +42,9 @@ class LLM:
     def __init__(self, model: str = "SmolLM2-135M-Instruct", dtype: str = "auto",
                  kv_cache_memory: int | str = "1GiB", max_model_len: int | None = None,
                  enable_prefix_caching: bool = True, tool_history: str = "generated", **kwargs: Any) -> None:
-        from pitstop.tools.raw_turns import RawToolTurns
+        from pitstop.tools.raw_turns import raw_turns_for
 
-        if tool_history not in ("generated", "template"):
-            raise ValueError(f"tool_history must be 'generated' or 'template', got {tool_history!r}")
-        self.raw_turns = RawToolTurns() if tool_history == "generated" else None
+        self.raw_turns = raw_turns_for(tool_history)
         config = EngineConfig(model=model, dtype=dtype, kv_cache_memory=kv_cache_memory,
                               max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
                               **kwargs)

@@ -35,7 +35,7 @@ from pitstop.server.tenants import request_tenant, scoped_program
 from pitstop.tools.base import Extractor, ParsedCall, StreamEvent, ToolParser, calls_of, content_of
 from pitstop.tools.chat import apply_chat_template
 from pitstop.tools.choice import ToolChoice, constraint, extractor_for, normalize_tools, parse_tool_choice
-from pitstop.tools.raw_turns import RawToolTurns
+from pitstop.tools.raw_turns import raw_turns_for
 from pitstop.tools.registry import DEFAULT_PARSER, get_parser, infer_parser
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,7 @@ class ServingChat(ServingBase):
         super().__init__(*args, **kwargs)
         name = tool_parser or infer_parser(getattr(self.tokenizer, "chat_template", None)) or DEFAULT_PARSER
         self.parser: ToolParser = get_parser(name)
-        if tool_history not in ("generated", "template"):
-            raise ValueError(f"tool_history must be 'generated' or 'template', got {tool_history!r}")
-        self.raw_turns = RawToolTurns() if tool_history == "generated" else None
+        self.raw_turns = raw_turns_for(tool_history)
 
     def tool_setup(self, req: ChatCompletionRequest) -> ToolSetup:
         """400 naming the field for a bad tool, tool_choice or structured-output request."""

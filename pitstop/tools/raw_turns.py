@@ -98,3 +98,17 @@ class RawToolTurns:
                 return None
         self._turns.move_to_end((scope, turn.calls[0][0]))
         return turn
+
+
+TOOL_HISTORY = ("generated", "template")
+
+
+def raw_turns_for(tool_history: str) -> RawToolTurns | None:
+    """The turn memory ``tool_history`` asks for: a ``RawToolTurns`` for ``generated``, None for ``template``.
+
+    Raises:
+        ValueError: another value.
+    """
+    if tool_history not in TOOL_HISTORY:
+        raise ValueError(f"tool_history must be 'generated' or 'template', got {tool_history!r}")
+    return RawToolTurns() if tool_history == "generated" else None
