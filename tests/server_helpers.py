@@ -131,6 +131,33 @@ def start_server(tmp_dir: Path, *extra: str, api_key: str | None = API_KEY, time
     raise RuntimeError(f"server did not become healthy in {timeout}s:\n{log_path.read_text()[-4000:]}")
 
 
+def paused_flood(server: Server, num: int, limit: int, max_tokens: int, wait_s: float) -> list[httpx.Response]:
+    """``num`` concurrent completions against a paused engine (``POST /debug/engine``): waits (at most ``wait_s``
+    seconds) until the ``num - limit`` rejected ones have answered, resumes the engine and returns every response.
+    No request can finish while paused, so what is admitted and what is refused does not depend on timing."""
+    import asyncio
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=max(120.0, 2 * wait_s),
+                                     headers={"Authorization": f"Bearer {API_KEY}"},
+                                     limits=httpx.Limits(max_connections=num)) as c:
+            body = {"model": MODEL, "prompt": "Flood request", "max_tokens": max_tokens, "ignore_eos": True,
+                    "temperature": 0}
+            tasks = [asyncio.ensure_future(c.post("/v1/completions", json=body)) for _ in range(num)]
+            deadline = time.monotonic() + wait_s
+            while sum(t.done() for t in tasks) < num - limit:  # the rejected ones answer while paused
+                assert time.monotonic() < deadline, f"{sum(t.done() for t in tasks)} answered while paused"
+                await asyncio.sleep(0.05)
+            assert server.post("/debug/engine", json={"paused": False}).status_code == 200
+            return await asyncio.gather(*tasks)
+
+    assert server.post("/debug/engine", json={"paused": True}).status_code == 200
+    try:
+        return asyncio.run(flood())
+    finally:
+        server.post("/debug/engine", json={"paused": False})
+
+
 def counter(metrics: dict[str, float], name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     total = 0.0

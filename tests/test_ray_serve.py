@@ -7,8 +7,6 @@ every test, KV accounting balances on every replica (``GET /debug/kv`` lists eac
 
 from __future__ import annotations
 
-import asyncio
-import time
 
 import httpx
 import pytest
@@ -17,7 +15,7 @@ pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install
 
 import openai  # noqa: E402
 from server_helpers import API_KEY, DTYPE, MAX_MODEL_LEN, MAX_NUM_SEQS, MAX_QUEUE, MODEL, counter  # noqa: E402
-from server_helpers import start_server  # noqa: E402
+from server_helpers import paused_flood, start_server  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 REPLICAS = 2
@@ -173,24 +171,7 @@ def test_queue_full_429_under_flood(server):
     limit = REPLICAS * (MAX_NUM_SEQS + MAX_QUEUE)
     num = 3 * limit
 
-    async def flood() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=180,
-                                     headers={"Authorization": f"Bearer {API_KEY}"},
-                                     limits=httpx.Limits(max_connections=num)) as c:
-            body = {"model": MODEL, "prompt": "Flood request", "max_tokens": 8, "ignore_eos": True, "temperature": 0}
-            tasks = [asyncio.ensure_future(c.post("/v1/completions", json=body)) for _ in range(num)]
-            deadline = time.monotonic() + 90
-            while sum(t.done() for t in tasks) < num - limit:
-                assert time.monotonic() < deadline, f"{sum(t.done() for t in tasks)} answered while paused"
-                await asyncio.sleep(0.05)
-            assert server.post("/debug/engine", json={"paused": False}).status_code == 200
-            return await asyncio.gather(*tasks)
-
-    assert server.post("/debug/engine", json={"paused": True}).status_code == 200
-    try:
-        responses = asyncio.run(flood())
-    finally:
-        server.post("/debug/engine", json={"paused": False})
+    responses = paused_flood(server, num, limit, max_tokens=8, wait_s=90)
     codes = [r.status_code for r in responses]
     assert codes.count(200) == limit and codes.count(429) == num - limit, codes
     for r in responses:

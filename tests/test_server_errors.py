@@ -3,12 +3,10 @@ client disconnect mid-stream (request aborted, KV freed), and 429 under a bounde
 
 from __future__ import annotations
 
-import asyncio
-import time
 
 import httpx
 import pytest
-from server_helpers import API_KEY, MAX_MODEL_LEN, MAX_NUM_SEQS, MAX_QUEUE, MODEL, counter
+from server_helpers import API_KEY, MAX_MODEL_LEN, MAX_NUM_SEQS, MAX_QUEUE, MODEL, counter, paused_flood
 from server_helpers import kv_balanced_after, server  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.timeout(180)
@@ -147,25 +145,7 @@ def test_queue_full_429_under_bounded_flood(server):
     limit = MAX_NUM_SEQS + MAX_QUEUE
     num = 3 * limit
 
-    async def flood() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=120,
-                                     headers={"Authorization": f"Bearer {API_KEY}"},
-                                     limits=httpx.Limits(max_connections=num)) as c:
-            body = {"model": MODEL, "prompt": "Flood request", "max_tokens": 24, "ignore_eos": True,
-                    "temperature": 0}
-            tasks = [asyncio.ensure_future(c.post("/v1/completions", json=body)) for _ in range(num)]
-            deadline = time.monotonic() + 60
-            while sum(t.done() for t in tasks) < num - limit:  # the rejected ones answer while paused
-                assert time.monotonic() < deadline, f"{sum(t.done() for t in tasks)} answered while paused"
-                await asyncio.sleep(0.05)
-            assert server.post("/debug/engine", json={"paused": False}).status_code == 200
-            return await asyncio.gather(*tasks)
-
-    assert server.post("/debug/engine", json={"paused": True}).status_code == 200
-    try:
-        responses = asyncio.run(flood())
-    finally:
-        server.post("/debug/engine", json={"paused": False})
+    responses = paused_flood(server, num, limit, max_tokens=24, wait_s=60)
     codes = [r.status_code for r in responses]
     assert codes.count(200) == limit and codes.count(429) == num - limit, codes
     for r in responses:
