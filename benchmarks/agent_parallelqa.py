@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import hashlib
 import json
 import os
@@ -66,6 +65,7 @@ from pitstop.agents.planner_agent import PlannerAgent
 from pitstop.agents.planner_prompts import JOINER_SYSTEM
 from pitstop.agents.task_fetching import bind
 from pitstop.agents.tools import ToolRegistry, tool
+from pitstop.workloads.agentcgroup import tool_call_durations
 
 if TYPE_CHECKING:
     from pitstop.entrypoints.llm import LLM
@@ -402,11 +402,12 @@ def load_trace_durations(datasets: Sequence[str], path: Path = TRACE) -> np.ndar
     Raises:
         SystemExit: the trace is absent (it is GPL-2.0 and never vendored), or no row matches.
     """
-    if not path.is_file():
+    try:
+        rows = tool_call_durations(path.parent)
+    except FileNotFoundError:
         raise SystemExit(f"agent_parallelqa: the AgentCgroup tool-call trace is not at {path}: it is GPL-2.0 and "
-                         f"never copied into the repository; check out ../shared next to the repository")
-    with path.open(newline="") as f:
-        values = [float(r["duration_s"]) for r in csv.DictReader(f) if r["dataset"] in datasets]
+                         f"never copied into the repository; check out ../shared next to the repository") from None
+    values = [d for ds, _, d in rows if ds in datasets]
     if not values:
         raise SystemExit(f"agent_parallelqa: no tool calls of {list(datasets)} in {path}")
     return np.asarray(values)

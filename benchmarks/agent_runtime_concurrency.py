@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import hashlib
 import json
 import os
@@ -42,6 +41,7 @@ from serve_process import ROOT, start_serve  # noqa: E402
 from pitstop.agents.agent import Agent  # noqa: E402
 from pitstop.agents.openai_model import OpenAIChatModel  # noqa: E402
 from pitstop.agents.tools import ToolRegistry, make_tool  # noqa: E402
+from pitstop.workloads.agentcgroup import tool_call_durations  # noqa: E402
 
 TRACE = ROOT.parent / "shared" / "data" / "traces" / "agentcgroup_claude_code" / "tool_calls.csv"
 KINDS = {"read_file": "Read", "run_command": "Bash", "search": "Grep"}
@@ -50,19 +50,20 @@ ENGINES = {"program-aware": ["--scheduling-policy", "program-fcfs", "--ttl-polic
 
 
 def trace_durations(path: Path) -> dict[str, list[float]]:
-    """Tool-call durations (seconds) of the trace by tool kind (Read, Bash, Grep).
+    """Tool-call durations (seconds) of the trace by tool kind (Read, Bash, Grep), in file order.
 
     Raises:
         SystemExit: the trace is not there (it lives in ../shared, beside a clone).
     """
-    if not path.exists():
+    try:
+        rows = tool_call_durations(path.parent)
+    except FileNotFoundError:
         raise SystemExit(f"the AgentCgroup trace is not at {path} (../shared beside the clone); it is read at "
-                         "run time and never copied into the repository")
+                         "run time and never copied into the repository") from None
     out: dict[str, list[float]] = {k: [] for k in KINDS.values()}
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row["tool"] in out:
-                out[row["tool"]].append(float(row["duration_s"]))
+    for _, tool, duration in rows:
+        if tool in out:
+            out[tool].append(duration)
     return out
 
 

@@ -112,6 +112,20 @@ def _f(text: str | None, default: float = 0.0) -> float:
         return default
 
 
+def tool_call_durations(path: str | Path | None = None) -> list[tuple[str, str, float]]:
+    """``(dataset, tool, duration_s)`` of every row of ``tool_calls.csv``, in file order (seconds). ``path``: as
+    ``agentcgroup_path`` (the trace's folder or its ``llm_calls.csv``; default the shared copy).
+
+    Raises:
+        FileNotFoundError: the trace or its ``tool_calls.csv`` is not there (GPL-2.0: never vendored).
+    """
+    tools = agentcgroup_path(path).with_name(TOOL_CALLS)
+    if not tools.is_file():
+        raise FileNotFoundError(f"agentcgroup trace: {tools} not found")
+    with open(tools, newline="") as f:
+        return [(row["dataset"], row["tool"], _f(row["duration_s"])) for row in csv.DictReader(f)]
+
+
 def _load_tool_calls(path: Path) -> dict[tuple[str, str, str], list[tuple[float, str, float]]]:
     out: dict[tuple[str, str, str], list[tuple[float, str, float]]] = defaultdict(list)
     if not path.is_file():
