@@ -77,6 +77,8 @@ class EngineConfig:
         grammar_compile_timeout_s: seconds a structured-output request may wait for its grammar to compile (from
             ``add_request``); past it the request fails with an error naming this limit. Other requests run on.
         grammar_compile_threads: threads compiling grammars off the engine thread.
+        enable_kv_cache_events: record the prefix cache's ``BlockStored`` / ``BlockRemoved`` events
+            (``LLMEngine.take_kv_events``) for routers with an exact per-replica index (vLLM's flag name).
     """
 
     model: str = "SmolLM2-135M-Instruct"
@@ -99,6 +101,7 @@ class EngineConfig:
     max_programs: int | None = None
     grammar_compile_timeout_s: float = 10.0
     grammar_compile_threads: int = 1
+    enable_kv_cache_events: bool = False
 
     def __post_init__(self) -> None:
         self.kv_cache_memory = parse_bytes(self.kv_cache_memory)

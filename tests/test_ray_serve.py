@@ -1,12 +1,20 @@
 """``pitstop serve --replicas 2`` on Ray Serve, driven by the official ``openai`` client and raw HTTP.
 
 One server for the module: 2 replicas of the default model, 1 torch thread each, a small KV cache each, router
-``program-affinity`` (``POST /debug/router`` switches the ingress to another pitstop router for one test). After
-every test, KV accounting balances on every replica (``GET /debug/kv`` lists each replica's report).
+``program-affinity`` on the exact prefix index (the replicas publish KV events; a program's turn leaves a home
+with more than 2 outstanding requests over the other replica) (``POST /debug/router`` switches the ingress to
+another pitstop router for one test). After every test, KV accounting balances on every replica (``GET /debug/kv``
+lists each replica's report). The last test kills a replica and waits for Ray Serve to bring it back.
 """
 
 from __future__ import annotations
 
+
+import json
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -20,12 +28,13 @@ from server_helpers import paused_flood, start_server  # noqa: E402
 pytestmark = pytest.mark.timeout(300)
 REPLICAS = 2
 REPLICA = "x-pitstop-replica"
+ROUTER_CONFIG = {"index": "exact", "load_abs_threshold": 2, "load_rel_threshold": 1.5}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = start_server(tmp_path_factory.mktemp("ray"), "--replicas", str(REPLICAS), "--router", "program-affinity",
-                       "--num-threads", "1", "--kv-cache-memory", "128MiB", timeout=300)
+                       "--router-config", json.dumps(ROUTER_CONFIG), "--num-threads", "1", "--kv-cache-memory", "128MiB", timeout=300)
     yield srv
     assert srv.stop(timeout=60) == 0, srv.log()
 
@@ -179,3 +188,165 @@ def test_queue_full_429_under_flood(server):
             assert int(r.headers["retry-after"]) >= 1
             assert _error(r, 429)["type"] == "rate_limit_exceeded"
     assert len({r.headers[REPLICA] for r in responses if r.status_code == 200}) == REPLICAS
+
+
+def _router_state(server, prompt: str) -> dict:
+    r = server.post("/debug/router-state", json={"model": MODEL, "prompt": prompt})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.25)
+
+
+def test_kv_events_index_the_serving_replica_until_evicted(server):
+    """After a request finishes, the router's exact index (fed by the replicas' KV events) holds its prompt's
+    blocks on the replica that served it and nowhere else; after the prefix cache is reset, they are gone."""
+    prompt = "An inventory of the lighthouse: " + " ".join(f"lamp{i}" for i in range(80))
+    r = server.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 2, "temperature": 0})
+    assert r.status_code == 200, r.text
+    home, n_blocks = r.headers[REPLICA], r.json()["usage"]["prompt_tokens"] // 16
+    assert n_blocks >= 4
+
+    def indexed():
+        st = _router_state(server, prompt)
+        rows = {row["replica_id"]: row for row in st["replicas"]}
+        return rows if rows[home]["match_blocks"] == n_blocks else None
+
+    rows = _wait(indexed, 20, "the KV events of the finished request")
+    assert all(row["match_blocks"] == 0 for rid, row in rows.items() if rid != home), rows
+    assert server.post("/reset_prefix_cache").status_code == 200
+    rows = _wait(lambda: (lambda rs: rs if rs[home]["match_blocks"] == 0 else None)(
+        {row["replica_id"]: row for row in _router_state(server, prompt)["replicas"]}), 20, "the removal events")
+    assert rows[home]["kv_index_blocks"] == 0, rows
+
+
+def _replica_labels(server) -> dict[str, str]:
+    """replica id -> the ``replica`` label of its /metrics samples."""
+    return {rep["replica_id"]: str(rep["replica"]) for rep in server.get("/debug/kv").json()["replicas"]}
+
+
+def test_program_turn_moves_off_an_overloaded_home_and_metrics_say_so(server):
+    """Programs whose first turn went to one replica H: three long turns of three of them load H (3 outstanding
+    vs 0 > the threshold of 2); the next turn of a fourth is moved to the other replica, which counts the move;
+    with H idle again, that program's turns stay on its new home."""
+    homes: dict[str, str] = {}
+    for k in range(7):
+        pid = f"ray-move-{k}"
+        r = server.post("/v1/completions", json={"model": MODEL, "prompt": f"Program {k} starts.", "max_tokens": 1,
+                                                 "program_id": pid, "is_last_turn": False})
+        assert r.status_code == 200, r.text
+        homes[pid] = r.headers[REPLICA]
+    busiest = max(set(homes.values()), key=list(homes.values()).count)
+    mine = [pid for pid, h in homes.items() if h == busiest]
+    assert len(mine) >= 4, homes
+    loaders, mover = mine[:3], mine[3]
+    labels = _replica_labels(server)
+    before = counter(server.metrics(), "pitstop_router_program_moves_in_total", reason="overloaded")
+
+    def long_turn(pid):
+        body = {"model": MODEL, "prompt": f"{pid} keeps talking.", "max_tokens": 400, "ignore_eos": True,
+                "stream": True, "program_id": pid, "is_last_turn": True}
+        with server._client.stream("POST", "/v1/completions", json=body) as resp:
+            seen = 0
+            for line in resp.iter_lines():
+                seen += line.startswith("data: ")
+                if seen >= 2:
+                    started.append(resp.headers[REPLICA])
+                    release.wait(120)
+                    return
+
+    import threading
+    started: list[str] = []
+    release = threading.Event()
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(long_turn, pid) for pid in loaders]
+        _wait(lambda: len(started) == 3, 120, "three long turns streaming")
+        assert set(started) == {busiest}, started
+        r = server.post("/v1/completions", json={"model": MODEL, "prompt": f"{mover} continues.", "max_tokens": 2,
+                                                 "program_id": mover, "is_last_turn": False})
+        release.set()
+        for f in futures:
+            f.result()
+    assert r.status_code == 200, r.text
+    moved_to = r.headers[REPLICA]
+    assert moved_to != busiest
+    m = server.metrics()
+    assert counter(m, "pitstop_router_program_moves_in_total", reason="overloaded",
+                   replica=labels[moved_to]) >= 1
+    assert counter(m, "pitstop_router_program_moves_in_total", reason="overloaded") == before + 1
+    state = _router_state(server, "x")
+    assert state["moves_by_reason"]["overloaded"] >= 1
+    server.wait_idle(timeout=60)
+    r = server.post("/v1/completions", json={"model": MODEL, "prompt": f"{mover} ends.", "max_tokens": 2,
+                                             "program_id": mover, "is_last_turn": True})
+    assert r.status_code == 200 and r.headers[REPLICA] == moved_to
+    for pid in mine[4:] + [p for p in homes if p not in mine]:
+        server._client.delete(f"/v1/programs/{pid}")
+
+
+def test_a_killed_replica_ends_its_stream_with_an_error_and_comes_back(server):
+    """Kill the replica serving a stream (SIGKILL of its process): the client gets an error event and [DONE]
+    within 30 s; /health says a replica is down; new requests succeed on the other replica; a program whose home
+    was the dead replica continues there with a re-prefill; Ray Serve restarts the replica and, under
+    round-robin, it receives traffic again."""
+    pids = {rep["replica_id"]: rep["pid"] for rep in server.get("/debug/kv").json()["replicas"]}
+    body = {"model": MODEL, "prompt": "Recite the alphabet slowly.", "max_tokens": 1000, "ignore_eos": True,
+            "stream": True}
+    lines: list[str] = []
+    with server._client.stream("POST", "/v1/completions", json=body, timeout=60) as resp:
+        victim = resp.headers[REPLICA]
+        # a program whose first turn went to the victim
+        prog = None
+        for k in range(6):
+            r = server.post("/v1/completions", json={"model": MODEL, "prompt": f"Fault program {k}.",
+                                                     "max_tokens": 1, "program_id": f"ray-fault-{k}",
+                                                     "is_last_turn": False})
+            if r.headers[REPLICA] == victim:
+                prog = f"ray-fault-{k}"
+                break
+        it = resp.iter_lines()
+        for line in it:
+            lines.append(line)
+            if sum(ln.startswith("data: ") for ln in lines) >= 3:
+                break
+        t0 = time.monotonic()
+        os.kill(pids[victim], signal.SIGKILL)
+        for line in it:
+            lines.append(line)
+        waited = time.monotonic() - t0
+    data = [ln[6:] for ln in lines if ln.startswith("data: ")]
+    assert data[-1] == "[DONE]", data[-3:]
+    assert "error" in json.loads(data[-2]) and waited < 30, (data[-2], waited)
+    health = server.get("/health")
+    assert health.status_code == 503, health.text
+    for i in range(3):
+        r = server.post("/v1/completions", json={"model": MODEL, "prompt": f"After the fault {i}", "max_tokens": 2})
+        assert r.status_code == 200 and r.headers[REPLICA] != victim, r.text
+    if prog is not None:
+        r = server.post("/v1/completions", json={"model": MODEL, "prompt": f"{prog} goes on.", "max_tokens": 2,
+                                                 "program_id": prog, "is_last_turn": True})
+        assert r.status_code == 200 and r.headers[REPLICA] != victim, r.text
+        assert _router_state(server, "x")["moves_by_reason"]["gone"] >= 1
+
+    def back():
+        kv = server.get("/debug/kv").json()
+        ids = {rep["replica_id"] for rep in kv["replicas"]}
+        return ids if kv.get("replicas_missing") == 0 and len(ids) == REPLICAS and victim not in ids else None
+
+    ids = _wait(back, 240, "Ray Serve to restart the killed replica")
+    assert server.get("/health").status_code == 200
+    assert server.post("/debug/router", json={"router": "round-robin"}).status_code == 200
+    try:
+        seen = {server.post("/v1/completions", json={"model": MODEL, "prompt": f"Back {i}", "max_tokens": 2})
+                .headers[REPLICA] for i in range(4)}
+    finally:
+        assert server.post("/debug/router", json={"router": None}).status_code == 200
+    assert seen == ids, (seen, ids)

@@ -8,6 +8,7 @@ is left (those streams end with an error event), then runs uvicorn's own shutdow
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from pathlib import Path
@@ -63,6 +64,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--router", default="program-affinity",
                    help="with --replicas > 1: round-robin, least-loaded, prefix-affinity, two-choice or "
                         "program-affinity (default: %(default)s)")
+    p.add_argument("--router-config", default=None, metavar="JSON",
+                   help='with --replicas > 1: the router\'s arguments as a JSON object, e.g. \'{"index": "exact"}\' '
+                        "(match prefixes on the replicas' KV events instead of what was routed where) or "
+                        '\'{"load_abs_threshold": 2}\' (program-affinity: move a turn off a home with more than 2 '
+                        "outstanding requests over the least-loaded replica)")
     p.add_argument("--ray-address", default=None,
                    help="with --replicas > 1: the Ray cluster to join ('auto' or an address; default: start a local "
                         "Ray instance)")
@@ -146,8 +152,11 @@ def run_replicas(args: argparse.Namespace) -> int:
                       cache_isolation=args.cache_isolation, tool_call_parser=args.tool_call_parser,
                       tool_history=args.tool_history)
     try:
-        app = build_app(engine_config, app_kwargs, args.replicas, router=args.router)
-    except ValueError as e:
+        router_kwargs = json.loads(args.router_config) if args.router_config else {}
+        if not isinstance(router_kwargs, dict):
+            raise ValueError("--router-config must be a JSON object")
+        app = build_app(engine_config, app_kwargs, args.replicas, router=args.router, router_kwargs=router_kwargs)
+    except (ValueError, TypeError) as e:
         print(f"pitstop: error: {e}", flush=True)
         return 2
     return serve_forever(app, args.host, args.port, args.ray_address, args.log_level)

@@ -17,12 +17,16 @@ against the stored key, so a Python ``hash`` collision can never return wrong KV
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import hashlib
+from collections import OrderedDict, deque
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import islice
-from typing import Iterable
+from typing import Iterable, Sequence
 
-BlockKey = tuple  # (parent_hash | None, tuple[int, ...] token ids, extra | None)
+from pitstop.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+
+BlockKey = tuple  # (parent hash or 0, tuple[int, ...] token ids, extra or 0): ints only, see ``hash_block``
 
 
 @dataclass(eq=False, slots=True)
@@ -35,10 +39,36 @@ class KVBlock:
     key: BlockKey | None = None
 
 
-def hash_block(parent_hash: int | None, token_ids: tuple[int, ...], extra: object = None) -> tuple[int, BlockKey]:
-    """Chained block hash (vLLM automatic prefix caching). Returns ``(hash, key)``."""
-    key = (parent_hash, token_ids, extra)
+def hash_block(parent_hash: int | None, token_ids: tuple[int, ...], extra: int | None = None
+               ) -> tuple[int, BlockKey]:
+    """Chained block hash (vLLM automatic prefix caching). Returns ``(hash, key)``. The key holds ints only (a
+    missing parent or extra is 0): Python's ``hash`` of ints and tuples of ints is the same in every process, of
+    ``None`` (before 3.12) and of strings it is not."""
+    key = (parent_hash or 0, token_ids, extra or 0)
     return hash(key), key
+
+
+@lru_cache(maxsize=1024)
+def stable_salt(cache_salt: str | None) -> int:
+    """The first block's ``extra`` for a request's ``cache_salt``: a 64-bit blake2b digest (Python's ``hash`` of
+    a string differs between processes; this one does not), 0 without a salt."""
+    if cache_salt is None:
+        return 0
+    return int.from_bytes(hashlib.blake2b(cache_salt.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                          "little")
+
+
+def prefix_block_hashes(token_ids: Sequence[int], block_size: int, cache_salt: str | None = None) -> list[int]:
+    """The chained hash of each full ``block_size``-token block of ``token_ids``: the names the engine's prefix
+    cache (and its KV events) give these blocks. Equal in every process (ints and tuples only)."""
+    out: list[int] = []
+    parent = 0
+    extra = stable_salt(cache_salt)
+    for s in range(0, len(token_ids) - block_size + 1, block_size):
+        parent = hash((parent, tuple(token_ids[s:s + block_size]), extra))
+        extra = 0
+        out.append(parent)
+    return out
 
 
 class BlockPool:
@@ -49,7 +79,7 @@ class BlockPool:
         RuntimeError: ``allocate`` asked for more blocks than are free (callers check first).
     """
 
-    def __init__(self, num_blocks: int, enable_caching: bool = True) -> None:
+    def __init__(self, num_blocks: int, enable_caching: bool = True, enable_kv_cache_events: bool = False) -> None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
         self.num_blocks = num_blocks
@@ -59,6 +89,9 @@ class BlockPool:
         self._cached_free: OrderedDict[int, KVBlock] = OrderedDict()  # LRU order: first = evict first
         self._hash_to_block: dict[int, KVBlock] = {}
         self.num_evictions = 0
+        # KV events (``take_events``): appended here on the engine thread, drained from any thread (deque appends
+        # and pops are atomic); None when disabled
+        self.events: deque[KVEvent] | None = deque() if enable_kv_cache_events else None
 
     # ---- queries -------------------------------------------------------------------------
     @property
@@ -119,6 +152,8 @@ class BlockPool:
         not mapped yet; only ``_uncache`` and this method remove one), so its entry is deleted without a check."""
         pop, by_hash = self._cached_free.popitem, self._hash_to_block
         evicted = [pop(False)[1] for _ in range(m)]
+        if self.events is not None:
+            self.events.append(BlockRemoved(tuple(block.block_hash for block in evicted)))
         for block in evicted:
             del by_hash[block.block_hash]
             block.block_hash = block.key = None
@@ -159,19 +194,41 @@ class BlockPool:
         if not self.enable_caching:
             return
         by_hash = self._hash_to_block
+        stored = [] if self.events is not None else None
         for block, (block_hash, key) in zip(blocks[start:stop], entries[start:stop]):
             if block.block_hash is None and block_hash not in by_hash:
                 block.block_hash, block.key = block_hash, key
                 by_hash[block_hash] = block
+                if stored is not None:
+                    stored.append(block_hash)
+        if stored:
+            self.events.append(BlockStored(tuple(stored)))
 
     def reset_prefix_cache(self) -> int:
         """Forget every cached free block (they become plain free). Returns how many were dropped."""
         n = len(self._cached_free)
+        removed = []
         while self._cached_free:
             _, block = self._cached_free.popitem(last=False)
+            removed.append(block.block_hash)
             self._uncache(block)
             self._free.append(block.block_id)
+        if self.events is not None and removed:
+            self.events.append(AllBlocksCleared() if not self._hash_to_block else BlockRemoved(tuple(removed)))
         return n
+
+    def take_events(self) -> list[KVEvent]:
+        """The KV events since the last call, oldest first (empty when events are disabled). Thread-safe against
+        the engine thread appending."""
+        q = self.events
+        if q is None:
+            return []
+        out = []
+        try:
+            while True:
+                out.append(q.popleft())
+        except IndexError:
+            return out
 
     def _uncache(self, block: KVBlock) -> None:
         if block.block_hash is not None and self._hash_to_block.get(block.block_hash) is block:

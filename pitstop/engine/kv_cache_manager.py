@@ -6,7 +6,7 @@ Source: vLLM's paged attention (Kwon et al., SOSP'23) and its v1 KV cache manage
 
 from __future__ import annotations
 
-from pitstop.engine.block_pool import BlockPool, KVBlock
+from pitstop.engine.block_pool import BlockPool, KVBlock, stable_salt
 from pitstop.request import Request, RequestStatus
 from pitstop.sampling_params import SamplingParams
 
@@ -24,12 +24,14 @@ class KVCacheManager:
         enable_prefix_caching: reuse full blocks across requests by their chained hash.
     """
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 enable_kv_cache_events: bool = False) -> None:
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
-        self.pool = BlockPool(num_blocks, enable_caching=enable_prefix_caching)
+        self.pool = BlockPool(num_blocks, enable_caching=enable_prefix_caching,
+                              enable_kv_cache_events=enable_kv_cache_events)
         self.req_blocks: dict[str, list[KVBlock]] = {}
         self._hashes: dict[str, list[tuple[int, tuple]]] = {}  # request id -> (hash, key) per full block
         self._num_cached: dict[str, int] = {}  # blocks of the request already registered in the cache
@@ -86,11 +88,11 @@ class KVCacheManager:
         parent = hashes[-1][0] if n else None
         append = hashes.append
         if n == 0:
-            key = (None, next(chunks), request.cache_salt)
+            key = (0, next(chunks), stable_salt(request.cache_salt))
             parent = hash(key)
             append((parent, key))
         for chunk in chunks:
-            key = (parent, chunk, None)
+            key = (parent, chunk, 0)
             parent = hash(key)
             append((parent, key))
         return hashes

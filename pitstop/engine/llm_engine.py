@@ -103,7 +103,8 @@ class LLMEngine:
             raise ValueError(f"the KV cache holds {capacity} tokens ({num_blocks} blocks of {config.block_size}), "
                              f"less than max_model_len={self.max_model_len}: raise kv_cache_memory or lower "
                              f"max_model_len")
-        self.kv_manager = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.kv_manager = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching,
+                                         config.enable_kv_cache_events)
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
             max_model_len=self.max_model_len, enable_chunked_prefill=config.enable_chunked_prefill,
@@ -366,6 +367,11 @@ class LLMEngine:
 
     def check_kv_invariants(self) -> None:
         self.kv_manager.check_invariants()
+
+    def take_kv_events(self) -> list:
+        """The prefix cache's KV events (``pitstop.kv_events``) since the last call, oldest first; empty unless
+        ``EngineConfig.enable_kv_cache_events``. Safe to call from another thread than the engine loop's."""
+        return self.kv_manager.pool.take_events()
 
     def reset_prefix_cache(self) -> int:
         """Forget the prefix cache: every cached free KV block becomes plain free (blocks held by requests and

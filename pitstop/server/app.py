@@ -212,6 +212,11 @@ def create_app(engine: LLMEngine, model_names: list[str], api_key: str | list[st
             await async_engine.call(lambda e: None)  # applied once this returns
             return {k: body[k] for k in ("paused", "step_delay_s") if k in body}
 
+        @app.post("/reset_prefix_cache")
+        async def reset_prefix_cache() -> dict:
+            """Forget the prefix cache (vLLM's dev-mode endpoint): every cached free block becomes free."""
+            return {"blocks_dropped": await async_engine.call(lambda e: e.reset_prefix_cache())}
+
         @app.get("/debug/memory")
         async def debug_memory(top: int = 25, trim: bool = False) -> dict:
             """RSS, live Python objects by type and tracemalloc sites (``server/debug_memory.py``)."""

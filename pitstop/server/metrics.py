@@ -97,6 +97,9 @@ class ServerMetrics:
         self.tool_calls_malformed = Counter("pitstop_tool_calls_malformed", "Tool calls under tool_choice=auto "
                                             "that did not parse (returned as content), by parser.",
                                             ["parser"], registry=r)
+        self.program_moves_in = Counter("pitstop_router_program_moves_in", "Program turns a replica router sent "
+                                        "here away from the program's home replica, by reason (overloaded, gone).",
+                                        ["reason"], registry=r)
         r.register(_EngineGauges(stats))
 
     def on_finish(self, out: RequestOutput) -> None:

@@ -33,7 +33,9 @@ from pitstop.outputs import RequestOutput
 from pitstop.sampling_params import SamplingParams
 from pitstop.clock import VirtualClock
 from pitstop.sim.cost_models.interface import CostModel
+from pitstop.engine.block_pool import prefix_block_hashes
 from pitstop.sim.routers.base import RouteRequest, Router
+from pitstop.sim.routers.kv_index import KVEventIndex
 
 
 @dataclass(slots=True)
@@ -144,6 +146,7 @@ class Replica:
         self.num_steps = 0
         self.busy_s = 0.0
         self._counts: EngineCounts | None = None  # set by ``restore_counts``
+        self.kv_index: KVEventIndex | None = None  # fed with the engine's KV events after each step (exact index)
 
     def engine_counts(self) -> EngineCounts:
         """The engine's prefix-cache and preemption counters (or those ``restore_counts`` gave)."""
@@ -195,6 +198,8 @@ class Replica:
         self.busy_s += res.step_time_s
         # LLMEngine.step()'s second half; outputs only for the requests that finished (the engine drops them)
         outs = self.engine.finish_step(so, res, now, finished_only=True)
+        if self.kv_index is not None:
+            self.kv_index.apply(self.index, self.engine.take_kv_events())
         if self.track_token_load:
             self._count_work(so)
         if self.record_token_times:
@@ -294,6 +299,15 @@ class Cluster:
         self.router.reset(num_replicas)
         for rep in self.replicas:
             rep.track_token_load = router.reads_replica_state
+        self.kv_block_size = 0  # > 0: requests carry their KV block hashes (the router's exact index)
+        if getattr(router, "wants_kv_events", False):
+            config = self.replicas[0].engine.config
+            if not config.enable_kv_cache_events:
+                raise ValueError("the router matches on KV events (index='exact'): build the replicas' engines with "
+                                 "EngineConfig(enable_kv_cache_events=True)")
+            self.kv_block_size = config.block_size
+            for rep in self.replicas:
+                rep.kv_index = router.kv_index
         self.stats = ClusterStats()
         self.assignment: dict[str, int] = {}
         self.on_admitted: Callable[[SimRequest, int, float], None] | None = None
@@ -321,9 +335,13 @@ class Cluster:
     def _place(self, sreq: SimRequest, now: float) -> int:
         """Route an arriving request and add it to its replica; returns the replica index."""
         rr = sreq.route_request()
+        prompt = sreq.make_prompt()
+        if self.kv_block_size:
+            rr.block_hashes = tuple(prefix_block_hashes(prompt, self.kv_block_size))
+            rr.kv_block_tokens = self.kv_block_size
         idx = self.router.assign(rr, self.replicas, now)
         self.assignment[sreq.request_id] = idx
-        self.replicas[idx].add(sreq, sreq.make_prompt())
+        self.replicas[idx].add(sreq, prompt)
         return idx
 
     def _on_done(self, done: list[FinishedRequest], now: float) -> list[FinishedRequest]:

@@ -39,7 +39,8 @@ class SimConfig:
         cost_model: ``roofline`` or ``profiled``.
         profile: JSON of a profiled fit (default: next to the model config).
         replicas / tp: replicas, devices per replica.
-        router: router name.
+        router: router name. router_kwargs: its constructor arguments (e.g. ``{"index": "exact"}``: prefix
+            matching on the replicas' KV events instead of the router's own approximate index).
         scheduling_policy: ``pitstop.policies`` name.
         ttl_policy / ttl_seconds: KV pin policy between a program's turns (``EngineConfig``).
         block_size / max_num_seqs / max_num_batched_tokens / enable_prefix_caching / enable_chunked_prefill:
@@ -105,6 +106,7 @@ def build_cluster(cfg: SimConfig, cost_model: CostModel | None = None) -> Cluste
                          enable_chunked_prefill=cfg.enable_chunked_prefill, scheduling_policy=cfg.scheduling_policy,
                          ttl_policy=cfg.ttl_policy, ttl_seconds=cfg.ttl_seconds, skip_tokenizer_init=True)
     router = get_router(cfg.router, **cfg.router_kwargs)
+    econf.enable_kv_cache_events = getattr(router, "wants_kv_events", False)  # index="exact": engines publish
 
     def make(i, clock):
         return Replica(i, econf, cm, clock, num_blocks, vocab, mml, record_token_times=cfg.record_token_times,

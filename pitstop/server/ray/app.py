@@ -32,16 +32,18 @@ def build_app(engine_config: dict[str, Any], app_kwargs: dict[str, Any], num_rep
         engine_config: ``EngineConfig`` keyword arguments, the same for every replica (threads, KV memory...).
         app_kwargs: ``create_app`` keyword arguments (see ``EngineReplica``); ``limits`` as a dict.
         num_replicas: engine replicas (>= 1).
-        router: a ``pitstop.sim.routers`` name. router_kwargs: its constructor arguments (JSON-serializable).
+        router: a ``pitstop.sim.routers`` name. router_kwargs: its constructor arguments (JSON-serializable;
+            ``{"index": "exact"}`` turns on the replicas' KV events and the ingress' prompt hashing).
 
     Raises:
-        ValueError: an unknown router name, or ``num_replicas < 1``.
+        ValueError / TypeError: an unknown router name or bad router arguments, or ``num_replicas < 1``.
     """
-    from pitstop.sim.routers import ROUTERS
-    if router not in ROUTERS:
-        raise ValueError(f"unknown router {router!r} (known: {', '.join(ROUTERS)})")
+    from pitstop.sim.routers import get_router
+    get_router(router, **(router_kwargs or {}))  # an unknown name or bad arguments: ValueError / TypeError now
     if num_replicas < 1:
         raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
+    exact = (router_kwargs or {}).get("index") == "exact"
+    engine_config = dict(engine_config, enable_kv_cache_events=exact)
     engine = serve.deployment(
         EngineReplica, name="PitstopEngine", num_replicas=num_replicas, max_ongoing_requests=MAX_ONGOING,
         ray_actor_options={"num_cpus": 0}, health_check_period_s=5.0, graceful_shutdown_timeout_s=10.0,
@@ -55,8 +57,14 @@ def build_app(engine_config: dict[str, Any], app_kwargs: dict[str, Any], num_rep
     max_bytes = limits.get("max_request_bytes", RequestLimits.max_request_bytes)
     ingress = serve.deployment(serve.ingress()(Ingress), name="PitstopIngress", num_replicas=1,
                                max_ongoing_requests=MAX_ONGOING, ray_actor_options={"num_cpus": 0})
+    hasher = None
+    if exact:  # the ingress names each prompt's KV blocks as the replicas' engines will
+        hasher = {"model": engine_config.get("model", "SmolLM2-135M-Instruct"),
+                  "block_size": engine_config.get("block_size", 16),
+                  "tool_call_parser": app_kwargs.get("tool_call_parser"), "api_keys": _keys(app_kwargs.get("api_key")),
+                  "cache_isolation": app_kwargs.get("cache_isolation", "none")}
     return ingress.bind(engine, num_replicas, max_bytes, bool(app_kwargs.get("debug_endpoints")),
-                        _keys(app_kwargs.get("api_key")))
+                        _keys(app_kwargs.get("api_key")), hasher)
 
 
 def _keys(api_key: str | list[str] | None) -> list[str]:

@@ -7,20 +7,24 @@ as they come, so status, headers, bodies and SSE streams are the replica app's o
 
 Answered here from every replica: ``GET /health`` (200 when every replica's is; else 503 with each replica's
 status), ``GET /metrics`` (each replica's Prometheus text with a ``replica="i"`` label on every sample),
-``GET /debug/kv`` (summed counts, ``ok`` when every replica's is, and ``replicas``: each replica's report with its
-``replica`` index and ``replica_id``), ``POST /debug/engine`` (to every replica), and with debug endpoints
-``POST /debug/router`` (``{"router": NAME}``: the pitstop router used from now on; tests). Replica index ``i`` is
+``GET /debug/kv`` (summed counts, ``ok`` when every replica's is, ``replicas``: each live replica's report with its
+``replica`` index, ``replica_id`` and process ``pid``, and ``replicas_missing``: configured replicas not running), ``POST /debug/engine`` (to every replica), and with debug endpoints
+``POST /debug/router`` (``{"router": NAME}``: the pitstop router used from now on; tests), ``POST
+/debug/router-state`` (a completion body: what the request router knows, and with the exact index how many
+leading KV blocks of its prompt each replica holds) and ``POST /reset_prefix_cache`` (to every replica). Replica index ``i`` is
 the position in the replicas sorted by Ray Serve id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
 
 from pitstop.server.limits import body_too_large, read_body
-from pitstop.server.ray.routing import KIND_PROGRAM, KIND_REPLICA, RouteInfo, bearer_token, program_key, route_info
+from pitstop.server.ray.routing import (KIND_PROGRAM, KIND_REPLICA, KIND_STATE, RouteInfo, bearer_token, program_key,
+                                       route_info)
 
 _GENERATE = ("/v1/completions", "/v1/chat/completions")
 _PROGRAMS = "/v1/programs/"
@@ -75,16 +79,22 @@ class Ingress:
         max_request_bytes: body size limit, bytes (413 over it).
         debug_endpoints: serve ``POST /debug/router``.
         api_keys: keys accepted by ``/debug/router`` (the replicas check every other path themselves).
+        hasher: ``PromptHasher`` arguments: compute each generation request's KV block hashes (the router's exact
+            index); None: do not.
     """
 
     def __init__(self, engine: Any, num_replicas: int, max_request_bytes: int, debug_endpoints: bool = False,
-                 api_keys: list[str] | None = None) -> None:
+                 api_keys: list[str] | None = None, hasher: dict | None = None) -> None:
         self.engine = engine.options(method_name="handle", stream=True)  # one handle: one router
         self.num_replicas = num_replicas
         self.max_request_bytes = max_request_bytes
         self.debug_endpoints = debug_endpoints
         self.api_keys = list(api_keys or [])
         self.router: str | None = None  # /debug/router override
+        self.hasher = None
+        if hasher is not None:
+            from pitstop.server.ray.prompt_hashes import PromptHasher
+            self.hasher = PromptHasher(**hasher)
 
     def __serve_build_asgi_app__(self) -> "_ASGI":
         return _ASGI(self.asgi)
@@ -114,7 +124,7 @@ class Ingress:
                    "headers": [(k, v) for k, v in headers if k.lower() != b"host"], "body": body}
         rid = uuid.uuid4().hex
         if method == "GET" and path in ("/health", "/metrics", "/debug/kv") or (
-                method == "POST" and path == "/debug/engine"):
+                method == "POST" and path in ("/debug/engine", "/reset_prefix_cache")):
             await self._broadcast(path, request, send)
             return
         if method == "POST" and path == "/debug/router" and self.debug_endpoints:
@@ -124,8 +134,22 @@ class Ingress:
                 return
             await self._set_router(body, send)
             return
+        if method == "POST" and path == "/debug/router-state" and self.debug_endpoints:
+            if self.api_keys and bearer_token(headers) not in self.api_keys:
+                await _json(send, 401, {"error": {"message": "invalid API key", "type": "authentication_error",
+                                                  "param": None, "code": "invalid_api_key"}})
+                return
+            info = RouteInfo(kind=KIND_STATE, request_id=rid, router=self.router)
+            if self.hasher is not None:  # the body is a completion request: its prompt's blocks are matched
+                info.block_hashes = self.hasher.block_hashes("/v1/completions", body, bearer_token(headers))
+            await self._relay(info, request, send)
+            return
         if path in _GENERATE and method == "POST":
             info = route_info(path, body, bearer_token(headers), rid)
+            if self.hasher is not None:
+                info.block_hashes = await asyncio.to_thread(self.hasher.block_hashes, path, body,
+                                                            bearer_token(headers))
+                info.kv_block_tokens = self.hasher.block_size
         elif path.startswith(_PROGRAMS):
             pid = path[len(_PROGRAMS):].split("/", 1)[0]
             info = RouteInfo(kind=KIND_PROGRAM, request_id=rid, program_key=program_key(bearer_token(headers), pid))
@@ -135,19 +159,37 @@ class Ingress:
         await self._relay(info, request, send)
 
     async def _relay(self, info: RouteInfo, request: dict, send) -> None:
-        """Send ``request`` to the replica the router picks and relay its ASGI messages."""
-        gen = self.engine.remote(info.to_dict(), request)
-        started = False
-        try:
-            async for message in gen:
-                started = started or message["type"] == "http.response.start"
-                await send(message)
-        except Exception as e:  # the replica died or failed mid-request
-            if not started:
-                await _json(send, 503, {"error": {"message": f"replica failed: {type(e).__name__}: {e}",
-                                                  "type": "server_error", "param": None, "code": None}})
-            else:
-                raise
+        """Send ``request`` to the replica the router picks and relay its ASGI messages.
+
+        A replica that fails before its response starts (it died; Ray Serve then drops it from the router's
+        candidates): the request is sent again, to the replica the router picks now, up to once per replica;
+        then 503. One that fails mid-response: a stream (SSE) ends with an ``error`` event and ``[DONE]``, any other
+        body ends where it stopped; the client never waits on a dead replica."""
+        for attempt in range(max(1, self.num_replicas)):
+            started, streaming = False, False
+            try:
+                async for message in self.engine.remote(info.to_dict(), request):
+                    if message["type"] == "http.response.start":
+                        started = True
+                        ctype = dict(message.get("headers", [])).get(b"content-type", b"")
+                        streaming = ctype.startswith(b"text/event-stream")
+                    await send(message)
+                return
+            except Exception as e:  # noqa: BLE001 - the replica died or failed
+                error = f"replica failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                if not started:
+                    if attempt + 1 < max(1, self.num_replicas):
+                        continue
+                    await _json(send, 503, {"error": {"message": error, "type": "server_error", "param": None,
+                                                      "code": "replica_failed"}})
+                    return
+                tail = b""
+                if streaming:
+                    event = {"error": {"message": error, "type": "server_error", "param": None,
+                                       "code": "replica_failed"}}
+                    tail = b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n"
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
+                return
 
     async def _collect(self, index: int, request: dict) -> tuple[int, dict, bytes]:
         """(status, headers, body) of ``request`` answered by replica ``index``."""
@@ -168,7 +210,16 @@ class Ingress:
         # One replica after the other: Ray 2.60 gives concurrent handle calls made while serving one HTTP request
         # the same internal request id, and its router then never fulfils all but one of them.
         answers = [await self._collect(i, request) for i in range(self.num_replicas)]
+        seen: set[str] = set()
+        for i, (status, hdrs, _) in enumerate(answers):  # fewer live replicas than configured: an index answered
+            rid = hdrs.get("x-pitstop-replica")       # twice by one replica stands for a missing one
+            if rid is not None and rid in seen:
+                answers[i] = (503, {}, json.dumps({"error": {"message": "replica unavailable (restarting?)",
+                                                             "type": "server_error"}}).encode())
+            elif rid is not None:
+                seen.add(rid)
         if path == "/metrics":
+            answers = [a for a in answers if a[0] == 200] or answers[:1]
             texts = [body.decode() for status, _, body in answers]
             await _send(send, 200, merge_metrics(texts).encode(), b"text/plain; version=0.0.4; charset=utf-8")
             return
@@ -178,8 +229,12 @@ class Ingress:
             else:
                 await _json(send, 503, {"error": {"message": "a replica is not healthy", "type": "server_error",
                                                   "param": None, "code": None},
-                                        "replicas": [status for status, _, _ in answers]})
+                                        "replicas": [{"replica": i, "status": status,
+                                                      "replica_id": h.get("x-pitstop-replica")}
+                                                     for i, (status, h, _) in enumerate(answers)]})
             return
+        missing = sum(1 for a in answers if a[0] == 503)
+        answers = [a for a in answers if a[0] != 503] or answers
         bad = next((a for a in answers if a[0] != 200), None)
         if bad is not None:  # 401 and the like: the replica's answer
             await _send(send, bad[0], bad[2], bad[1].get("content-type", "application/json").encode())
@@ -189,8 +244,10 @@ class Ingress:
             out: dict[str, Any] = {k: sum(int(r.get(k, 0)) for r in reports) for k in _SUMMED}
             out["ok"] = all(r.get("ok") for r in reports)
             out["error"] = next((r.get("error") for r in reports if not r.get("ok")), None)
-            out["replicas"] = [dict(r, replica=i, replica_id=h.get("x-pitstop-replica"))
+            out["replicas"] = [dict(r, replica=i, replica_id=h.get("x-pitstop-replica"),
+                                    pid=int(h.get("x-pitstop-replica-pid", 0)))
                                for i, (r, (_, h, _)) in enumerate(zip(reports, answers))]
+            out["replicas_missing"] = missing
             await _json(send, 200, out)
         else:
             await _json(send, 200, reports[0])

@@ -11,13 +11,16 @@ so streamed responses (SSE) stream through. A closed generator (client gone) mak
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 REPLICA_HEADER = b"x-pitstop-replica"  # response header: the replica's id
+PID_HEADER = b"x-pitstop-replica-pid"  # response header: the replica's process id (fault tests kill it)
 
 
 def _replica_id() -> str:
@@ -48,8 +51,11 @@ class EngineReplica:
         from pitstop.server.app import create_app
         from pitstop.server.limits import RequestLimits
 
+        from pitstop.sim.routers.kv_index import KVEventPublisher
+
         self.replica_id = _replica_id()
         self.engine = build_engine(EngineConfig(**engine_config), keep_step_history=False)
+        self.kv_events = KVEventPublisher() if self.engine.config.enable_kv_cache_events else None
         kwargs = dict(app_kwargs)
         kwargs["limits"] = RequestLimits(**kwargs.get("limits", {}))
         self.died: list[BaseException] = []
@@ -62,7 +68,7 @@ class EngineReplica:
         """Serve one HTTP request through the app; yields its ASGI send messages.
 
         Args:
-            route: the ``RouteInfo`` dict (read by the request router; unused here).
+            route: the ``RouteInfo`` dict (read by the request router; its ``moved`` is counted here).
             request: ``method``, ``path``, ``query_string`` (bytes), ``headers`` (list of (bytes, bytes)),
                 ``body`` (bytes).
         """
@@ -71,6 +77,14 @@ class EngineReplica:
                  "query_string": request.get("query_string", b""), "root_path": "",
                  "headers": [(bytes(k), bytes(v)) for k, v in request.get("headers", [])],
                  "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0)}
+        if route.get("kind") == "state":  # the request router's state, written into the call (debug)
+            body = json.dumps(route.get("state")).encode()
+            yield {"type": "http.response.start", "status": 200,
+                   "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+            yield {"type": "http.response.body", "body": body, "more_body": False}
+            return
+        if route.get("moved"):
+            self.app.state.metrics.program_moves_in.labels(route["moved"]).inc()
         out: asyncio.Queue = asyncio.Queue()
         gone = asyncio.Event()
         body_sent = False
@@ -86,7 +100,7 @@ class EngineReplica:
         async def send(message: dict) -> None:
             if message["type"] == "http.response.start":
                 message = dict(message, headers=list(message.get("headers", []))
-                               + [(REPLICA_HEADER, self.replica_id.encode())])
+                               + [(REPLICA_HEADER, self.replica_id.encode()), (PID_HEADER, str(os.getpid()).encode())])
             await out.put(message)
 
         async def run_app() -> None:
@@ -113,9 +127,14 @@ class EngineReplica:
 
     def record_routing_stats(self) -> dict[str, Any]:
         """Ray Serve's routing-stats hook: this replica's live engine state for the request router (counts;
-        ``kv_capacity_tokens`` in tokens; ``kv_usage`` in 0..1)."""
+        ``kv_capacity_tokens`` in tokens; ``kv_usage`` in 0..1; ``kv_events``: a ``KVEventPublisher`` report of the
+        prefix cache's events when the engine publishes them)."""
         s = self.async_engine.stats or {}
-        return {"replica_id": self.replica_id, "num_outstanding": self.async_engine.num_outstanding,
+        events = None
+        if self.kv_events is not None:
+            self.kv_events.publish(self.engine.take_kv_events())
+            events = self.kv_events.report()
+        return {"kv_events": events, "replica_id": self.replica_id, "num_outstanding": self.async_engine.num_outstanding,
                 "num_running": s.get("num_running", 0), "num_waiting": s.get("num_waiting", 0),
                 "kv_usage": s.get("kv_usage", 0.0), "kv_pinned_blocks": s.get("kv_pinned_blocks", 0),
                 "num_programs": s.get("num_programs", 0),

@@ -10,6 +10,13 @@ Per request, the router reads the ``RouteInfo`` the ingress passed as the call's
   (any replica when none did: it answers 404 as the single server would);
 * ``replica``: the ``replica_index``-th replica (the ingress' broadcasts: /health, /metrics, /debug/*).
 
+Replicas get a router index (``LiveLoad.index``) when first seen, kept while they live: a replica that dies and
+is replaced gets a new index, so a program whose home is gone is moved (program-affinity's ``gone``) and the
+exact prefix index (``index="exact"``) starts the new replica from its first KV-event snapshot. Reports of KV
+events ride on the replicas' routing stats (``kv_events``) and are applied before each routing decision.
+A program turn moved away from its home is marked in the call's ``RouteInfo`` (``moved``), which the replica
+counts (``pitstop_router_program_moves_in``).
+
 Load (``LiveLoad``): ``outstanding_requests`` = max(requests this router sent and not yet completed, the
 replica's own ``num_outstanding``); ``outstanding_tokens`` / ``queued_prefill_tokens`` = estimated prompt + output
 tokens / prompt tokens of the requests this router sent and not yet completed; ``kv_capacity_tokens`` and the
@@ -25,7 +32,7 @@ from typing import Any
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
-from pitstop.server.ray.routing import KIND_PROGRAM, KIND_REPLICA, RouteInfo
+from pitstop.server.ray.routing import KIND_PROGRAM, KIND_REPLICA, KIND_STATE, RouteInfo
 from pitstop.sim.routers import RouteRequest, Router, get_router
 
 
@@ -59,6 +66,7 @@ class PitstopRequestRouter(RequestRouter):
         self._router(router)  # fail early on an unknown name
         self.program_home: OrderedDict[str, str] = OrderedDict()  # program key -> replica unique id
         self.inflight: dict[str, tuple[str, int, int]] = {}  # internal request id -> (replica, prompt, total tokens)
+        self.slots: dict[str, int] = {}  # replica unique id -> router index (stable while the replica lives)
 
     def _router(self, name: str | None) -> Router:
         name = name or self.default_router
@@ -68,14 +76,33 @@ class PitstopRequestRouter(RequestRouter):
             r.reset(0)
         return r
 
+    def _slot(self, unique_id: str) -> int:
+        slot = self.slots.get(unique_id)
+        if slot is None:
+            slot = self.slots[unique_id] = len(self.slots)
+        return slot
+
+    def _feed_kv_events(self, router: Router, replicas: list[RunningReplica]) -> None:
+        """Apply the replicas' KV-event reports to ``router``'s exact index; forget replicas that are gone."""
+        index = getattr(router, "kv_index", None)
+        if index is None:
+            return
+        live = set()
+        for rep in replicas:
+            slot = self._slot(rep.replica_id.unique_id)
+            live.add(slot)
+            index.apply_report(slot, (rep.routing_stats or {}).get("kv_events"))
+        for slot in [s for s in index.replicas if s not in live]:
+            index.drop(slot)
+
     def _loads(self, replicas: list[RunningReplica]) -> list[LiveLoad]:
         loads = []
-        for i, rep in enumerate(replicas):
+        for rep in replicas:
             rid = rep.replica_id.unique_id
             mine = [v for v in self.inflight.values() if v[0] == rid]
             st = rep.routing_stats or {}
             loads.append(LiveLoad(
-                index=i, outstanding_requests=max(len(mine), int(st.get("num_outstanding", 0))),
+                index=self._slot(rid), outstanding_requests=max(len(mine), int(st.get("num_outstanding", 0))),
                 outstanding_tokens=sum(v[2] for v in mine), queued_prefill_tokens=sum(v[1] for v in mine),
                 kv_capacity_tokens=int(st.get("kv_capacity_tokens", 1 << 30)),
                 num_running=int(st.get("num_running", 0)), num_waiting=int(st.get("num_waiting", 0)),
@@ -109,14 +136,23 @@ class PitstopRequestRouter(RequestRouter):
         if info.kind == KIND_REPLICA:
             return [[replicas[info.replica_index % len(replicas)]]]
         by_id = {r.replica_id.unique_id: r for r in replicas}
+        if info.kind == KIND_STATE:
+            router = self._router(info.router)
+            self._feed_kv_events(router, replicas)
+            pending_request.args[0]["state"] = self.state(router, info, replicas)
+            return [[replicas[0]]]
         if info.kind == KIND_PROGRAM:
             home = self.program_home.get(info.program_key) if info.program_key else None
             return [[by_id.get(home, replicas[0])]]
         router = self._router(info.router)
+        self._feed_kv_events(router, replicas)
         req = RouteRequest(info.request_id, info.prompt_len, info.output_len, info.prefix_keys, info.block_tokens,
-                           info.program_key)
+                           info.program_key, info.block_hashes, info.kv_block_tokens)
         now = pending_request.created_at
+        moves = getattr(router, "num_moves", 0)
         index = router.assign(req, self._loads(replicas), now)
+        if getattr(router, "num_moves", 0) != moves:
+            pending_request.args[0]["moved"] = router.last_move[3]  # sent with the call: the replica counts it
         chosen = replicas[index]
         rid = chosen.replica_id.unique_id
         self.inflight[pending_request.metadata.internal_request_id] = (
@@ -129,6 +165,25 @@ class PitstopRequestRouter(RequestRouter):
             if info.is_last_turn and hasattr(router, "forget"):
                 router.forget(info.program_key)
         return [[chosen]]
+
+    def state(self, router: Router, info: RouteInfo, replicas: list[RunningReplica]) -> dict:
+        """What the router knows (``POST /debug/router-state``): per live replica its router index, requests in
+        flight, and with the exact index the blocks indexed, whether it waits for a snapshot and how many leading
+        blocks of ``info.block_hashes`` it holds; program-affinity's moves."""
+        kv = getattr(router, "kv_index", None)
+        reps = []
+        for rep in replicas:
+            uid = rep.replica_id.unique_id
+            slot = self._slot(uid)
+            row = {"replica_id": uid, "index": slot, "inflight": sum(1 for v in self.inflight.values() if v[0] == uid)}
+            if kv is not None:
+                entry = kv.replicas.get(slot)
+                row.update(kv_index_blocks=kv.num_blocks(slot), stale=entry.stale if entry else True,
+                           match_blocks=kv.match(slot, info.block_hashes))
+            reps.append(row)
+        return {"router": router.name, "index": getattr(router, "index", None), "replicas": reps,
+                "num_moves": getattr(router, "num_moves", 0), "moves_by_reason": getattr(router, "moves_by_reason", {}),
+                "kv_event_gaps": kv.num_gaps if kv is not None else 0}
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         """Serve's hook when a request (or stream) to a replica finished: drop it from the in-flight load."""

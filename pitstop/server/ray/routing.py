@@ -21,6 +21,7 @@ CHARS_PER_BLOCK = 4 * BLOCK_TOKENS  # characters per router block of a text prom
 KIND_ROUTE = "route"  # a generation request: the pitstop router chooses
 KIND_PROGRAM = "program"  # a program endpoint: the replica that last got a turn of the program
 KIND_REPLICA = "replica"  # a broadcast part: the ``replica_index``-th replica (sorted by replica id)
+KIND_STATE = "state"  # debug: the request router writes its state into the call (``state``), any replica echoes it
 
 
 @dataclass
@@ -36,6 +37,12 @@ class RouteInfo:
         is_last_turn: the request ends its program.
         replica_index: for ``replica``: the index among the replicas sorted by id.
         router: override of the deployment's router name (the ingress' ``/debug/router``; None: the default).
+        block_hashes: the engine's KV block hashes of the prompt (only for a router with the exact index; see
+            ``prompt_hashes``). kv_block_tokens: tokens per KV block.
+        moved: set by the request router when it moved a program's turn away from its home replica
+            (``overloaded`` / ``gone``); the receiving replica counts it in its metrics.
+        state: for ``state``: the request router's state (replicas, moves, exact-index matches of
+            ``block_hashes``), written by the router, returned by the replica.
     """
 
     kind: str = KIND_ROUTE
@@ -48,6 +55,10 @@ class RouteInfo:
     is_last_turn: bool = True
     replica_index: int = 0
     router: str | None = None
+    block_hashes: tuple = ()
+    kv_block_tokens: int = 16
+    moved: str | None = None
+    state: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +67,7 @@ class RouteInfo:
     def from_dict(cls, d: dict) -> "RouteInfo":
         d = dict(d)
         d["prefix_keys"] = tuple(d.get("prefix_keys", ()))
+        d["block_hashes"] = tuple(d.get("block_hashes", ()))
         return cls(**d)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pitstop.sim.routers.base import LoadView, PrefixIndex, ReplicaLoad, RouteRequest, Router, least_loaded
+from pitstop.sim.routers.base import (INDEXES, LoadView, PrefixIndex, PrefixIndexedRouter, ReplicaLoad, RouteRequest,
+                                      Router, least_loaded)
+from pitstop.sim.routers.kv_index import KVEventIndex, KVEventPublisher
 from pitstop.sim.routers.least_loaded import LeastLoadedRouter
 from pitstop.sim.routers.prefix_affinity import PrefixAffinityRouter
 from pitstop.sim.routers.program_affinity import ProgramAffinityRouter
@@ -23,5 +25,5 @@ def get_router(name: str, **kwargs) -> Router:
     return cls(**kwargs)
 
 
-__all__ = ["ROUTERS", "LoadView", "PrefixIndex", "ReplicaLoad", "RouteRequest", "Router", "get_router",
+__all__ = ["INDEXES", "KVEventIndex", "KVEventPublisher", "PrefixIndexedRouter", "ROUTERS", "LoadView", "PrefixIndex", "ReplicaLoad", "RouteRequest", "Router", "get_router",
            "least_loaded"]

@@ -2,9 +2,15 @@
 
 A router sees, per replica, a ``ReplicaLoad`` (counts kept by the cluster, never the scheduler internals), and
 the request's routing keys: ``prefix_keys`` (chained hashes of the prompt's fixed-size blocks; equal prefixes give
-equal leading keys) and ``program_id``. Routers that remember what they sent where (prefix-affinity, two-choice,
-program-affinity) update their own state in ``on_routed`` -- like SGLang's router, which keeps an approximate
-radix tree per worker of the prompts it routed rather than querying the workers' caches.
+equal leading keys), ``block_hashes`` (the engine's own prefix-cache block hashes, for the exact index) and
+``program_id``. Routers that remember what they sent where (prefix-affinity, two-choice, program-affinity) update
+their own state in ``on_routed`` -- like SGLang's router, which keeps an approximate radix tree per worker of the
+prompts it routed rather than querying the workers' caches. With ``index="exact"`` the prefix routers match against
+``kv_index`` instead, a ``KVEventIndex`` the driver feeds with the replicas' KV events (llm-d's precise mode).
+
+``route`` returns a *position* in the ``replicas`` sequence it was given; state a router keeps about a replica is
+keyed by the replica's ``ReplicaLoad.index``, which stays the same while the replica lives (a live deployment's
+replica set changes when one dies and another starts; the simulator's never does, and there index == position).
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
+
+from pitstop.sim.routers.kv_index import KVEventIndex
+
+INDEXES = ("approx", "exact")  # prefix index kinds of the prefix routers
 
 
 class ReplicaLoad(Protocol):
@@ -47,6 +57,9 @@ class RouteRequest:
             blocks); empty when unknown.
         block_tokens: tokens per router block.
         program_id: the agent program this request belongs to (None: a lone request).
+        block_hashes: the engine's chained hash of each full KV block of the prompt
+            (``pitstop.engine.block_pool.prefix_block_hashes``); empty when unknown. kv_block_tokens: tokens per
+            KV block.
     """
 
     request_id: str
@@ -55,6 +68,8 @@ class RouteRequest:
     prefix_keys: tuple = ()
     block_tokens: int = 512
     program_id: str | None = None
+    block_hashes: tuple = ()
+    kv_block_tokens: int = 16
 
 
 class Router(ABC):
@@ -74,16 +89,16 @@ class Router(ABC):
 
     @abstractmethod
     def route(self, req: RouteRequest, replicas: Sequence[ReplicaLoad], now: float) -> int:
-        """Index of the replica that gets ``req``."""
+        """Position in ``replicas`` of the replica that gets ``req``."""
 
     def on_routed(self, req: RouteRequest, index: int, now: float) -> None:
-        """Record that ``req`` went to replica ``index``."""
+        """Record that ``req`` went to the replica whose ``ReplicaLoad.index`` is ``index``."""
 
     def assign(self, req: RouteRequest, replicas: Sequence[ReplicaLoad], now: float) -> int:
-        """``route`` then ``on_routed``: the index of the replica that gets ``req``, recorded."""
-        index = self.route(req, replicas, now)
-        self.on_routed(req, index, now)
-        return index
+        """``route`` then ``on_routed``: the position of the replica that gets ``req``, recorded."""
+        pos = self.route(req, replicas, now)
+        self.on_routed(req, replicas[pos].index, now)
+        return pos
 
 
 def least_loaded(replicas: Sequence[ReplicaLoad], among: Sequence[int] | None = None) -> int:
@@ -121,22 +136,49 @@ class PrefixIndex:
 
 
 class PrefixIndexedRouter(Router):
-    """A router that keeps one ``PrefixIndex`` per replica of the prompts it routed there (prefix-affinity,
-    two-choice): created on first use, sized by the replica's KV capacity in router blocks, updated on routing."""
+    """A router that knows which prompt prefixes each replica caches (prefix-affinity, two-choice,
+    program-affinity's fallback).
 
-    def __init__(self) -> None:
-        self.indexes: list[PrefixIndex] = []
+    ``index="approx"``: one ``PrefixIndex`` per replica of the prompts routed there (created on first use, sized
+    by the replica's KV capacity in router blocks, updated on routing). ``index="exact"``: ``kv_index``, a
+    ``KVEventIndex`` the driver feeds with the replicas' KV events, matched with the request's ``block_hashes``.
+
+    Raises:
+        ValueError: an unknown ``index``.
+    """
+
+    def __init__(self, index: str = "approx") -> None:
+        if index not in INDEXES:
+            raise ValueError(f"index must be one of {INDEXES}, got {index!r}")
+        self.index = index
+        self.indexes: dict[int, PrefixIndex] = {}
+        self.kv_index: KVEventIndex | None = KVEventIndex() if index == "exact" else None
+
+    @property
+    def wants_kv_events(self) -> bool:
+        """The driver must feed ``kv_index`` with the replicas' KV events."""
+        return self.kv_index is not None
 
     def reset(self, num_replicas: int) -> None:
         super().reset(num_replicas)
-        self.indexes = []
+        self.indexes = {}
+        if self.kv_index is not None:
+            self.kv_index = KVEventIndex()
 
     def ensure_indexes(self, replicas: Sequence[ReplicaLoad], block_tokens: int) -> None:
-        """One index per replica (replicas may be added between calls)."""
-        while len(self.indexes) < len(replicas):
-            cap = max(1, replicas[len(self.indexes)].kv_capacity_tokens // max(1, block_tokens))
-            self.indexes.append(PrefixIndex(cap))
+        """One approximate index per replica (replicas may be added between calls)."""
+        for r in replicas:
+            if r.index not in self.indexes:
+                self.indexes[r.index] = PrefixIndex(max(1, r.kv_capacity_tokens // max(1, block_tokens)))
+
+    def cached_tokens(self, req: RouteRequest, replicas: Sequence[ReplicaLoad]) -> list[int]:
+        """Per position in ``replicas``: prompt tokens of ``req`` the index says are cached there."""
+        if self.kv_index is not None:
+            kv = self.kv_index
+            return [kv.match(r.index, req.block_hashes) * req.kv_block_tokens for r in replicas]
+        self.ensure_indexes(replicas, req.block_tokens)
+        return [self.indexes[r.index].match(req.prefix_keys) * req.block_tokens for r in replicas]
 
     def on_routed(self, req: RouteRequest, index: int, now: float) -> None:
-        if req.prefix_keys and index < len(self.indexes):
+        if self.kv_index is None and req.prefix_keys and index in self.indexes:
             self.indexes[index].insert(req.prefix_keys)

@@ -4,9 +4,9 @@ SGLang: Zheng et al., 2024; Mooncake's KVCache-centric scheduling, FAST'25, moti
 1. If the cluster is imbalanced -- ``max_load - min_load > balance_abs_threshold`` and
    ``max_load > balance_rel_threshold * min_load`` (load = outstanding requests) -- send to the least-loaded
    replica (outstanding tokens).
-2. Else match the prompt's prefix against each replica's approximate prefix index (what was routed there,
-   LRU-bounded by the replica's KV capacity). If the best match covers more than ``cache_threshold`` of the
-   prompt, send it there (ties: least loaded).
+2. Else match the prompt's prefix against each replica's prefix index (``index="approx"``: what was routed
+   there, LRU-bounded by the replica's KV capacity; ``"exact"``: the replica's KV events). If the best match
+   covers more than ``cache_threshold`` of the prompt's tokens, send it there (ties: least loaded).
 3. Else send to the least-loaded replica (SGLang picks the smallest tree; load is what we balance on here).
 """
 
@@ -21,8 +21,8 @@ class PrefixAffinityRouter(PrefixIndexedRouter):
     name = "prefix-affinity"
 
     def __init__(self, cache_threshold: float = 0.5, balance_abs_threshold: int = 32,
-                 balance_rel_threshold: float = 1.5) -> None:
-        super().__init__()
+                 balance_rel_threshold: float = 1.5, index: str = "approx") -> None:
+        super().__init__(index)
         self.cache_threshold = cache_threshold
         self.balance_abs_threshold = balance_abs_threshold
         self.balance_rel_threshold = balance_rel_threshold
@@ -34,10 +34,10 @@ class PrefixAffinityRouter(PrefixIndexedRouter):
 
     def route(self, req: RouteRequest, replicas: Sequence[ReplicaLoad], now: float) -> int:
         self.ensure_indexes(replicas, req.block_tokens)
-        if self.imbalanced(replicas) or not req.prefix_keys:
+        if self.imbalanced(replicas) or not (req.block_hashes if self.kv_index is not None else req.prefix_keys):
             return least_loaded(replicas)
-        matches = [ix.match(req.prefix_keys) for ix in self.indexes[:len(replicas)]]
+        matches = self.cached_tokens(req, replicas)
         best = max(matches)
-        if best > 0 and best / len(req.prefix_keys) > self.cache_threshold:
+        if best > 0 and best / max(1, req.prompt_len) > self.cache_threshold:
             return least_loaded(replicas, [i for i, m in enumerate(matches) if m == best])
         return least_loaded(replicas)

@@ -19,9 +19,9 @@ from pitstop.sim.routers.base import PrefixIndexedRouter, ReplicaLoad, RouteRequ
 class TwoChoiceRouter(PrefixIndexedRouter):
     name = "two-choice"
 
-    def __init__(self, prefix_blocks: int = 4, ttft_slo_s: float = 2.0, prefill_tokens_per_s: float = 20000.0
-                 ) -> None:
-        super().__init__()
+    def __init__(self, prefix_blocks: int = 4, ttft_slo_s: float = 2.0, prefill_tokens_per_s: float = 20000.0,
+                 index: str = "approx") -> None:
+        super().__init__(index)
         self.prefix_blocks = prefix_blocks
         self.ttft_slo_s = ttft_slo_s
         self.prefill_tokens_per_s = prefill_tokens_per_s
@@ -43,7 +43,8 @@ class TwoChoiceRouter(PrefixIndexedRouter):
         if n == 1:
             return 0
         a, b = self.candidates(req, n)
-        hit = {i: self.indexes[i].match(req.prefix_keys) * req.block_tokens for i in (a, b)}
+        cached = self.cached_tokens(req, [replicas[a], replicas[b]])
+        hit = {a: cached[0], b: cached[1]}
         ttft = {i: self.est_ttft_s(replicas[i], max(0, req.prompt_len - hit[i])) for i in (a, b)}
         pref, other = (a, b) if hit[a] >= hit[b] else (b, a)
         if hit[pref] > hit[other] and ttft[pref] <= self.ttft_slo_s:
