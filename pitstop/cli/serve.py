@@ -70,8 +70,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         '\'{"load_abs_threshold": 2}\' (program-affinity: move a turn off a home with more than 2 '
                         "outstanding requests over the least-loaded replica)")
     p.add_argument("--ray-address", default=None,
-                   help="with --replicas > 1: the Ray cluster to join ('auto' or an address; default: start a local "
-                        "Ray instance)")
+                   help="the Ray cluster to join ('auto' or an address) or 'local' (start a local Ray instance, also "
+                        "with --replicas 1: the Ray-served path with one replica); with --replicas > 1 and no "
+                        "address: a local instance. Without it, --replicas 1 is the single-process server")
     p.add_argument("--debug-endpoints", action="store_true", help="expose GET /debug/kv (tests)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     return p
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from pitstop.server.uvicorn_server import DrainingServer
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.replicas > 1:
+    if args.replicas > 1 or args.ray_address is not None:
         return run_replicas(args)
     engine = build_engine(EngineConfig(**engine_kwargs(args), program_idle_timeout=args.program_idle_timeout,
                                        max_programs=args.max_programs),
@@ -159,4 +160,5 @@ def run_replicas(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as e:
         print(f"pitstop: error: {e}", flush=True)
         return 2
-    return serve_forever(app, args.host, args.port, args.ray_address, args.log_level)
+    address = None if args.ray_address == "local" else args.ray_address
+    return serve_forever(app, args.host, args.port, address, args.log_level)
