@@ -31,6 +31,18 @@ class PagedEchoExecutor:
                 sampled[req.request_id] = self.next_token(ctx)
         return ExecutorResult(sampled=sampled, step_time_s=0.0)
 
+    kv_bytes_per_block = 64  # what migrating a block "costs" (tests of the byte count)
+
+    def read_kv_blocks(self, block_ids: list[int]) -> list[list[int | None]]:
+        """The stored tokens of each block (the KV payload of a migration)."""
+        bs = self.block_size
+        return [self.slots[b * bs:(b + 1) * bs] for b in block_ids]
+
+    def write_kv_blocks(self, block_ids: list[int], data: list, positions: list[int]) -> None:
+        bs = self.block_size
+        for b, p in zip(block_ids, positions):
+            self.slots[b * bs:(b + 1) * bs] = data[p]
+
     def next_token(self, ctx: list[int]) -> int:
         return (sum(ctx) * 31 + len(ctx)) % self.vocab
 

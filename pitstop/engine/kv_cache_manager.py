@@ -6,6 +6,8 @@ Source: vLLM's paged attention (Kwon et al., SOSP'23) and its v1 KV cache manage
 
 from __future__ import annotations
 
+from typing import Callable
+
 from pitstop.engine.block_pool import BlockPool, KVBlock, stable_salt
 from pitstop.request import Request, RequestStatus
 from pitstop.sampling_params import SamplingParams
@@ -205,6 +207,34 @@ class KVCacheManager:
         carrier.status = RequestStatus.FINISHED_LENGTH  # a finished carrier: free() drops its memoised hashes
         self.free(carrier)
         return (len(hits), written) if new is not None else (0, 0)
+
+    def import_blocks(self, token_ids: list[int], salt: int,
+                      write: "Callable[[list[int], list[int]], None]") -> list[KVBlock] | None:
+        """Take blocks for KV computed elsewhere (a migrated program's pin): the full blocks of ``token_ids`` under
+        their chained hashes (first block's extra ``salt``). Blocks already cached here are reused; the others are
+        allocated, filled by ``write(block ids, positions in token_ids' blocks)`` and registered in the prefix
+        cache. Returns every block, one reference each held for the caller (a pin), or None with nothing changed
+        when the pool cannot take them (or prefix caching is off)."""
+        if not self.enable_prefix_caching:
+            return None
+        bs, n = self.block_size, len(token_ids) // self.block_size
+        entries, parent, extra = [], 0, salt
+        for i in range(n):
+            key = (parent, tuple(token_ids[i * bs:(i + 1) * bs]), extra)
+            parent, extra = hash(key), 0
+            entries.append((parent, key))
+        hits = self.pool.match_prefix(entries, n)
+        revived = sum(1 for b in hits if b.ref_cnt == 0)
+        if n - len(hits) + revived > self.pool.num_free_blocks:
+            return None
+        self.pool.touch(hits)
+        new = self.pool.allocate(n - len(hits))
+        if new:
+            write([b.block_id for b in new], list(range(len(hits), n)))
+        blocks = hits + new
+        self.pool.cache_many(blocks, entries, len(hits), n)
+        self.num_pinned_blocks += n
+        return blocks
 
     def pin_blocks(self, request: Request) -> list[KVBlock]:
         """End a request but keep its cached full blocks referenced for a program pin.

@@ -23,6 +23,7 @@ from pitstop.executor.interface import Executor
 from pitstop.outputs import RequestOutput
 from pitstop.request import RequestStatus
 from pitstop.sampling_params import SamplingParams
+from pitstop.kv_transfer import ProgramKV
 from pitstop.scheduler_output import ExecutorResult, SchedulerOutput
 
 
@@ -334,6 +335,54 @@ class LLMEngine:
         """End a program: its pinned KV is released at once; a turn still running pins nothing when it
         ends, and the program is forgotten then. False if the program is unknown."""
         return self.scheduler.programs.end(program_id)
+
+    def waiting_programs(self) -> list[tuple[str, int]]:
+        """Programs between turns that hold a pin (no turn running or waiting): ``(program id, pinned blocks)``,
+        most pinned blocks first -- the candidates for migration (``export_program_kv``)."""
+        pm = self.scheduler.programs
+        out = [(pid, len(p.pinned)) for pid, p in pm.programs.items() if p.has_pin and p.active == 0]
+        return sorted(out, key=lambda x: -x[1])
+
+    def export_program_kv(self, program_id: str) -> ProgramKV | None:
+        """A waiting program's pinned KV (tokens, hash salt, the executor's K/V payload of the blocks, bytes, TTL
+        left), for ``import_program_kv`` on another engine. Nothing changes here: the caller ends the program
+        (``end_program``) once the target has it. None when the program is unknown, holds no pin, or has a turn
+        running or waiting. The executor's ``read_kv_blocks(block ids)`` gives the payload (a simulated executor
+        has none: ``data`` is None) and its ``kv_bytes_per_block`` the size."""
+        p = self.scheduler.programs.programs.get(program_id)
+        if p is None or not p.has_pin or p.active:
+            return None
+        blocks = p.pinned
+        read = getattr(self.executor, "read_kv_blocks", None)
+        data = read([b.block_id for b in blocks]) if read is not None else None
+        size = int(getattr(self.executor, "kv_bytes_per_block", 0)) * len(blocks)
+        return ProgramKV(program_id, [t for b in blocks for t in b.key[1]], blocks[0].key[2], self.config.block_size,
+                         data, size, max(0.0, p.pin_expiry - self.clock()), p.pin_tool)
+
+    def import_program_kv(self, kv: ProgramKV) -> int:
+        """Place a migrated program's KV here, pinned for the program (its TTL left at export; the program is
+        created if new), registered in the prefix cache so its next turn hits it. Blocks already cached here are
+        shared, the others written by the executor's ``write_kv_blocks(block ids, payload, positions)``.
+        Returns the blocks pinned; 0 when the pool cannot take them now (nothing changed).
+
+        Raises:
+            ValueError: the block size differs, or the payload is missing for an executor that computes KV.
+        """
+        if kv.block_size != self.config.block_size:
+            raise ValueError(f"block_size {kv.block_size} != this engine's {self.config.block_size}")
+        write = getattr(self.executor, "write_kv_blocks", None)
+        if write is not None and kv.data is None:
+            raise ValueError("a program's KV without its K/V payload cannot be imported into a model executor")
+
+        def fill(block_ids: list[int], positions: list[int]) -> None:
+            if write is not None:
+                write(block_ids, kv.data, positions)
+
+        blocks = self.kv_manager.import_blocks(kv.token_ids, kv.salt, fill)
+        if blocks is None:
+            return 0
+        self.scheduler.programs.adopt_pin(kv.program_id, blocks, kv.ttl_s, kv.tool_name, self.clock())
+        return len(blocks)
 
     def expire_programs(self) -> None:
         """Expire pins whose TTL ran out and end idle programs now (``step`` does this too; a server

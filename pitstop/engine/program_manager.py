@@ -155,6 +155,21 @@ class ProgramManager:
         self._count(p, "pins")
         return True
 
+    def adopt_pin(self, program_id: str, blocks: list, ttl_s: float, tool_name: str, now: float) -> None:
+        """A migrated program's KV arrived (``blocks``: one reference each, counted as pinned by the KV manager):
+        the program is created here if new (first arrival ``now``) and pins them for ``ttl_s`` seconds, as its
+        own last turn would have; a pin it held before is released."""
+        p = self.programs.get(program_id)
+        if p is None:
+            p = self.programs[program_id] = Program(program_id, first_arrival=now, last_active=now)
+        if p.has_pin:
+            self._unpin(p)
+        p.pinned = list(blocks)
+        p.pin_tokens = len(blocks) * self.kv.block_size
+        p.last_tool = tool_name
+        p.pin_tool, p.pin_created, p.pin_expiry = tool_name, now, now + max(ttl_s, 0.0)
+        self._pinned[program_id] = p
+
     def retag(self, program_id: str, tool_name: str, now: float) -> None:
         """The tool of a pinned program became known (parsed from its output): recompute the TTL."""
         p = self.programs.get(program_id)

@@ -89,6 +89,39 @@ class ModelRunner:
         logprobs = self._logprobs(rows, out)
         return ExecutorResult(sampled=sampled, logprobs=logprobs, step_time_s=time.perf_counter() - t0)
 
+    @property
+    def kv_bytes_per_block(self) -> int:
+        """Bytes of K and V one block holds over all layers."""
+        return self.bytes_per_block
+
+    @torch.inference_mode()
+    def read_kv_blocks(self, block_ids: list[int]) -> np.ndarray:
+        """The K/V of ``block_ids`` as raw bytes (a program's KV to migrate; Ray moves numpy arrays through its
+        object store without copying): uint8 ``[layers, 2 (K, V), len(block_ids), block bytes per layer]``."""
+        idx = torch.tensor(block_ids, dtype=torch.long)
+        data = torch.stack([torch.stack((k.index_select(0, idx), v.index_select(0, idx))) for k, v in self.kv_caches])
+        return data.contiguous().view(torch.uint8).reshape(len(self.kv_caches), 2, len(block_ids), -1).numpy()
+
+    @torch.inference_mode()
+    def write_kv_blocks(self, block_ids: list[int], data: np.ndarray, positions: list[int]) -> None:
+        """Write ``data[:, :, positions]`` (a ``read_kv_blocks`` payload of another engine with the same model,
+        dtype and block size) into ``block_ids``.
+
+        Raises:
+            ValueError: the payload's shape does not fit this cache.
+        """
+        k0 = self.kv_caches[0][0]
+        per_block = k0[0].numel() * k0.element_size()
+        if data.ndim != 4 or data.shape[0] != len(self.kv_caches) or data.shape[1] != 2 or data.shape[3] != per_block:
+            raise ValueError(f"KV payload of shape {data.shape} does not fit this cache "
+                             f"({len(self.kv_caches)} layers, {per_block} bytes per block and layer)")
+        src = torch.from_numpy(np.ascontiguousarray(data[:, :, positions])).view(k0.dtype)
+        src = src.reshape(len(self.kv_caches), 2, len(positions), *k0.shape[1:])
+        idx = torch.tensor(block_ids, dtype=torch.long)
+        for layer, (k, v) in enumerate(self.kv_caches):
+            k.index_copy_(0, idx, src[layer, 0])
+            v.index_copy_(0, idx, src[layer, 1])
+
     def _inputs(self, scheduled: list[ScheduledRequest]) -> tuple[torch.Tensor, torch.Tensor]:
         ids: list[int] = []
         pos: list[int] = []
