@@ -113,3 +113,41 @@ def test_real_model_migrated_kv_gives_the_same_greedy_tokens(smollm2_dir):
     assert out.outputs[0].token_ids == _run(ref, "r", nxt, program=None, params=params).outputs[0].token_ids
     for e in (a, b, ref):
         e.kv_manager.assert_idle()
+
+
+def test_simulator_migrates_a_waiting_program_off_a_loaded_replica():
+    """Two simulated replicas; a router that sends lone requests to replica 0 (program turns: their home). A
+    program's first turn pins its KV on 0, a flood of long lone requests loads 0; the migration policy (the one the
+    Ray deployment uses) moves the pin to 1 and re-homes the program, whose next turn there hits the moved blocks."""
+    from pitstop.sim.cluster import SimRequest
+    from pitstop.sim.cost_models import ProfiledCostModel
+    from pitstop.sim.cost_models.profiled import FEATURES
+    from pitstop.sim.routers import get_router
+    from pitstop.sim.routers.program_affinity import ProgramAffinityRouter
+    from pitstop.sim.simulator import SimConfig, build_cluster, kv_block_bytes
+
+    class ToZero(ProgramAffinityRouter):
+        def route(self, req, replicas, now):
+            home = self.home.get(req.program_id) if req.program_id else None
+            return home if home is not None else 0
+
+    linear = ProfiledCostModel(dict(zip(FEATURES, [0.010, 1e-4, 0.0, 0.0, 0.0])))
+    cfg = SimConfig(model="smollm2-135m", replicas=2, kv_cache_tokens=8192, max_model_len=2048, ttl_policy="fixed",
+                    ttl_seconds=100.0, scheduling_policy="program-fcfs", migration={"load_abs_threshold": 2})
+    cluster = build_cluster(cfg, cost_model=linear)
+    cluster.router = ToZero()
+    cluster.router.reset(2)
+    base = list(range(100, 356))  # 256 tokens: 16 blocks
+    reqs = [SimRequest("p0", 0.0, 256, 4, lambda: list(base), program_id="p", is_last_turn=False)]
+    reqs += [SimRequest(f"lone{i}", 1.0, 64, 200, lambda i=i: [7 + i] * 64) for i in range(6)]
+    reqs.append(SimRequest("p1", 3.0, 356, 4, lambda: base + list(range(500, 600)), program_id="p",
+                           is_last_turn=True))
+    finished = {f.request_id: f for f in cluster.run(reqs)}
+    assert cluster.stats.migrations == 1 and cluster.stats.migrated_blocks == 16
+    assert cluster.stats.migrated_bytes == 16 * kv_block_bytes(cfg)
+    assert finished["p0"].replica == 0 and finished["p1"].replica == 1
+    assert finished["p1"].num_cached_tokens == 256
+    for rep in cluster.replicas:
+        rep.engine.kv_manager.assert_idle()
+        assert rep.engine.kv_manager.num_pinned_blocks == 0
+    assert get_router("program-affinity").set_home  # the hook the cluster calls

@@ -66,6 +66,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "(round-robin; identical results); ignored otherwise")
     c.add_argument("--tp", type=int, default=1, help="tensor-parallel devices per replica")
     c.add_argument("--router", choices=list(ROUTERS), default="round-robin")
+    c.add_argument("--router-config", default=None, metavar="JSON",
+                   help='the router\'s arguments as a JSON object, as pitstop serve\'s (e.g. \'{"index": "exact"}\': '
+                        "match prefixes on the simulated engines' KV events)")
+    c.add_argument("--migration", default=None, metavar="JSON",
+                   help="move waiting programs' pinned KV from the most to the least loaded replica (Llumnix), with "
+                        'these MigrationPolicy arguments, e.g. \'{"load_abs_threshold": 2}\' or \'{}\'')
     c.add_argument("--scheduling-policy", default="fcfs", help="fcfs, program-fcfs, plas, priority")
     c.add_argument("--ttl-policy", default="none", help="KV pins between program turns: none, fixed, continuum")
     c.add_argument("--ttl-seconds", type=float, default=None, help="fixed TTL / continuum upper bound (s)")
@@ -96,6 +102,8 @@ def _config(args):
     from pitstop.sim.simulator import SimConfig
     return SimConfig(model=args.model, hardware=args.hardware, cost_model=args.cost_model, profile=args.profile,
                      replicas=args.replicas, tp=args.tp, router=args.router,
+                     router_kwargs=_json_object(args.router_config, "--router-config"),
+                     migration=None if args.migration is None else _json_object(args.migration, "--migration"),
                      scheduling_policy=args.scheduling_policy, ttl_policy=args.ttl_policy,
                      ttl_seconds=args.ttl_seconds, block_size=args.block_size,
                      max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
@@ -104,6 +112,19 @@ def _config(args):
                      kv_cache_tokens=args.kv_cache_tokens, slo_ms=parse_slo(args.slo),
                      record_steps=not args.no_trace and args.output is not None,
                      record_token_times=not args.no_itl)
+
+
+def _json_object(text: str | None, flag: str) -> dict:
+    """``text`` parsed as a JSON object ({} when None). Raises ValueError naming ``flag`` otherwise."""
+    if text is None:
+        return {}
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{flag}: not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{flag} must be a JSON object")
+    return obj
 
 
 def _options(args, rate=None):

@@ -37,6 +37,7 @@ class SimulatedRunner:
         self.num_steps = 0
         self.busy_s = 0.0
         self.last_step_time_s = 0.0
+        self.kv_bytes_per_block = 0  # bytes a migrated KV block carries (set by the simulator from the model shape)
 
     def token_for(self, position: int) -> int:
         """The synthetic token sampled at ``position`` (deterministic, never in ``avoid_token_ids``)."""

@@ -36,6 +36,7 @@ from pitstop.sim.cost_models.interface import CostModel
 from pitstop.engine.block_pool import prefix_block_hashes
 from pitstop.sim.routers.base import RouteRequest, Router
 from pitstop.sim.routers.kv_index import KVEventIndex
+from pitstop.sim.routers.migration import MigrationPolicy, ReplicaMigrationView
 
 
 @dataclass(slots=True)
@@ -271,6 +272,9 @@ class ClusterStats:
     num_steps: int = 0
     sim_time_s: float = 0.0
     process_cpu_s: list[float] = field(default_factory=list)  # per process (``pitstop.sim.parallel``), else empty
+    migrations: int = 0  # programs whose pinned KV moved to another replica (``Cluster.migration``)
+    migrated_blocks: int = 0
+    migrated_bytes: int = 0
 
 
 class Cluster:
@@ -314,6 +318,7 @@ class Cluster:
         self.on_finished: Callable[[list[FinishedRequest], float], None] | None = None
         self._later: list[tuple[float, int, SimRequest]] = []  # injected arrivals (time, seq, request), a heap
         self._seq = 0
+        self.migration: MigrationPolicy | None = None  # set: after each step, maybe move a waiting program's pin
 
     @property
     def has_injected_arrivals(self) -> bool:
@@ -350,6 +355,27 @@ class Cluster:
             self.on_finished(done, now)
         return done
 
+    def _migrate(self, now: float) -> None:
+        """Ask the migration policy (the one the Ray deployment uses) and move at most one waiting program's
+        pinned KV between replicas' engines (export, import, end on the source; public engine calls), then tell
+        the router the program's new home. The move is instant here; ``migrated_bytes`` is what a link carries."""
+        views = [ReplicaMigrationView(r.index, r.outstanding_requests, r.engine.kv_manager.num_free_blocks,
+                                      r.engine.waiting_programs()) for r in self.replicas]
+        d = self.migration.choose(views)
+        if d is None:
+            return
+        src, dst = self.replicas[d.src].engine, self.replicas[d.dst].engine
+        kv = src.export_program_kv(d.program_id)
+        if kv is None or dst.import_program_kv(kv) == 0:
+            return
+        src.end_program(d.program_id)
+        set_home = getattr(self.router, "set_home", None)
+        if set_home is not None:
+            set_home(d.program_id, d.dst)
+        self.stats.migrations += 1
+        self.stats.migrated_blocks += kv.num_blocks
+        self.stats.migrated_bytes += kv.num_bytes
+
     def run(self, requests: Sequence[SimRequest], until_s: float = math.inf) -> list[FinishedRequest]:
         """Simulate ``requests`` (any order; sorted by arrival here) to completion. Returns finished requests."""
         reqs = sorted(requests, key=lambda r: r.arrival_s)
@@ -371,6 +397,8 @@ class Cluster:
                     clock.now = t
                 rep = replicas[r]
                 done = rep.finish_step(t)
+                if self.migration is not None:
+                    self._migrate(t)
                 if done:
                     finished.extend(self._on_done(done, t))
                     while later and later[0][0] <= t:  # follow-ups due now (e.g. after a 0 s tool) join the next

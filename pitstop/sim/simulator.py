@@ -39,6 +39,8 @@ class SimConfig:
         cost_model: ``roofline`` or ``profiled``.
         profile: JSON of a profiled fit (default: next to the model config).
         replicas / tp: replicas, devices per replica.
+        migration: ``MigrationPolicy`` arguments (e.g. ``{"load_abs_threshold": 2}``): move waiting programs'
+            pinned KV between replicas (Llumnix); None: never.
         router: router name. router_kwargs: its constructor arguments (e.g. ``{"index": "exact"}``: prefix
             matching on the replicas' KV events instead of the router's own approximate index).
         scheduling_policy: ``pitstop.policies`` name.
@@ -61,6 +63,7 @@ class SimConfig:
     tp: int = 1
     router: str = "round-robin"
     router_kwargs: dict = field(default_factory=dict)
+    migration: dict | None = None
     scheduling_policy: str = "fcfs"
     ttl_policy: str = "none"
     ttl_seconds: float | None = None
@@ -108,11 +111,25 @@ def build_cluster(cfg: SimConfig, cost_model: CostModel | None = None) -> Cluste
     router = get_router(cfg.router, **cfg.router_kwargs)
     econf.enable_kv_cache_events = getattr(router, "wants_kv_events", False)  # index="exact": engines publish
 
-    def make(i, clock):
-        return Replica(i, econf, cm, clock, num_blocks, vocab, mml, record_token_times=cfg.record_token_times,
-                       record_steps=cfg.record_steps, fast_block_tables=cfg.fast_block_tables)
+    block_bytes = kv_block_bytes(cfg)
 
-    return Cluster(cfg.replicas, router, make)
+    def make(i, clock):
+        rep = Replica(i, econf, cm, clock, num_blocks, vocab, mml, record_token_times=cfg.record_token_times,
+                      record_steps=cfg.record_steps, fast_block_tables=cfg.fast_block_tables)
+        rep.runner.kv_bytes_per_block = block_bytes
+        return rep
+
+    cluster = Cluster(cfg.replicas, router, make)
+    if cfg.migration is not None:
+        from pitstop.sim.routers.migration import MigrationPolicy
+        cluster.migration = MigrationPolicy(**cfg.migration)
+    return cluster
+
+
+def kv_block_bytes(cfg: SimConfig) -> int:
+    """KV bytes of one block of the configured model (bfloat16 K/V; what a migration moves per block)."""
+    from pitstop.sim.model_configs import load_model_shape
+    return load_model_shape(cfg.model).kv_bytes_per_token(2) * cfg.block_size
 
 
 def effective_max_model_len(cfg: SimConfig) -> int:
@@ -194,6 +211,8 @@ def run_cluster(cfg: SimConfig, cluster: Cluster, requests: Sequence[SimRequest]
                 "events_per_s": st.num_events / wall if wall else 0.0,
                 "steps_per_s": st.num_steps / wall if wall else 0.0,
                 "speedup_vs_real_time": st.sim_time_s / wall if wall else 0.0,
-                **({"process_cpu_s": st.process_cpu_s} if st.process_cpu_s else {})},
+                **({"process_cpu_s": st.process_cpu_s} if st.process_cpu_s else {}),
+                **({"migrations": st.migrations, "migrated_blocks": st.migrated_blocks,
+                    "migrated_bytes": st.migrated_bytes} if cluster.migration is not None else {})},
     }
     return result, finished

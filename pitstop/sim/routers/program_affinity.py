@@ -68,6 +68,10 @@ class ProgramAffinityRouter(PrefixIndexedRouter):
         if req.program_id is not None:
             self.home.setdefault(req.program_id, index)
 
+    def set_home(self, program_id: str, index: int) -> None:
+        """The program's KV now lives on replica ``index`` (it was migrated there): its next turns go there."""
+        self.home[program_id] = index
+
     def forget(self, program_id: str) -> None:
         """Drop a finished program."""
         self.home.pop(program_id, None)
