@@ -4,7 +4,9 @@ One server for the module: 2 replicas of the default model, 1 torch thread each,
 ``program-affinity`` on the exact prefix index (the replicas publish KV events; a program's turn leaves a home
 with more than 2 outstanding requests over the other replica) (``POST /debug/router`` switches the ingress to
 another pitstop router for one test). After every test, KV accounting balances on every replica (``GET /debug/kv``
-lists each replica's report). The last test kills a replica and waits for Ray Serve to bring it back.
+lists each replica's report). Programs pin their KV between turns (fixed TTL); the migration controller runs
+with a threshold no test reaches except the migration test, which lowers it. The last test kills a replica and
+waits for Ray Serve to bring it back.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ ROUTER_CONFIG = {"index": "exact", "load_abs_threshold": 2, "load_rel_threshold"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = start_server(tmp_path_factory.mktemp("ray"), "--replicas", str(REPLICAS), "--router", "program-affinity",
-                       "--router-config", json.dumps(ROUTER_CONFIG), "--num-threads", "1", "--kv-cache-memory", "128MiB", timeout=300)
+                       "--router-config", json.dumps(ROUTER_CONFIG), "--num-threads", "1",
+                       "--ttl-policy", "fixed", "--ttl-seconds", "120",
+                       "--migration-config", json.dumps({"load_abs_threshold": 1000, "period_s": 0.5}), "--kv-cache-memory", "128MiB", timeout=300)
     yield srv
     assert srv.stop(timeout=60) == 0, srv.log()
 
@@ -290,6 +294,74 @@ def test_program_turn_moves_off_an_overloaded_home_and_metrics_say_so(server):
     assert r.status_code == 200 and r.headers[REPLICA] == moved_to
     for pid in mine[4:] + [p for p in homes if p not in mine]:
         server._client.delete(f"/v1/programs/{pid}")
+
+
+def _programs_on_one_replica(server, prefix: str, n: int = 7) -> tuple[str, list[str], dict[str, str]]:
+    """First turns of ``n`` programs (pinned); the replica that got the most, its programs, and every home."""
+    homes: dict[str, str] = {}
+    for k in range(n):
+        pid = f"{prefix}-{k}"
+        r = server.post("/v1/completions", json={"model": MODEL, "prompt": f"Program {pid} starts.", "max_tokens": 1,
+                                                 "program_id": pid, "is_last_turn": False})
+        assert r.status_code == 200, r.text
+        homes[pid] = r.headers[REPLICA]
+    busiest = max(set(homes.values()), key=list(homes.values()).count)
+    return busiest, [pid for pid, h in homes.items() if h == busiest], homes
+
+
+def test_migration_moves_a_waiting_programs_pin_to_the_idle_replica(server):
+    """Three long turns load replica H; the migration controller moves the largest waiting pin on H (program M's,
+    grown by a long second turn) to the idle replica through Ray's object store; M's next turn is routed there and
+    finds its whole context in that replica's cache; /metrics counts the move, its blocks, bytes and duration."""
+    busiest, mine, homes = _programs_on_one_replica(server, "ray-mig")
+    assert len(mine) >= 4, homes
+    loaders, mover = mine[:3], mine[3]
+    story = "The keeper's log, day one: " + " ".join(f"wave{i}" for i in range(120))
+    r = server.post("/v1/completions", json={"model": MODEL, "prompt": story, "max_tokens": 2, "temperature": 0,
+                                             "program_id": mover, "is_last_turn": False})
+    assert r.status_code == 200 and r.headers[REPLICA] == busiest, r.text
+    context = story + r.json()["choices"][0]["text"]
+    assert server.post("/debug/migration", json={"load_abs_threshold": 2}).status_code == 200
+    import threading
+    started: list[str] = []
+    release = threading.Event()
+
+    def long_turn(pid):
+        body = {"model": MODEL, "prompt": f"{pid} keeps talking.", "max_tokens": 400, "ignore_eos": True,
+                "stream": True, "program_id": pid, "is_last_turn": True}
+        with server._client.stream("POST", "/v1/completions", json=body) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    started.append(resp.headers[REPLICA])
+                    release.wait(120)
+                    return
+
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(long_turn, pid) for pid in loaders]
+            report = _wait(lambda: (lambda rep: rep if rep["migrations"] >= 1 else None)(
+                server.post("/debug/migration", json={}).json()), 60, "a migration")
+            release.set()
+            for f in futures:
+                f.result()
+    finally:
+        release.set()
+        assert server.post("/debug/migration", json={"load_abs_threshold": 1000}).status_code == 200
+    assert set(started) == {busiest}, started
+    last = report["last"]
+    assert last["program_id"].endswith(mover) and last["from"] == busiest and last["to"] != busiest, last
+    assert last["blocks"] >= 8 and last["bytes"] > 0 and last["seconds"] > 0, last
+    m = server.metrics()
+    assert counter(m, "pitstop_migrations_total") >= 1 and counter(m, "pitstop_migration_bytes_total") > 0
+    server.wait_idle(timeout=60)
+    r = server.post("/v1/completions", json={"model": MODEL, "prompt": context + " Day two:", "max_tokens": 2,
+                                             "temperature": 0, "program_id": mover, "is_last_turn": True})
+    assert r.status_code == 200, r.text
+    assert r.headers[REPLICA] == last["to"]
+    assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] >= (last["blocks"] - 2) * 16  # re-tokenized end
+    for pid in homes:
+        if pid not in loaders and pid != mover:
+            server._client.delete(f"/v1/programs/{pid}")
 
 
 def test_a_killed_replica_ends_its_stream_with_an_error_and_comes_back(server):

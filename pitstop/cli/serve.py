@@ -69,6 +69,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "(match prefixes on the replicas' KV events instead of what was routed where) or "
                         '\'{"load_abs_threshold": 2}\' (program-affinity: move a turn off a home with more than 2 '
                         "outstanding requests over the least-loaded replica)")
+    p.add_argument("--migration-config", default=None, metavar="JSON",
+                   help="with --replicas > 1: move a waiting program's pinned KV from the most to the least loaded "
+                        "replica through Ray's object store (Llumnix), with these settings as a JSON object, e.g. "
+                        '\'{"load_abs_threshold": 2, "period_s": 1.0}\' or \'{}\' (default: off)')
     p.add_argument("--ray-address", default=None,
                    help="the Ray cluster to join ('auto' or an address) or 'local' (start a local Ray instance, also "
                         "with --replicas 1: the Ray-served path with one replica); with --replicas > 1 and no "
@@ -156,7 +160,11 @@ def run_replicas(args: argparse.Namespace) -> int:
         router_kwargs = json.loads(args.router_config) if args.router_config else {}
         if not isinstance(router_kwargs, dict):
             raise ValueError("--router-config must be a JSON object")
-        app = build_app(engine_config, app_kwargs, args.replicas, router=args.router, router_kwargs=router_kwargs)
+        migration = json.loads(args.migration_config) if args.migration_config else None
+        if migration is not None and not isinstance(migration, dict):
+            raise ValueError("--migration-config must be a JSON object")
+        app = build_app(engine_config, app_kwargs, args.replicas, router=args.router, router_kwargs=router_kwargs,
+                        migration=migration)
     except (ValueError, TypeError) as e:
         print(f"pitstop: error: {e}", flush=True)
         return 2

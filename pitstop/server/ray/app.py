@@ -25,7 +25,8 @@ MAX_ONGOING = 100_000  # per replica: never queue in Ray; the replica's own limi
 
 
 def build_app(engine_config: dict[str, Any], app_kwargs: dict[str, Any], num_replicas: int,
-              router: str = "program-affinity", router_kwargs: dict[str, Any] | None = None):
+              router: str = "program-affinity", router_kwargs: dict[str, Any] | None = None,
+              migration: dict[str, Any] | None = None):
     """The bound application.
 
     Args:
@@ -34,6 +35,8 @@ def build_app(engine_config: dict[str, Any], app_kwargs: dict[str, Any], num_rep
         num_replicas: engine replicas (>= 1).
         router: a ``pitstop.sim.routers`` name. router_kwargs: its constructor arguments (JSON-serializable;
             ``{"index": "exact"}`` turns on the replicas' KV events and the ingress' prompt hashing).
+        migration: ``pitstop.sim.routers.migration.MigrationPolicy`` arguments: move waiting programs' pinned KV
+            between replicas (Llumnix); None: off.
 
     Raises:
         ValueError / TypeError: an unknown router name or bad router arguments, or ``num_replicas < 1``.
@@ -43,6 +46,9 @@ def build_app(engine_config: dict[str, Any], app_kwargs: dict[str, Any], num_rep
     if num_replicas < 1:
         raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
     exact = (router_kwargs or {}).get("index") == "exact"
+    if migration is not None:
+        from pitstop.sim.routers.migration import MigrationPolicy
+        MigrationPolicy(**migration)  # bad arguments: TypeError now
     engine_config = dict(engine_config, enable_kv_cache_events=exact)
     engine = serve.deployment(
         EngineReplica, name="PitstopEngine", num_replicas=num_replicas, max_ongoing_requests=MAX_ONGOING,
@@ -64,7 +70,7 @@ def build_app(engine_config: dict[str, Any], app_kwargs: dict[str, Any], num_rep
                   "tool_call_parser": app_kwargs.get("tool_call_parser"), "api_keys": _keys(app_kwargs.get("api_key")),
                   "cache_isolation": app_kwargs.get("cache_isolation", "none")}
     return ingress.bind(engine, num_replicas, max_bytes, bool(app_kwargs.get("debug_endpoints")),
-                        _keys(app_kwargs.get("api_key")), hasher)
+                        _keys(app_kwargs.get("api_key")), hasher, migration)
 
 
 def _keys(api_key: str | list[str] | None) -> list[str]:

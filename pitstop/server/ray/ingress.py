@@ -11,7 +11,9 @@ status), ``GET /metrics`` (each replica's Prometheus text with a ``replica="i"``
 ``replica`` index, ``replica_id`` and process ``pid``, and ``replicas_missing``: configured replicas not running), ``POST /debug/engine`` (to every replica), and with debug endpoints
 ``POST /debug/router`` (``{"router": NAME}``: the pitstop router used from now on; tests), ``POST
 /debug/router-state`` (a completion body: what the request router knows, and with the exact index how many
-leading KV blocks of its prompt each replica holds) and ``POST /reset_prefix_cache`` (to every replica). Replica index ``i`` is
+leading KV blocks of its prompt each replica holds), ``POST /debug/migration`` (change the migration policy's
+settings) and ``POST /reset_prefix_cache`` (to every replica). ``/metrics`` adds the migration controller's
+counters (no replica label) when migration is on. Replica index ``i`` is
 the position in the replicas sorted by Ray Serve id.
 """
 
@@ -23,6 +25,7 @@ import uuid
 from typing import Any
 
 from pitstop.server.limits import body_too_large, read_body
+from pitstop.server.tenants import tenant_of
 from pitstop.server.ray.routing import (KIND_PROGRAM, KIND_REPLICA, KIND_STATE, RouteInfo, bearer_token, program_key,
                                        route_info)
 
@@ -81,10 +84,12 @@ class Ingress:
         api_keys: keys accepted by ``/debug/router`` (the replicas check every other path themselves).
         hasher: ``PromptHasher`` arguments: compute each generation request's KV block hashes (the router's exact
             index); None: do not.
+        migration: ``MigrationPolicy`` arguments: run the migration controller (``migration``); None: do not.
     """
 
     def __init__(self, engine: Any, num_replicas: int, max_request_bytes: int, debug_endpoints: bool = False,
-                 api_keys: list[str] | None = None, hasher: dict | None = None) -> None:
+                 api_keys: list[str] | None = None, hasher: dict | None = None,
+                 migration: dict | None = None) -> None:
         self.engine = engine.options(method_name="handle", stream=True)  # one handle: one router
         self.num_replicas = num_replicas
         self.max_request_bytes = max_request_bytes
@@ -95,6 +100,11 @@ class Ingress:
         if hasher is not None:
             from pitstop.server.ray.prompt_hashes import PromptHasher
             self.hasher = PromptHasher(**hasher)
+        self.migration = None
+        if migration is not None:
+            from pitstop.server.ray.migration import MigrationController
+            from pitstop.sim.routers.migration import MigrationPolicy
+            self.migration = MigrationController(engine, num_replicas, MigrationPolicy(**migration))
 
     def __serve_build_asgi_app__(self) -> "_ASGI":
         return _ASGI(self.asgi)
@@ -110,6 +120,8 @@ class Ingress:
                     return
         if scope["type"] != "http":
             return
+        if self.migration is not None:
+            self.migration.start()
         path, method = scope.get("path", ""), scope.get("method", "GET")
         headers = [(bytes(k), bytes(v)) for k, v in scope.get("headers", [])]
         declared = dict(headers).get(b"content-length", b"")
@@ -144,15 +156,24 @@ class Ingress:
                 info.block_hashes = self.hasher.block_hashes("/v1/completions", body, bearer_token(headers))
             await self._relay(info, request, send)
             return
+        if method == "POST" and path == "/debug/migration" and self.debug_endpoints:
+            await self._configure_migration(headers, body, send)
+            return
+        token = bearer_token(headers)
+        tenant = tenant_of(token, self.api_keys) if token and self.api_keys else None
         if path in _GENERATE and method == "POST":
-            info = route_info(path, body, bearer_token(headers), rid)
+            info = route_info(path, body, tenant, rid)
+            if self.migration is not None and info.program_key:
+                info.home = self.migration.homes.pop(info.program_key, None)
             if self.hasher is not None:
                 info.block_hashes = await asyncio.to_thread(self.hasher.block_hashes, path, body,
                                                             bearer_token(headers))
                 info.kv_block_tokens = self.hasher.block_size
         elif path.startswith(_PROGRAMS):
             pid = path[len(_PROGRAMS):].split("/", 1)[0]
-            info = RouteInfo(kind=KIND_PROGRAM, request_id=rid, program_key=program_key(bearer_token(headers), pid))
+            info = RouteInfo(kind=KIND_PROGRAM, request_id=rid, program_key=program_key(tenant, pid))
+            if self.migration is not None:
+                info.home = self.migration.homes.get(info.program_key)
         else:
             info = RouteInfo(request_id=rid)
         info.router = self.router
@@ -221,7 +242,8 @@ class Ingress:
         if path == "/metrics":
             answers = [a for a in answers if a[0] == 200] or answers[:1]
             texts = [body.decode() for status, _, body in answers]
-            await _send(send, 200, merge_metrics(texts).encode(), b"text/plain; version=0.0.4; charset=utf-8")
+            text = merge_metrics(texts) + (self.migration.metrics_text() if self.migration is not None else "")
+            await _send(send, 200, text.encode(), b"text/plain; version=0.0.4; charset=utf-8")
             return
         if path == "/health":
             if all(status == 200 for status, _, _ in answers):
@@ -251,6 +273,25 @@ class Ingress:
             await _json(send, 200, out)
         else:
             await _json(send, 200, reports[0])
+
+    async def _configure_migration(self, headers: list, body: bytes, send) -> None:
+        """``POST /debug/migration``: change the migration policy's settings (a JSON object; ``{}`` reads them)."""
+        if self.api_keys and bearer_token(headers) not in self.api_keys:
+            await _json(send, 401, {"error": {"message": "invalid API key", "type": "authentication_error",
+                                              "param": None, "code": "invalid_api_key"}})
+            return
+        if self.migration is None:
+            await _json(send, 400, {"error": {"message": "migration is off (pitstop serve --migration-config)",
+                                              "type": "invalid_request_error", "param": None, "code": None}})
+            return
+        try:
+            changes = json.loads(body or b"{}")
+            if not isinstance(changes, dict):
+                raise ValueError("the body must be a JSON object")
+            await _json(send, 200, self.migration.configure(changes))
+        except ValueError as e:
+            await _json(send, 400, {"error": {"message": str(e), "type": "invalid_request_error", "param": None,
+                                              "code": None}})
 
     async def _set_router(self, body: bytes, send) -> None:
         from pitstop.sim.routers import ROUTERS

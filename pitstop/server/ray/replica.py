@@ -140,6 +140,29 @@ class EngineReplica:
                 "num_programs": s.get("num_programs", 0),
                 "kv_capacity_tokens": self.engine.kv_manager.num_blocks * self.engine.config.block_size}
 
+    async def migration_state(self, route: dict) -> dict[str, Any]:
+        """Load (outstanding requests), free KV blocks and waiting pinned programs ``[(program id, blocks)]``,
+        for the ingress' migration controller."""
+        st = await self.async_engine.call(lambda e: {"free_blocks": e.kv_manager.num_free_blocks,
+                                                     "programs": e.waiting_programs()})
+        return dict(st, replica_id=self.replica_id, load=self.async_engine.num_outstanding)
+
+    async def export_program(self, route: dict, program_id: str):
+        """``LLMEngine.export_program_kv`` on the engine thread (None: nothing to move)."""
+        return await self.async_engine.call(lambda e: e.export_program_kv(program_id))
+
+    async def import_program(self, route: dict, kv) -> dict[str, int]:
+        """``LLMEngine.import_program_kv`` of an exported program (``kv`` resolved from Ray's object store):
+        ``{"blocks": pinned here, "bytes": K/V bytes received}``."""
+        if kv is None:
+            return {"blocks": 0, "bytes": 0}
+        n = await self.async_engine.call(lambda e: e.import_program_kv(kv))
+        return {"blocks": n, "bytes": kv.num_bytes if n else 0}
+
+    async def end_program(self, route: dict, program_id: str) -> bool:
+        """``LLMEngine.end_program`` (the source's pin after a migration)."""
+        return await self.async_engine.call(lambda e: e.end_program(program_id))
+
     def check_health(self) -> None:
         """Ray Serve's health hook. Raises RuntimeError once the engine thread died (Serve replaces the replica)."""
         if self.died:

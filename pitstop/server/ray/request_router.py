@@ -133,9 +133,17 @@ class PitstopRequestRouter(RequestRouter):
             info = RouteInfo.from_dict(pending_request.args[0])
         if info is None:  # a call without routing keys
             return [[replicas[0]]]
-        if info.kind == KIND_REPLICA:
-            return [[replicas[info.replica_index % len(replicas)]]]
         by_id = {r.replica_id.unique_id: r for r in replicas}
+        if info.kind == KIND_REPLICA:
+            if info.home is not None:  # a named replica (migration calls); gone: any, which answers as it can
+                return [[by_id.get(info.home, replicas[0])]]
+            return [[replicas[info.replica_index % len(replicas)]]]
+        if info.kind != KIND_REPLICA and info.home is not None and info.program_key and info.home in by_id:  # the program's KV was migrated
+            self.program_home[info.program_key] = info.home
+            for name in {info.router or self.default_router, self.default_router}:
+                set_home = getattr(self._router(name), "set_home", None)
+                if set_home is not None:
+                    set_home(info.program_key, self._slot(info.home))
         if info.kind == KIND_STATE:
             router = self._router(info.router)
             self._feed_kv_events(router, replicas)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+
+from pitstop.server.tenants import scoped_program
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,7 +35,7 @@ class RouteInfo:
         request_id: unique id of the HTTP request (ingress-side).
         prompt_len: estimated prompt tokens. output_len: ``max_tokens`` (or 16 when not given), tokens.
         prefix_keys: chained hashes of the prompt's router blocks. block_tokens: tokens per router block.
-        program_key: the agent program, scoped by the caller's API key (None: a lone request).
+        program_key: the agent program, as the engine names it (``program_key``; None: a lone request).
         is_last_turn: the request ends its program.
         replica_index: for ``replica``: the index among the replicas sorted by id.
         router: override of the deployment's router name (the ingress' ``/debug/router``; None: the default).
@@ -41,6 +43,8 @@ class RouteInfo:
             ``prompt_hashes``). kv_block_tokens: tokens per KV block.
         moved: set by the request router when it moved a program's turn away from its home replica
             (``overloaded`` / ``gone``); the receiving replica counts it in its metrics.
+        home: the replica (unique id) that now holds the program's KV (it was migrated there): the router makes
+            it the program's home before routing.
         state: for ``state``: the request router's state (replicas, moves, exact-index matches of
             ``block_hashes``), written by the router, returned by the replica.
     """
@@ -59,6 +63,7 @@ class RouteInfo:
     kv_block_tokens: int = 16
     moved: str | None = None
     state: dict | None = None
+    home: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,10 +96,11 @@ def token_prefix_keys(ids: list[int], block_tokens: int = BLOCK_TOKENS) -> tuple
                    for s in range(0, len(ids) - block_tokens + 1, block_tokens)])
 
 
-def program_key(api_key: str | None, program_id: str) -> str:
-    """A program's routing key: its id scoped by the caller's API key (hashed; tenants may reuse ids)."""
-    tenant = hashlib.blake2b((api_key or "").encode(), digest_size=6).hexdigest()
-    return f"{tenant}:{program_id}"
+def program_key(tenant: str | None, program_id: str) -> str:
+    """A program's routing key: the engine's own id of the program (``pitstop.server.tenants.scoped_program``:
+    the client's id, scoped by the caller's tenant when API keys are set), so that what a replica reports about
+    its programs (migration) names them as the router does."""
+    return scoped_program(tenant, program_id)
 
 
 def chat_text(messages: Any) -> str:
@@ -110,9 +116,10 @@ def chat_text(messages: Any) -> str:
     return "".join(parts)
 
 
-def route_info(path: str, body: bytes, api_key: str | None, request_id: str) -> RouteInfo:
+def route_info(path: str, body: bytes, tenant: str | None, request_id: str) -> RouteInfo:
     """Routing keys of a ``POST /v1/completions`` or ``/v1/chat/completions`` body (a body that does not parse
-    gives a keyless ``RouteInfo``; the replica answers it with the single server's 400)."""
+    gives a keyless ``RouteInfo``; the replica answers it with the single server's 400). ``tenant``: the caller's
+    (``pitstop.server.tenants.tenant_of``; None without API keys)."""
     info = RouteInfo(request_id=request_id)
     try:
         req = json.loads(body)
@@ -137,7 +144,7 @@ def route_info(path: str, body: bytes, api_key: str | None, request_id: str) -> 
     info.output_len = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 16
     pid = req.get("program_id", req.get("job_id"))
     if isinstance(pid, str):
-        info.program_key = program_key(api_key, pid)
+        info.program_key = program_key(tenant, pid)
         last = req.get("is_last_turn", req.get("is_last_step"))
         info.is_last_turn = True if last is None else bool(last)
     return info
