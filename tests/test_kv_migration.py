@@ -151,3 +151,16 @@ def test_simulator_migrates_a_waiting_program_off_a_loaded_replica():
         rep.engine.kv_manager.assert_idle()
         assert rep.engine.kv_manager.num_pinned_blocks == 0
     assert get_router("program-affinity").set_home  # the hook the cluster calls
+
+
+def test_migration_policy_moves_the_largest_fitting_pin_off_the_most_loaded_replica():
+    from pitstop.sim.routers.migration import MigrationPolicy, ReplicaMigrationView as V
+
+    pol = MigrationPolicy(load_abs_threshold=2, load_rel_threshold=1.5)
+    reps = [V(0, 5, 100, [("a", 10), ("b", 30), ("c", 200)]), V(1, 1, 50, [("d", 5)]), V(2, 2, 80)]
+    d = pol.choose(reps)
+    assert (d.program_id, d.src, d.dst, d.num_blocks) == ("b", 0, 1, 30)  # "c" does not fit in 50 free blocks
+    assert pol.choose([V(0, 3, 100, [("a", 10)]), V(1, 1, 100)]) is None  # 3 - 1 is not > 2
+    assert pol.choose([V(0, 9, 100, []), V(1, 0, 100)]) is None  # nothing waiting to move
+    assert pol.choose([V(0, 9, 100, [("a", 10)])]) is None  # one replica
+    assert pol.choose([V(0, 0, 100, [("a", 10)]), V(1, 0, 100)]) is None  # idle and balanced

@@ -20,6 +20,7 @@ the position in the replicas sorted by Ray Serve id.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import uuid
 from typing import Any
@@ -275,7 +276,8 @@ class Ingress:
             await _json(send, 200, reports[0])
 
     async def _configure_migration(self, headers: list, body: bytes, send) -> None:
-        """``POST /debug/migration``: change the migration policy's settings (a JSON object; ``{}`` reads them)."""
+        """``POST /debug/migration``: change the migration policy's settings (a JSON object; ``{}`` reads them;
+        ``{"move": PROGRAM_ID}`` moves that program's waiting pin to the least loaded other replica now)."""
         if self.api_keys and bearer_token(headers) not in self.api_keys:
             await _json(send, 401, {"error": {"message": "invalid API key", "type": "authentication_error",
                                               "param": None, "code": "invalid_api_key"}})
@@ -288,7 +290,14 @@ class Ingress:
             changes = json.loads(body or b"{}")
             if not isinstance(changes, dict):
                 raise ValueError("the body must be a JSON object")
-            await _json(send, 200, self.migration.configure(changes))
+            report = self.migration.configure(changes)
+            if "move" in changes:  # move this program now (its engine id); "moved": None when it holds no pin
+                token = bearer_token(headers)
+                tenant = tenant_of(token, self.api_keys) if token and self.api_keys else None
+                # in a fresh context: the move's two concurrent handle calls must not share this request's id
+                report["moved"] = await asyncio.get_running_loop().create_task(
+                    self.migration.move(program_key(tenant, str(changes["move"]))), context=contextvars.Context())
+            await _json(send, 200, report)
         except ValueError as e:
             await _json(send, 400, {"error": {"message": str(e), "type": "invalid_request_error", "param": None,
                                               "code": None}})

@@ -92,30 +92,47 @@ class MigrationController:
         d = self.policy.choose(views)
         if d is None:
             return None
-        src, dst = states[d.src]["replica_id"], states[d.dst]["replica_id"]
+        done = await self._move(d.program_id, states[d.src]["replica_id"], states[d.dst]["replica_id"])
+        return d if done is not None else None
+
+    async def move(self, program_id: str) -> dict | None:
+        """Move ``program_id`` (the engine's id) now, from the replica holding its waiting pin to the least loaded
+        other one, whatever the policy says (``POST /debug/migration {"move": ID}``; benchmarks). Returns the
+        move's record (``last``), or None when no replica holds a waiting pin of it."""
+        states = await self.states()
+        src = next((st for st in states if any(p[0] == program_id for p in st["programs"])), None)
+        others = [st for st in states if st is not src]
+        if src is None or not others:
+            return None
+        dst = min(others, key=lambda st: st["load"])
+        return await self._move(program_id, src["replica_id"], dst["replica_id"])
+
+    async def _move(self, program_id: str, src: str, dst: str) -> dict | None:
         t0 = time.perf_counter()
-        exported = self._call("export_program", src, d.program_id)  # stays in the object store
+        exported = self._call("export_program", src, program_id)  # stays in the object store
         res = await self._call("import_program", dst, exported)
         if not res["blocks"]:
             return None
-        await self._call("end_program", src, d.program_id)
+        await self._call("end_program", src, program_id)
         dt = time.perf_counter() - t0
-        self.homes[d.program_id] = dst
+        self.homes[program_id] = dst
         while len(self.homes) > MAX_HOMES:
             self.homes.pop(next(iter(self.homes)))
         self.migrations.inc()
         self.blocks.inc(res["blocks"])
         self.bytes.inc(res["bytes"])
         self.seconds.observe(dt)
-        self.last = {"program_id": d.program_id, "from": src, "to": dst, "blocks": res["blocks"],
+        self.last = {"program_id": program_id, "from": src, "to": dst, "blocks": res["blocks"],
                      "bytes": res["bytes"], "seconds": dt}
         log.info("migrated %s", self.last)
-        return d
+        return self.last
 
     def configure(self, changes: dict) -> dict:
         """Change policy fields (``POST /debug/migration``). Raises ValueError for an unknown field or a bad value."""
         known = asdict(self.policy)
         for k, v in changes.items():
+            if k == "move":
+                continue
             if k not in known:
                 raise ValueError(f"unknown migration setting {k!r} (known: {', '.join(known)})")
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
