@@ -97,3 +97,57 @@ def test_request_router_round_robin_override_and_unknown_name():
     assert seen == ["a", "b", "a", "b"]
     with pytest.raises(ValueError):
         _router("no-such-router")
+
+
+class _FakeEngine:
+    """A handle double: each ``remote`` call plays the next script (a list of ASGI messages, or an exception to raise
+    after them)."""
+
+    def __init__(self, scripts):
+        self.scripts = list(scripts)
+        self.calls = 0
+
+    def remote(self, info, request):
+        script = self.scripts[self.calls]
+        self.calls += 1
+
+        async def gen():
+            for m in script:
+                if isinstance(m, Exception):
+                    raise m
+                yield m
+        return gen()
+
+
+def _relay(scripts, num_replicas=2):
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed")
+    from pitstop.server.ray.ingress import Ingress
+    ing = Ingress.__new__(Ingress)
+    ing.engine, ing.num_replicas = _FakeEngine(scripts), num_replicas
+    sent = []
+
+    async def send(m):
+        sent.append(m)
+    asyncio.run(ing._relay(RouteInfo(request_id="r"), {}, send))
+    return ing.engine.calls, sent
+
+
+_START_SSE = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+
+
+def test_relay_retries_a_request_the_dead_replica_never_started():
+    ok = [{"type": "http.response.start", "status": 200, "headers": []},
+          {"type": "http.response.body", "body": b"{}", "more_body": False}]
+    calls, sent = _relay([[RuntimeError("ActorDiedError")], ok])
+    assert calls == 2 and sent == ok
+    calls, sent = _relay([[RuntimeError("dead")], [RuntimeError("dead too")]])
+    assert calls == 2 and sent[0]["status"] == 503 and b"replica_failed" in sent[1]["body"]
+
+
+def test_relay_ends_a_broken_stream_with_an_error_event():
+    chunk = {"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True}
+    calls, sent = _relay([[_START_SSE, chunk, RuntimeError("ActorDiedError: gone")]])
+    assert calls == 1 and sent[:2] == [_START_SSE, chunk]  # not retried: the client has part of the answer
+    tail = sent[2]["body"].decode()
+    assert sent[2]["more_body"] is False and tail.endswith("data: [DONE]\n\n")
+    assert json.loads(tail.split("\n\n")[0][6:])["error"]["code"] == "replica_failed"
