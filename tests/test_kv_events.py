@@ -17,12 +17,11 @@ from pitstop.engine.kv_cache_manager import KVCacheManager
 from pitstop.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
 from pitstop.request import Request, RequestStatus
 from pitstop.sampling_params import SamplingParams
-from pitstop.sim.cluster import SimRequest
 from pitstop.sim.cost_models import ProfiledCostModel
 from pitstop.sim.cost_models.profiled import FEATURES
 from pitstop.sim.routers import KVEventIndex, KVEventPublisher, LoadView, RouteRequest, get_router
 from pitstop.sim.simulator import SimConfig, simulate
-from pitstop.sim.workload import PromptFactory
+from test_sim_cluster import _conversations
 
 BS = 4
 LINEAR = ProfiledCostModel(dict(zip(FEATURES, [0.010, 1e-4, 0.0, 0.0, 0.0])))
@@ -152,17 +151,6 @@ def test_program_affinity_moves_an_overloaded_or_vanished_home():
     assert r.moves_by_reason == {"overloaded": 1, "gone": 1} and r.home["p"] == 1
 
 
-def _chats(n_conv=6, turns=4, block=64, gap=0.05):
-    pf = PromptFactory(1000, block_tokens=block)
-    out = []
-    for t in range(turns):
-        for c in range(n_conv):
-            ids = tuple(1000 * c + j for j in range(t + 2))
-            out.append(SimRequest(f"c{c}t{t}", (t * n_conv + c) * gap, len(ids) * block, 4,
-                                  pf.blocks(ids, len(ids) * block), (), block))
-    return out
-
-
 def test_simulator_exact_index_gets_prefix_hits_without_router_keys():
     """Requests without router prefix keys: the approximate index sees nothing to match, the exact one (fed by the
     simulated engines' KV events) finds each conversation's replica."""
@@ -170,7 +158,7 @@ def test_simulator_exact_index_gets_prefix_hits_without_router_keys():
     for index in ("approx", "exact"):
         cfg = SimConfig(model="smollm2-135m", replicas=3, router="prefix-affinity", kv_cache_tokens=8192,
                         max_model_len=2048, router_kwargs={"index": index})
-        res, cluster = simulate(cfg, _chats(), cost_model=LINEAR)
+        res, cluster = simulate(cfg, _conversations(6, router_keys=False), cost_model=LINEAR)
         assert res["summary"]["completed"] == 24
         hits[index] = res["summary"]["prefix_cache_hit_rate"]
         if index == "exact":

@@ -12,9 +12,11 @@ waits for Ray Serve to bring it back.
 from __future__ import annotations
 
 
+import contextlib
 import json
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -237,48 +239,60 @@ def _replica_labels(server) -> dict[str, str]:
     return {rep["replica_id"]: str(rep["replica"]) for rep in server.get("/debug/kv").json()["replicas"]}
 
 
-def test_program_turn_moves_off_an_overloaded_home_and_metrics_say_so(server):
-    """Programs whose first turn went to one replica H: three long turns of three of them load H (3 outstanding
-    vs 0 > the threshold of 2); the next turn of a fourth is moved to the other replica, which counts the move;
-    with H idle again, that program's turns stay on its new home."""
+def _programs_on_one_replica(server, prefix: str, n: int = 7) -> tuple[str, list[str], dict[str, str]]:
+    """First turns of ``n`` programs (pinned); the replica that got the most, its programs, and every home."""
     homes: dict[str, str] = {}
-    for k in range(7):
-        pid = f"ray-move-{k}"
-        r = server.post("/v1/completions", json={"model": MODEL, "prompt": f"Program {k} starts.", "max_tokens": 1,
+    for k in range(n):
+        pid = f"{prefix}-{k}"
+        r = server.post("/v1/completions", json={"model": MODEL, "prompt": f"Program {pid} starts.", "max_tokens": 1,
                                                  "program_id": pid, "is_last_turn": False})
         assert r.status_code == 200, r.text
         homes[pid] = r.headers[REPLICA]
     busiest = max(set(homes.values()), key=list(homes.values()).count)
-    mine = [pid for pid, h in homes.items() if h == busiest]
-    assert len(mine) >= 4, homes
-    loaders, mover = mine[:3], mine[3]
-    labels = _replica_labels(server)
-    before = counter(server.metrics(), "pitstop_router_program_moves_in_total", reason="overloaded")
+    return busiest, [pid for pid, h in homes.items() if h == busiest], homes
+
+
+@contextlib.contextmanager
+def _long_turns(server, pids: list[str]):
+    """Long streamed last turns of ``pids`` (400 tokens each), held open: yields the list their replicas are
+    appended to once each has streamed a token; on exit the clients leave (the replicas abort the turns)."""
+    started: list[str] = []
+    release = threading.Event()
 
     def long_turn(pid):
         body = {"model": MODEL, "prompt": f"{pid} keeps talking.", "max_tokens": 400, "ignore_eos": True,
                 "stream": True, "program_id": pid, "is_last_turn": True}
         with server._client.stream("POST", "/v1/completions", json=body) as resp:
-            seen = 0
             for line in resp.iter_lines():
-                seen += line.startswith("data: ")
-                if seen >= 2:
+                if line.startswith("data: "):
                     started.append(resp.headers[REPLICA])
                     release.wait(120)
                     return
 
-    import threading
-    started: list[str] = []
-    release = threading.Event()
-    with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(long_turn, pid) for pid in loaders]
+    with ThreadPoolExecutor(len(pids)) as pool:
+        futures = [pool.submit(long_turn, pid) for pid in pids]
+        try:
+            yield started
+        finally:
+            release.set()
+            for f in futures:
+                f.result()
+
+
+def test_program_turn_moves_off_an_overloaded_home_and_metrics_say_so(server):
+    """Programs whose first turn went to one replica H: three long turns of three of them load H (3 outstanding
+    vs 0 > the threshold of 2); the next turn of a fourth is moved to the other replica, which counts the move;
+    with H idle again, that program's turns stay on its new home."""
+    busiest, mine, homes = _programs_on_one_replica(server, "ray-move")
+    assert len(mine) >= 4, homes
+    loaders, mover = mine[:3], mine[3]
+    labels = _replica_labels(server)
+    before = counter(server.metrics(), "pitstop_router_program_moves_in_total", reason="overloaded")
+    with _long_turns(server, loaders) as started:
         _wait(lambda: len(started) == 3, 120, "three long turns streaming")
         assert set(started) == {busiest}, started
         r = server.post("/v1/completions", json={"model": MODEL, "prompt": f"{mover} continues.", "max_tokens": 2,
                                                  "program_id": mover, "is_last_turn": False})
-        release.set()
-        for f in futures:
-            f.result()
     assert r.status_code == 200, r.text
     moved_to = r.headers[REPLICA]
     assert moved_to != busiest
@@ -296,19 +310,6 @@ def test_program_turn_moves_off_an_overloaded_home_and_metrics_say_so(server):
         server._client.delete(f"/v1/programs/{pid}")
 
 
-def _programs_on_one_replica(server, prefix: str, n: int = 7) -> tuple[str, list[str], dict[str, str]]:
-    """First turns of ``n`` programs (pinned); the replica that got the most, its programs, and every home."""
-    homes: dict[str, str] = {}
-    for k in range(n):
-        pid = f"{prefix}-{k}"
-        r = server.post("/v1/completions", json={"model": MODEL, "prompt": f"Program {pid} starts.", "max_tokens": 1,
-                                                 "program_id": pid, "is_last_turn": False})
-        assert r.status_code == 200, r.text
-        homes[pid] = r.headers[REPLICA]
-    busiest = max(set(homes.values()), key=list(homes.values()).count)
-    return busiest, [pid for pid, h in homes.items() if h == busiest], homes
-
-
 def test_migration_moves_a_waiting_programs_pin_to_the_idle_replica(server):
     """Three long turns load replica H; the migration controller moves the largest waiting pin on H (program M's,
     grown by a long second turn) to the idle replica through Ray's object store; M's next turn is routed there and
@@ -322,30 +323,11 @@ def test_migration_moves_a_waiting_programs_pin_to_the_idle_replica(server):
     assert r.status_code == 200 and r.headers[REPLICA] == busiest, r.text
     context = story + r.json()["choices"][0]["text"]
     assert server.post("/debug/migration", json={"load_abs_threshold": 2}).status_code == 200
-    import threading
-    started: list[str] = []
-    release = threading.Event()
-
-    def long_turn(pid):
-        body = {"model": MODEL, "prompt": f"{pid} keeps talking.", "max_tokens": 400, "ignore_eos": True,
-                "stream": True, "program_id": pid, "is_last_turn": True}
-        with server._client.stream("POST", "/v1/completions", json=body) as resp:
-            for line in resp.iter_lines():
-                if line.startswith("data: "):
-                    started.append(resp.headers[REPLICA])
-                    release.wait(120)
-                    return
-
     try:
-        with ThreadPoolExecutor(3) as pool:
-            futures = [pool.submit(long_turn, pid) for pid in loaders]
+        with _long_turns(server, loaders) as started:
             report = _wait(lambda: (lambda rep: rep if rep["migrations"] >= 1 else None)(
                 server.post("/debug/migration", json={}).json()), 60, "a migration")
-            release.set()
-            for f in futures:
-                f.result()
     finally:
-        release.set()
         assert server.post("/debug/migration", json={"load_abs_threshold": 1000}).status_code == 200
     assert set(started) == {busiest}, started
     last = report["last"]

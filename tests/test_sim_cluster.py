@@ -134,14 +134,15 @@ def test_mooncake_workload_loads_with_shared_prefixes():
     assert reqs[0].prefix_keys[0] == reqs[1].prefix_keys[0] and reqs[0].prefix_keys[1] != reqs[1].prefix_keys[1]
 
 
-def _conversations(n_conv=10, turns=4, block=64, gap=0.05):
-    """Multi-turn chats: turn k's prompt = the conversation's first k+1 blocks (growing shared prefix)."""
+def _conversations(n_conv=10, turns=4, block=64, gap=0.05, router_keys=True):
+    """Multi-turn chats: turn k's prompt = the conversation's first k+1 blocks (growing shared prefix); with
+    ``router_keys``, each request carries the router's chained keys of its blocks (else none)."""
     pf = PromptFactory(1000, block_tokens=block)
     out = []
     for t in range(turns):
         for c in range(n_conv):
             ids = tuple(1000 * c + j for j in range(t + 2))
-            keys = tuple(hash(ids[:j + 1]) for j in range(len(ids)))
+            keys = tuple(hash(ids[:j + 1]) for j in range(len(ids))) if router_keys else ()
             out.append(SimRequest(f"c{c}t{t}", (t * n_conv + c) * gap, len(ids) * block, 4,
                                   pf.blocks(ids, len(ids) * block), keys, block))
     return out

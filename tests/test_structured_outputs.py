@@ -41,9 +41,13 @@ def greedy(so: SO, max_tokens: int = 64, **kw) -> SamplingParams:
 
 
 def unique_schema() -> dict:
-    """A schema no earlier test compiled (so its compile is not a cache hit)."""
-    return {"type": "object", "properties": {f"k{uuid.uuid4().hex[:8]}": {"type": "integer"}},
-            "required": [], "additionalProperties": False}
+    """A schema no earlier test compiled (so its compile is not a cache hit): a fresh ``title`` (it does not change
+    what may be generated); one required key with three allowed values, so every greedy output is complete well
+    within ``greedy``'s 64 tokens (a random key name with an unbounded integer once ran the model into the limit
+    mid-number, and a truncated JSON failed the check by chance)."""
+    return {"title": f"t{uuid.uuid4().hex[:8]}", "type": "object",
+            "properties": {"k": {"type": "integer", "enum": [1, 2, 3]}}, "required": ["k"],
+            "additionalProperties": False}
 
 
 # ---- each kind -------------------------------------------------------------------------------------------------------
