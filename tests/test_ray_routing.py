@@ -151,3 +151,34 @@ def test_relay_ends_a_broken_stream_with_an_error_event():
     tail = sent[2]["body"].decode()
     assert sent[2]["more_body"] is False and tail.endswith("data: [DONE]\n\n")
     assert json.loads(tail.split("\n\n")[0][6:])["error"]["code"] == "replica_failed"
+
+
+def test_prompt_hasher_names_the_blocks_the_engine_caches():
+    """The front's hashes of a completion and of a chat (with tools) equal the engine's prefix-block hashes of the
+    prompt ids the server builds (``LLM.generate`` / ``LLM.chat`` build them the same way); a tenant's salt under
+    per-key isolation changes them as the server's ``scoped_salt`` does; an invalid body gives none."""
+    from pitstop import LLM, SamplingParams
+    from pitstop.engine.block_pool import prefix_block_hashes
+    from pitstop.server.ray.prompt_hashes import PromptHasher
+    from pitstop.server.tenants import scoped_salt, tenant_of
+    from server_helpers import MODEL
+
+    llm = LLM(model=MODEL, dtype="float32", kv_cache_memory="64MiB", max_model_len=1024, num_threads=1)
+    sp = SamplingParams(temperature=0, max_tokens=1)
+    hasher = PromptHasher(MODEL, 16, api_keys=["k1"], cache_isolation="per-key")
+    text = "Count the lighthouses of the northern coast, one by one: " * 4
+    ids = llm.generate([text], sp, use_tqdm=False)[0].prompt_token_ids
+    body = json.dumps({"model": MODEL, "prompt": text}).encode()
+    assert hasher.block_hashes("/v1/completions", body, None) == tuple(prefix_block_hashes(ids, 16))
+    salted = scoped_salt(tenant_of("k1", ["k1"]), None, "per-key")
+    assert hasher.block_hashes("/v1/completions", body, "k1") == tuple(prefix_block_hashes(ids, 16, salted))
+    tools = [{"type": "function", "function": {"name": "ls", "description": "List files in a folder.",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"path": {"type": "string"}}}}}]
+    messages = [{"role": "system", "content": "You are a careful coding agent."},
+                {"role": "user", "content": "Which files are in the repository root? " * 3}]
+    chat_ids = llm.chat(messages, sp, use_tqdm=False, tools=tools)[0].prompt_token_ids
+    chat = json.dumps({"model": MODEL, "messages": messages, "tools": tools}).encode()
+    got = hasher.block_hashes("/v1/chat/completions", chat, None)
+    assert len(got) >= 4 and got == tuple(prefix_block_hashes(chat_ids, 16))
+    assert hasher.block_hashes("/v1/chat/completions", b'{"messages": 3}', None) == ()
