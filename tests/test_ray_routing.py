@@ -182,3 +182,4 @@ def test_prompt_hasher_names_the_blocks_the_engine_caches():
     got = hasher.block_hashes("/v1/chat/completions", chat, None)
     assert len(got) >= 4 and got == tuple(prefix_block_hashes(chat_ids, 16))
     assert hasher.block_hashes("/v1/chat/completions", b'{"messages": 3}', None) == ()
+    assert hasher.hash_prompt("/v1/completions", body, None)[0] == len(ids)  # the token count routers compare to

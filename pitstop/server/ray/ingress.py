@@ -167,8 +167,8 @@ class Ingress:
             if self.migration is not None and info.program_key:
                 info.home = self.migration.homes.pop(info.program_key, None)
             if self.hasher is not None:
-                info.block_hashes = await asyncio.to_thread(self.hasher.block_hashes, path, body,
-                                                            bearer_token(headers))
+                n, info.block_hashes = await asyncio.to_thread(self.hasher.hash_prompt, path, body, token)
+                info.prompt_len = n if n is not None else info.prompt_len  # real tokens, not the text estimate
                 info.kv_block_tokens = self.hasher.block_size
         elif path.startswith(_PROGRAMS):
             pid = path[len(_PROGRAMS):].split("/", 1)[0]

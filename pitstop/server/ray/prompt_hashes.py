@@ -48,16 +48,23 @@ class PromptHasher:
     def block_hashes(self, path: str, body: bytes, api_key: str | None) -> tuple[int, ...]:
         """The prompt's KV block hashes; empty when the body is not a valid single-prompt request (the replica
         answers it) or cannot be rendered."""
+        return self.hash_prompt(path, body, api_key)[1]
+
+    def hash_prompt(self, path: str, body: bytes, api_key: str | None) -> tuple[int | None, tuple[int, ...]]:
+        """``(prompt tokens, block hashes)``; ``(None, ())`` when the body is not a valid single-prompt request
+        or cannot be rendered. The token count replaces the front's text estimate (routers compare cached tokens
+        with it)."""
         try:
             req = json.loads(body)
             ids = self._chat_ids(req) if path == CHAT else self._completion_ids(req)
         except Exception:  # noqa: BLE001 - any invalid body: no hashes, the replica answers with its 400
-            return ()
+            return None, ()
         if ids is None:
-            return ()
+            return None, ()
         tenant = tenant_of(api_key, self.api_keys) if api_key and self.api_keys else None
         salt = req.get("cache_salt") if isinstance(req.get("cache_salt"), str) else None
-        return tuple(prefix_block_hashes(ids, self.block_size, scoped_salt(tenant, salt, self.cache_isolation)))
+        hashes = prefix_block_hashes(ids, self.block_size, scoped_salt(tenant, salt, self.cache_isolation))
+        return len(ids), tuple(hashes)
 
     def _completion_ids(self, req: dict[str, Any]) -> list[int] | None:
         p = req.get("prompt")
