@@ -97,6 +97,7 @@ def start_server(args: list[str], logfile: Path, cpus: str | None = None, timeou
 
 def stop_server(proc: subprocess.Popen) -> None:
     """SIGINT (the server shuts Ray down), wait; then make sure no Ray process of ours is left."""
+    tree = descendants(proc.pid)
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -105,11 +106,54 @@ def stop_server(proc: subprocess.Popen) -> None:
             log("server did not exit after SIGINT: SIGTERM to its process group")
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
-    left = subprocess.run(["pgrep", "-f", "ray::|raylet|gcs_server"], capture_output=True, text=True).stdout.split()
-    if left:
-        log(f"Ray processes left after the server exited ({len(left)}): ray stop --force")
-        subprocess.run([str(Path(PY).with_name("ray")), "stop", "--force"], capture_output=True)
+    left = alive(tree | set(session_processes(proc.pid)))
+    if left:  # only the server's own descendants (Ray's raylet, workers...), never another user's Ray
+        log(f"processes of the server left after it exited: {sorted(left)}; SIGTERM to each")
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        time.sleep(5)
+        for pid in alive(left):
+            os.kill(pid, signal.SIGKILL)
     time.sleep(2)
+
+
+def descendants(pid: int) -> set[int]:
+    """PIDs of every descendant of ``pid`` now."""
+    ps = subprocess.run(["ps", "-eo", "pid,ppid"], capture_output=True, text=True).stdout.split("\n")[1:]
+    children: dict[int, list[int]] = defaultdict(list)
+    for line in ps:
+        if line.strip():
+            c, par = map(int, line.split())
+            children[par].append(c)
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def alive(pids: set[int]) -> set[int]:
+    out = set()
+    for p in pids:
+        try:
+            os.kill(p, 0)
+            out.add(p)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            out.add(p)
+    return out
+
+
+def session_processes(sid: int) -> list[int]:
+    """PIDs in session ``sid`` (the server was started in a session of its own)."""
+    ps = subprocess.run(["ps", "-eo", "pid,sid"], capture_output=True, text=True).stdout.split("\n")[1:]
+    return [int(p) for p, s in (line.split() for line in ps if line.strip()) if int(s) == sid]
 
 
 def metrics(url: str) -> dict[str, float]:
