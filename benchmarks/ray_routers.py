@@ -47,10 +47,10 @@ KV_BYTES_PER_TOKEN_F32 = 46080  # SmolLM2-135M: 30 layers x 2 x 3 kv heads x 64 
 # (label, router, router config)
 AGENT_ROUTERS = [
     ("round-robin", "round-robin", {}),
-    ("least-loaded", "least-loaded", {}),
+    ("program-affinity", "program-affinity", {}),
     ("prefix-affinity", "prefix-affinity", {}),
     ("prefix-affinity/exact", "prefix-affinity", {"index": "exact"}),
-    ("program-affinity", "program-affinity", {}),
+    ("least-loaded", "least-loaded", {}),
     ("program-affinity/exact", "program-affinity", {"index": "exact"}),
 ]
 CHAT_ROUTERS = [
@@ -306,7 +306,7 @@ def run_agents(a) -> int:
 
 def agent_line(label: str, s: dict) -> str:
     j = s.get("jct_s") or {}
-    return (f"{label:<24} done {s.get('programs_completed')}/{s.get('num_programs')}  JCT mean {j.get('mean', 0):7.2f} "
+    return (f"{label:<24} done {s.get('programs_completed')}/{s.get('programs_total')}  JCT mean {j.get('mean', 0):7.2f} "
             f"p90 {j.get('p90', 0):7.2f} s  TTFT mean {s['ttft_s']['mean']:6.2f} s  hit {s['prefix_hit_rate']:.3f}  "
             f"re-prefilled {s['reprefilled_tokens']:>7}  makespan {s['makespan_s']:.0f} s")
 
@@ -317,7 +317,7 @@ def print_agent_table(res: dict) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for label, r in res["runs"].items():
         s = r["summary"]
-        print(f"| {label} | {s.get('programs_completed')}/{s.get('num_programs')} | {s['jct_s']['mean']:.1f} / "
+        print(f"| {label} | {s.get('programs_completed')}/{s.get('programs_total')} | {s['jct_s']['mean']:.1f} / "
               f"{s['jct_s']['p90']:.1f} | {s['ttft_s']['mean']:.2f} | {s['prefix_hit_rate']:.3f} | "
               f"{s['reprefilled_tokens']:,} | {s['kv'].get('mean_working_set_over_capacity', float('nan')):.2f}x | "
               f"{s['makespan_s']:.0f} |")
@@ -443,7 +443,25 @@ def sim_config(res: dict, router: str, cfg: dict, profile: str, agents: bool):
                      record_steps=False, record_token_times=True)
 
 
-def sim_agents(res: dict, router: str, cfg: dict, profile: str) -> dict:
+def cost_model(profile: str, scale: float):
+    """The profiled fit, every step x ``scale`` (1: the fit as measured)."""
+    from pitstop.sim.cost_models import CostModel, ProfiledCostModel
+    cm = ProfiledCostModel.load(profile)
+    if scale == 1.0:
+        return cm
+
+    class Scaled(CostModel):
+        name = cm.name
+
+        def predict(self, shape):
+            return scale * cm.predict(shape)
+
+        def describe(self):
+            return {**cm.describe(), "scale": scale}
+    return Scaled()
+
+
+def sim_agents(res: dict, router: str, cfg: dict, profile: str, scale: float = 1.0) -> dict:
     from pitstop.bench.agents import load_programs
     from pitstop.sim.agents import AgentDriver, agent_summary
     from pitstop.sim.simulator import build_cluster, model_facts, run_cluster
@@ -452,7 +470,7 @@ def sim_agents(res: dict, router: str, cfg: dict, profile: str) -> dict:
     ba = argparse.Namespace(trace="agentcgroup", trace_path=None, tool_time="tool_max", **res["bench_args"])
     programs, _ = load_programs(ba)
     arrivals = poisson_program_arrivals(len(programs), ba.program_rate, ba.seed)
-    cluster = build_cluster(sc)
+    cluster = build_cluster(sc, cost_model(profile, scale))
     driver = AgentDriver(cluster, programs, arrivals, ba.seed, model_facts(sc)[0])
     out, _ = run_cluster(sc, cluster, driver.first_requests(), driver.num_turns_planned)
     s = agent_summary(driver, cluster)
@@ -460,7 +478,7 @@ def sim_agents(res: dict, router: str, cfg: dict, profile: str) -> dict:
     return s
 
 
-def sim_mooncake(res: dict, router: str, cfg: dict, profile: str, seed: int) -> dict:
+def sim_mooncake(res: dict, router: str, cfg: dict, profile: str, seed: int, scale: float = 1.0) -> dict:
     from pitstop.sim.cluster import SimRequest
     from pitstop.sim.simulator import build_cluster, model_facts, run_cluster
     from pitstop.server.ray.routing import BLOCK_TOKENS, text_prefix_keys
@@ -476,7 +494,7 @@ def sim_mooncake(res: dict, router: str, cfg: dict, profile: str, seed: int) -> 
     texts, _ = chat_texts(reqs, block, seed)
     sreqs = [SimRequest(f"m{k}", t, r.spec.input_len, r.spec.output_len, pf.blocks(r.hash_ids, r.spec.input_len),
                         text_prefix_keys(txt), BLOCK_TOKENS) for k, (r, t, txt) in enumerate(zip(reqs, arrivals, texts))]
-    cluster = build_cluster(sc)
+    cluster = build_cluster(sc, cost_model(profile, scale))
     out, _ = run_cluster(sc, cluster, sreqs)
     s = out["summary"]
     s["replicas"] = out["replicas"]
@@ -500,50 +518,81 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
 
 
 def run_sim(a) -> int:
+    """Per part: the simulated runs with the fit as measured, and (``--calibrate``) with every step scaled by
+    real / simulated makespan of the first router's run (a diagnostic of the shared, loaded cores; not a
+    prediction: it is fitted on one of the runs it is compared with)."""
     for path, kind in ((a.agents, "agents"), (a.mooncake, "mooncake")):
         if not path:
             continue
         res = json.loads(Path(path).read_text())
-        figs = AGENT_FIGS if kind == "agents" else CHAT_FIGS
-        pred = {}
-        for label, r in res["runs"].items():
-            t = time.perf_counter()
-            if kind == "agents":
-                s = sim_agents(res, r["router"], r["router_config"], a.profile)
-            else:
-                s = sim_mooncake(res, r["router"], r["router_config"], a.profile, res["workload"]["seed"])
-                s["server_prefix_hit_rate"] = None
-            pred[label] = {"sim": s, "sim_wall_s": time.perf_counter() - t, "rel_error": {}}
-            for name, get in figs:
-                real, sim = get(r["summary"]), get(s)
-                if real is not None and sim is not None:
-                    pred[label]["rel_error"][name] = (sim - real) / real if real else None
         labels = list(res["runs"])
-        ranking = {}
-        for name, get in figs:
-            real = [get(res["runs"][k]["summary"]) for k in labels]
-            sim = [get(pred[k]["sim"]) for k in labels]
-            if None in real or None in sim:
-                continue
-            ranking[name] = {"real_order": [labels[i] for i in sorted(range(len(labels)), key=lambda i: real[i])],
-                             "sim_order": [labels[i] for i in sorted(range(len(labels)), key=lambda i: sim[i])],
-                             "kendall_tau": kendall_tau(real, sim)}
+        figs = AGENT_FIGS if kind == "agents" else CHAT_FIGS
+        outd: dict = {"profile": a.profile, "real": path, "variants": {}}
+        scales = [("as measured", 1.0)]
+        for vname, scale in scales:
+            pred = simulate_part(res, kind, a.profile, scale)
+            outd["variants"][vname] = {"scale": scale, **compare(res, pred, figs)}
+            report_sim(kind, vname, res, outd["variants"][vname], figs)
+            if a.calibrate and len(scales) == 1:
+                first = labels[0]
+                real_ms = makespan(res["runs"][first]["summary"], kind)
+                sim_ms = makespan(pred[first]["sim"], kind)
+                scales.append((f"calibrated x{real_ms / sim_ms:.2f} on {first}'s makespan", real_ms / sim_ms))
         outp = Path(path).with_name(Path(path).stem + "_sim.json")
-        outp.write_text(json.dumps({"profile": a.profile, "real": path, "runs": pred, "ranking": ranking},
-                                   indent=1, default=str))
-        print(f"\n{kind}: real vs simulated (profile {a.profile})")
-        print("| router | " + " | ".join(f"{n} real / sim (err)" for n, _ in figs) + " |")
-        print("|---|" + "---|" * len(figs))
-        for k in labels:
-            cells = []
-            for n, get in figs:
-                rv, sv = get(res["runs"][k]["summary"]), get(pred[k]["sim"])
-                e = pred[k]["rel_error"].get(n)
-                cells.append(f"{fmt(rv)} / {fmt(sv)} ({e:+.0%})" if e is not None else f"{fmt(rv)} / {fmt(sv)}")
-            print(f"| {k} | " + " | ".join(cells) + " |")
-        for n, r in ranking.items():
-            print(f"{n}: tau {r['kendall_tau']:+.2f}; real {' < '.join(r['real_order'])}; sim {' < '.join(r['sim_order'])}")
+        outp.write_text(json.dumps(outd, indent=1, default=str))
     return 0
+
+
+def makespan(s: dict, kind: str) -> float:
+    return s["makespan_s"] if kind == "agents" else s["duration_s"]
+
+
+def simulate_part(res: dict, kind: str, profile: str, scale: float) -> dict:
+    pred = {}
+    for label, r in res["runs"].items():
+        t = time.perf_counter()
+        if kind == "agents":
+            s = sim_agents(res, r["router"], r["router_config"], profile, scale)
+        else:
+            s = sim_mooncake(res, r["router"], r["router_config"], profile, res["workload"]["seed"], scale)
+        pred[label] = {"sim": s, "sim_wall_s": time.perf_counter() - t}
+    return pred
+
+
+def compare(res: dict, pred: dict, figs) -> dict:
+    labels = list(res["runs"])
+    for k in labels:
+        pred[k]["rel_error"] = {}
+        for name, get in figs:
+            real, sim = get(res["runs"][k]["summary"]), get(pred[k]["sim"])
+            if real is not None and sim is not None:
+                pred[k]["rel_error"][name] = (sim - real) / real if real else None
+    ranking = {}
+    for name, get in figs:
+        real = [get(res["runs"][k]["summary"]) for k in labels]
+        sim = [get(pred[k]["sim"]) for k in labels]
+        if None in real or None in sim:
+            continue
+        ranking[name] = {"real_order": [labels[i] for i in sorted(range(len(labels)), key=lambda i: real[i])],
+                         "sim_order": [labels[i] for i in sorted(range(len(labels)), key=lambda i: sim[i])],
+                         "kendall_tau": kendall_tau(real, sim)}
+    return {"runs": pred, "ranking": ranking}
+
+
+def report_sim(kind: str, vname: str, res: dict, v: dict, figs) -> None:
+    print(f"\n{kind}: real vs simulated, cost model {vname}")
+    print("| router | " + " | ".join(f"{n} real / sim (err)" for n, _ in figs) + " |")
+    print("|---|" + "---|" * len(figs))
+    for k, p in v["runs"].items():
+        cells = []
+        for n, get in figs:
+            rv, sv = get(res["runs"][k]["summary"]), get(p["sim"])
+            e = p["rel_error"].get(n)
+            cells.append(f"{fmt(rv)} / {fmt(sv)} ({e:+.0%})" if e is not None else f"{fmt(rv)} / {fmt(sv)}")
+        print(f"| {k} | " + " | ".join(cells) + " |")
+    for n, r in v["ranking"].items():
+        print(f"{n}: Kendall tau {r['kendall_tau']:+.2f}; real {' < '.join(r['real_order'])}; "
+              f"sim {' < '.join(r['sim_order'])}")
 
 
 def fmt(x) -> str:
@@ -582,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     qs.add_argument("--profile", required=True)
     qs.add_argument("--agents", default=None)
     qs.add_argument("--mooncake", default=None)
+    qs.add_argument("--calibrate", action="store_true",
+                    help="also simulate with every step x (real / simulated makespan of the first router)")
     a = p.parse_args(argv)
     return {"agents": run_agents, "mooncake": run_mooncake, "sim": run_sim}[a.part](a)
 
