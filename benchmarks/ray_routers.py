@@ -519,7 +519,7 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
 
 def run_sim(a) -> int:
     """Per part: the simulated runs with the fit as measured, and (``--calibrate``) with every step scaled by
-    real / simulated makespan of the first router's run (a diagnostic of the shared, loaded cores; not a
+    the factor at which the first router's run matches its first figure (a diagnostic of the shared, loaded cores; not a
     prediction: it is fitted on one of the runs it is compared with)."""
     for path, kind in ((a.agents, "agents"), (a.mooncake, "mooncake")):
         if not path:
@@ -535,16 +535,27 @@ def run_sim(a) -> int:
             report_sim(kind, vname, res, outd["variants"][vname], figs)
             if a.calibrate and len(scales) == 1:
                 first = labels[0]
-                real_ms = makespan(res["runs"][first]["summary"], kind)
-                sim_ms = makespan(pred[first]["sim"], kind)
-                scales.append((f"calibrated x{real_ms / sim_ms:.2f} on {first}'s makespan", real_ms / sim_ms))
+                f = calibrate(res, kind, a.profile, first, figs[0][1])
+                scales.append((f"calibrated: steps x{f:.2f} so that {first}'s {figs[0][0]} matches", f))
         outp = Path(path).with_name(Path(path).stem + "_sim.json")
         outp.write_text(json.dumps(outd, indent=1, default=str))
     return 0
 
 
-def makespan(s: dict, kind: str) -> float:
-    return s["makespan_s"] if kind == "agents" else s["duration_s"]
+def calibrate(res: dict, kind: str, profile: str, label: str, get) -> float:
+    """The step-time scale (bisection on a log scale, 1-16) at which the simulated ``label`` run matches the real
+    one's first figure (JCT mean / TTFT mean)."""
+    r = res["runs"][label]
+    target = get(r["summary"])
+    lo, hi = 1.0, 16.0
+    for _ in range(12):
+        mid = (lo * hi) ** 0.5
+        if kind == "agents":
+            s = sim_agents(res, r["router"], r["router_config"], profile, mid)
+        else:
+            s = sim_mooncake(res, r["router"], r["router_config"], profile, res["workload"]["seed"], mid)
+        lo, hi = (mid, hi) if get(s) < target else (lo, mid)
+    return (lo * hi) ** 0.5
 
 
 def simulate_part(res: dict, kind: str, profile: str, scale: float) -> dict:
@@ -632,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     qs.add_argument("--agents", default=None)
     qs.add_argument("--mooncake", default=None)
     qs.add_argument("--calibrate", action="store_true",
-                    help="also simulate with every step x (real / simulated makespan of the first router)")
+                    help="also simulate with every step x the factor at which the first router matches its real JCT / TTFT mean")
     a = p.parse_args(argv)
     return {"agents": run_agents, "mooncake": run_mooncake, "sim": run_sim}[a.part](a)
 
