@@ -302,7 +302,16 @@ class Scheduler:
         req = s.request
         rid = req.request_id
         emitted = result.spec_tokens[rid]
-        n = s.num_known_tokens + len(emitted) - 1  # tokens whose K/V is now valid
+        status = None
+        req.num_new_tokens = 0
+        for token in emitted:
+            req.append_output(token)
+            req.num_new_tokens += 1
+            status = self._check_stop(req, token)
+            if status is not None:
+                break
+        # K/V now valid: the last known token and the accepted drafts (those kept, when a stop cut the run)
+        n = s.num_known_tokens + min(len(emitted) - 1, req.num_new_tokens)
         computed = req.num_computed_tokens + n
         req.num_computed_tokens = computed
         self.programs.on_compute(req, n)
@@ -317,15 +326,9 @@ class Scheduler:
             metrics.first_token_time = now
         metrics.last_token_time = now
         touched.append(req)
-        req.num_new_tokens = 0
-        for token in emitted:
-            req.append_output(token)
-            req.num_new_tokens += 1
-            status = self._check_stop(req, token)
-            if status is not None:
-                self.running.remove(req)
-                self._finish(req, status, now)
-                return
+        if status is not None:
+            self.running.remove(req)
+            self._finish(req, status, now)
 
     def _check_stop(self, req: Request, token: int) -> RequestStatus | None:
         params = req.sampling_params
