@@ -8,7 +8,8 @@ import pytest
 from pitstop.config import SpeculativeConfig
 from pitstop.engine.spec_decode.drafter import Drafter
 from pitstop.engine.spec_decode.ngram import NgramProposer, propose_ngram
-from pitstop.engine.spec_decode.proposer import Proposer, build_proposer
+from pitstop.engine.spec_decode.proposer import Proposer
+from pitstop.engine.spec_decode.registry import build_proposer
 from pitstop.request import Request, RequestStatus
 from pitstop.sampling_params import SamplingParams
 

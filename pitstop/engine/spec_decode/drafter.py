@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pitstop.config import SpeculativeConfig
 from pitstop.engine.spec_decode.metrics import SpecDecodeStats
-from pitstop.engine.spec_decode.proposer import Proposer, build_proposer
+from pitstop.engine.spec_decode.proposer import Proposer
+from pitstop.engine.spec_decode.registry import build_proposer
 from pitstop.request import Request
 from pitstop.scheduler_output import ExecutorResult, SchedulerOutput
 

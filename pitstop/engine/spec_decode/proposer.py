@@ -1,4 +1,4 @@
-"""The proposer interface and registry (vLLM's shape): after each step a proposer drafts up to K tokens per running
+"""The proposer interface (vLLM's shape): after each step a proposer drafts up to K tokens per running
 sequence from what it has seen; the scheduler budgets them and the runner verifies them in the next forward, with
 the other requests' prefill chunks and decodes.
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from pitstop.config import SpeculativeConfig
 from pitstop.request import Request
 
 
@@ -27,26 +26,6 @@ class Proposer(ABC):
 
     def finish(self, request: Request) -> None:
         """The request has ended: drop its per-request state (default: none kept)."""
-
-
-def build_proposer(config: SpeculativeConfig) -> Proposer:
-    """The proposer of ``config.method``.
-
-    Raises:
-        ValueError: an unknown method (``SpeculativeConfig`` already refuses one), or ``suffix`` without the
-            ``arctic-inference`` package.
-    """
-    if config.method == "ngram":
-        from pitstop.engine.spec_decode.ngram import NgramProposer
-        return NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
-    if config.method == "suffix":
-        from pitstop.engine.spec_decode.suffix import SuffixProposer
-        return SuffixProposer(config.suffix_max_tree_depth, config.suffix_max_cached_requests,
-                              config.suffix_max_spec_factor, config.suffix_max_spec_offset,
-                              config.suffix_min_token_prob)
-    if config.method == "simulated":
-        return PlaceholderProposer()
-    raise ValueError(f"unknown speculative method {config.method!r}")
 
 
 class PlaceholderProposer(Proposer):
