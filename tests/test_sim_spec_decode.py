@@ -57,3 +57,23 @@ def test_high_acceptance_lowers_tpot_and_zero_acceptance_raises_it():
     assert stats["spec_num_draft_tokens"] > 0
     assert 0.82 < stats["spec_acceptance_rate_per_position"][0] < 0.98  # the model's 0.9 at the first position
     assert 0.65 < stats["spec_acceptance_rate"] < 0.9  # geometric: (0.9 + .. + 0.9^4) / 4 = 0.77
+
+
+def test_profiler_measures_verify_steps(tmp_path):
+    """The profiler's ``verify`` scenario: real steps of b sequences verifying K drafts each (K + 1 tokens per
+    sequence), recorded with their draft tokens and logits rows."""
+    from model_fixtures import make_tiny_model
+
+    from pitstop.config import EngineConfig
+    from pitstop.entrypoints.engine_builder import build_engine
+    from pitstop.sim.profiler import Profiler
+
+    engine = build_engine(EngineConfig(model=str(make_tiny_model(tmp_path, "llama")), dtype="float32",
+                                       kv_cache_memory="2MiB", max_model_len=128, skip_tokenizer_init=True))
+    grid = {"prefill": [], "prefill_with_prefix": [], "decode_batches": [], "decode_contexts": [], "mixed": [],
+            "verify": [(3, 4, 20)], "decode_steps": 3, "repeats": 1}
+    prof = Profiler(engine=engine)
+    prof.run(grid, log=lambda *a, **k: None)
+    verify = [p for p in prof.points if p["kind"] == "verify"]
+    assert verify and verify[0]["draft_tokens"] == 12 and verify[0]["num_tokens"] == 15
+    assert verify[0]["num_sampled"] == 15
