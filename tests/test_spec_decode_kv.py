@@ -241,3 +241,22 @@ def test_unknown_method_and_bad_values_raise():
         SpeculativeConfig(method="ngram", prompt_lookup_min=4, prompt_lookup_max=2)
     with pytest.raises(ValueError, match="method"):
         EngineConfig(speculative_config={"num_speculative_tokens": 3})
+
+
+def test_program_pins_with_speculation():
+    """A non-final turn's KV (written partly by verifies) is pinned and found by the next turn; same tokens."""
+    def turns(spec):
+        eng, ex, _ = make_engine(spec, num_blocks=128, ttl_policy="fixed", ttl_seconds=60.0,
+                                 scheduling_policy="program-fcfs")
+        params = SamplingParams(temperature=0, max_tokens=14, ignore_eos=True)
+        eng.add_request("t0", list(range(1, 12)), params, program_id="p", is_last_turn=False)
+        first = run_all(eng)["t0"].outputs[0].token_ids
+        eng.add_request("t1", list(range(1, 12)) + first + [5, 6, 7], params, program_id="p", is_last_turn=True)
+        second = run_all(eng)["t1"]
+        return first, second.outputs[0].token_ids, second.num_cached_tokens, eng
+
+    base = turns(False)
+    spec = turns(True)
+    assert spec[:2] == base[:2]
+    assert spec[2] == base[2] > 0  # the pinned blocks were hit as without speculation
+    assert spec[3].stats()["pin_hits"] == 1
