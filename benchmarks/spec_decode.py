@@ -20,7 +20,8 @@ checks it, ``same_tokens_as_baseline``):
   copy.
 
 Batch ``b``: ``b`` requests submitted together to one engine (``max_num_seqs`` 32) and stepped to completion;
-batch 1 runs ``--batch1-requests`` requests one after the other. TPOT per request = (finish - first token) /
+batch 1 runs ``--batch1-requests`` requests one after the other. The methods' engines are built once and run
+interleaved (request by request at batch 1, batch by batch above), so load changes on a shared machine hit all alike. TPOT per request = (finish - first token) /
 (output tokens - 1), averaged over requests with >= 2 tokens; output tokens/s = output tokens / wall time of the
 batch (prefill included). The prefix cache is reset before every batch.
 
@@ -174,11 +175,7 @@ def run_batch(llm: LLM, prompts: list[tuple[list[int], int]]) -> dict:
             "tokens": [o.outputs[0].token_ids for o in outs], **spec}
 
 
-def run_method(llm: LLM, prompts: list, batch: int, batch1_requests: int) -> dict:
-    if batch == 1:
-        parts = [run_batch(llm, [p]) for p in prompts[:batch1_requests]]
-    else:
-        parts = [run_batch(llm, prompts[:batch])]
+def summarize(parts: list[dict]) -> dict:
     tpots = [t for p in parts for t in p["tpots"]]
     wall = sum(p["wall_s"] for p in parts)
     out_tokens = sum(p["output_tokens"] for p in parts)
@@ -186,14 +183,25 @@ def run_method(llm: LLM, prompts: list, batch: int, batch1_requests: int) -> dic
            "output_tokens_per_s": out_tokens / wall, "tpot_ms_mean": 1e3 * statistics.mean(tpots) if tpots else None,
            "tpot_ms_median": 1e3 * statistics.median(tpots) if tpots else None,
            "tokens": [t for p in parts for t in p["tokens"]]}
-    drafted = sum(p.get("spec_num_draft_tokens", 0) for p in parts)
-    if drafted or any("spec_num_draft_tokens" in p for p in parts):
+    if any("spec_num_draft_tokens" in p for p in parts):
+        drafted = sum(p["spec_num_draft_tokens"] for p in parts)
         verifies = sum(p["spec_num_verifies"] for p in parts)
         accepted = sum(p["spec_num_accepted_tokens"] for p in parts)
         res.update(drafted_tokens=drafted, accepted_tokens=accepted, verifies=verifies,
                    acceptance_rate=accepted / drafted if drafted else 0.0,
                    mean_accepted_length=(accepted + verifies) / verifies if verifies else 0.0)
     return res
+
+
+def run_interleaved(llms: dict[str, LLM], prompts: list, batch: int, batch1_requests: int) -> dict[str, dict]:
+    """Every method on the same batches, interleaved (request by request at batch 1, batch by batch otherwise) so
+    that a change of machine load during the run hits all methods alike."""
+    parts: dict[str, list] = {m: [] for m in llms}
+    groups = [[p] for p in prompts[:batch1_requests]] if batch == 1 else [prompts[:batch]]
+    for group in groups:
+        for m, llm in llms.items():
+            parts[m].append(run_batch(llm, group))
+    return {m: summarize(ps) for m, ps in parts.items()}
 
 
 def build(method: str, k: int, args) -> LLM:
@@ -214,7 +222,7 @@ def main() -> None:
     p.add_argument("--num-speculative-tokens", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--model", default="SmolLM2-135M-Instruct")
-    p.add_argument("--kv-cache-memory", default="2GiB")
+    p.add_argument("--kv-cache-memory", default="1GiB")
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--max-num-batched-tokens", type=int, default=1024)
     p.add_argument("--num-threads", type=int, default=None)
@@ -222,34 +230,30 @@ def main() -> None:
     p.add_argument("--output-json", default=None)
     args = p.parse_args()
 
-    results: dict = {}
-    prompts = None
-    base_tokens: dict[int, list] = {}
-    for method in args.methods:
-        llm = build(method, args.num_speculative_tokens, args)
-        if prompts is None:
-            tok = llm.get_tokenizer()
-            n = max(args.batches + [args.batch1_requests])
-            prompts = {"agent": lambda: agent_prompts(tok, args.max_tokens),
-                       "code": lambda: code_prompts(tok, args.max_tokens, n, args.seed),
-                       "chat": lambda: chat_prompts(tok, args.max_tokens, n, args.seed)}[args.workload]()
-            random.Random(args.seed).shuffle(prompts)
-            print(f"{args.workload}: {len(prompts)} prompts, mean prompt "
-                  f"{statistics.mean(len(x) for x, _ in prompts):.0f} tokens", flush=True)
-        results[method] = {}
-        for b in args.batches:
-            r = run_method(llm, prompts, b, args.batch1_requests)
+    import os
+    load_before = os.getloadavg()
+    llms = {m: build(m, args.num_speculative_tokens, args) for m in args.methods}
+    tok = llms[args.methods[0]].get_tokenizer()
+    n = max(args.batches + [args.batch1_requests])
+    prompts = {"agent": lambda: agent_prompts(tok, args.max_tokens),
+               "code": lambda: code_prompts(tok, args.max_tokens, n, args.seed),
+               "chat": lambda: chat_prompts(tok, args.max_tokens, n, args.seed)}[args.workload]()
+    random.Random(args.seed).shuffle(prompts)
+    print(f"{args.workload}: {len(prompts)} prompts, mean prompt {statistics.mean(len(x) for x, _ in prompts):.0f} "
+          f"tokens; load average {load_before[0]:.2f}", flush=True)
+    results: dict = {m: {} for m in args.methods}
+    for b in args.batches:
+        by_method = run_interleaved(llms, prompts, b, args.batch1_requests)
+        base_tokens = by_method[args.methods[0]]["tokens"]
+        for method, r in by_method.items():
             tokens = r.pop("tokens")
-            if method == args.methods[0]:
-                base_tokens[b] = tokens
-            r["same_tokens_as_baseline"] = sum(a == c for a, c in zip(tokens, base_tokens[b])) / len(tokens)
+            r["same_tokens_as_baseline"] = sum(a == c for a, c in zip(tokens, base_tokens)) / len(tokens)
             results[method][b] = r
             acc = (f", accepted {r['acceptance_rate']:.2f} of drafts, mean accepted length "
                    f"{r['mean_accepted_length']:.2f}" if "acceptance_rate" in r else "")
             print(f"  {method:6s} batch {b:2d}: {r['output_tokens_per_s']:7.1f} out tok/s, TPOT "
                   f"{r['tpot_ms_mean']:6.1f} ms (mean over {r['requests']} requests, {r['output_tokens']} tokens)"
                   f"{acc}, same tokens {r['same_tokens_as_baseline']:.2f}", flush=True)
-        del llm
     base = results[args.methods[0]]
     for method in args.methods[1:]:
         for b in args.batches:
@@ -257,6 +261,7 @@ def main() -> None:
             r["tpot_speedup_vs_" + args.methods[0]] = r0["tpot_ms_mean"] / r["tpot_ms_mean"]
             r["throughput_ratio_vs_" + args.methods[0]] = r["output_tokens_per_s"] / r0["output_tokens_per_s"]
     summary = {"workload": args.workload, "args": vars(args), "machine": platform.processor() or platform.machine(),
+               "load_average_before": load_before, "load_average_after": os.getloadavg(),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results}
     if args.output_json:
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
