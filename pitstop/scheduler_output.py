@@ -100,7 +100,8 @@ class ExecutorResult:
 
     Attributes:
         sampled: request id -> sampled token id, for each scheduled request with ``sample`` set and no drafts.
-        logprobs: request id -> per-token logprob record (dict token id -> Logprob), when requested.
+        logprobs: request id -> per-token logprob record (dict token id -> Logprob), when requested; for a
+            speculative verify, a list of such records, one per token in ``spec_tokens``.
         step_time_s: seconds the executor spent (measured, or predicted by a cost model).
         spec_tokens: request id -> the tokens a speculative verify emits, for each scheduled request with drafts:
             its accepted drafts (a prefix of them) followed by one token sampled from the target model (the

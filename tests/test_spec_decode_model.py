@@ -139,3 +139,16 @@ def test_tiny_model_greedy_equals_plain(tmp_path):
     b = spec.generate(prompts, sp, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in a] == [o.outputs[0].token_ids for o in b]
     assert spec.llm_engine.stats()["spec_num_draft_tokens"] > 0
+
+
+def test_logprobs_with_speculation(smollm2_dir):
+    plain, spec = _llm(smollm2_dir), _llm(smollm2_dir, {"method": "ngram", "num_speculative_tokens": 6})
+    sp = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, logprobs=2)
+    a = plain.generate([PROMPTS[1]], sp, use_tqdm=False)[0].outputs[0]
+    b = spec.generate([PROMPTS[1]], sp, use_tqdm=False)[0].outputs[0]
+    assert b.token_ids == a.token_ids and len(b.logprobs) == len(a.logprobs) == 32
+    for x, y in zip(a.logprobs, b.logprobs):
+        assert list(x) == list(y)  # the same top-2 and sampled token, in order
+        for tok in x:
+            assert x[tok].rank == y[tok].rank and abs(x[tok].logprob - y[tok].logprob) < 1e-3
+    assert spec.llm_engine.stats()["spec_num_accepted_tokens"] > 0

@@ -133,12 +133,11 @@ def test_drafter_caps_drafts_and_skips_ineligible_requests():
     near_max = _req("m", [1, 2], [3], max_tokens=3)  # 2 more tokens allowed: 1 draft + the target's token
     near_len = _req("l", list(range(1, 17)), [1])  # 17 tokens of 20: 2 drafts at most
     opted_out = _req("o", [1], [2], speculative=False)
-    logprobs = _req("p", [1], [2], logprobs=1)
     prefill = _req("f", [1, 2, 3])
     prefill.num_computed_tokens = 1
-    d.propose([near_max, near_len, opted_out, logprobs, prefill])
+    d.propose([near_max, near_len, opted_out, prefill])
     assert near_max.spec_token_ids == [1] and near_len.spec_token_ids == [1, 2]
-    assert opted_out.spec_token_ids == logprobs.spec_token_ids == prefill.spec_token_ids == []
+    assert opted_out.spec_token_ids == prefill.spec_token_ids == []
     near_max.status = RequestStatus.FINISHED_LENGTH
     d.propose([near_len])
     assert prop.finished == ["m"]

@@ -302,10 +302,11 @@ class Scheduler:
         req = s.request
         rid = req.request_id
         emitted = result.spec_tokens[rid]
+        logprobs = result.logprobs.get(rid)  # one record per emitted token, when the request asks
         status = None
         req.num_new_tokens = 0
-        for token in emitted:
-            req.append_output(token)
+        for i, token in enumerate(emitted):
+            req.append_output(token, logprobs[i] if logprobs is not None else None)
             req.num_new_tokens += 1
             status = self._check_stop(req, token)
             if status is not None:

@@ -85,19 +85,23 @@ class ModelRunner:
             return ExecutorResult(sampled={}, step_time_s=time.perf_counter() - t0)
         with _gemm_kernels(len(sample_idx) + len(verify_idx), self.kernels.gemv_switch):
             logits = self.model.compute_logits(hidden[torch.tensor(sample_idx + verify_idx, dtype=torch.long)])
-        spec_tokens = self._verify(so, verifies, logits[len(sample_idx):]) if verifies else {}
+        spec_tokens, spec_logprobs = self._verify(so, verifies, logits[len(sample_idx):]) if verifies else ({}, {})
         if not rows:
-            return ExecutorResult(sampled={}, step_time_s=time.perf_counter() - t0, spec_tokens=spec_tokens)
+            return ExecutorResult(sampled={}, logprobs=spec_logprobs, step_time_s=time.perf_counter() - t0,
+                                  spec_tokens=spec_tokens)
         out = self.sampler(logits[:len(sample_idx)], [r for _, r in rows], _token_bitmask(so, rows))
         sampled = dict(zip((s.request.request_id for s, _ in rows), out.token_ids.tolist()))
         logprobs = self._logprobs(rows, out)
+        logprobs.update(spec_logprobs)
         return ExecutorResult(sampled=sampled, logprobs=logprobs, step_time_s=time.perf_counter() - t0,
                               spec_tokens=spec_tokens)
 
     @staticmethod
-    def _verify(so: SchedulerOutput, verifies: list, logits: torch.Tensor) -> dict[str, list[int]]:
+    def _verify(so: SchedulerOutput, verifies: list, logits: torch.Tensor) -> tuple[dict[str, list[int]], dict]:
         """Speculative verify rows: grammar masks per position (``StructuredBatch`` gives a verify ``K + 1``
-        consecutive rows from its own), then acceptance (``verify_drafts``)."""
+        consecutive rows from its own), then acceptance (``verify_drafts``). Returns the emitted tokens per request
+        and, for requests asking for logprobs, one logprob record per emitted token (of the masked logits before
+        penalties and temperature, as the sampler's)."""
         st = so.structured
         if st is not None:
             logits = logits.clone()
@@ -109,7 +113,15 @@ class ModelRunner:
                     apply_token_bitmask_(logits, st.bitmask[first:first + n], list(range(at, at + n)))
                 at += n
         emitted = verify_drafts(logits, [v for _, v in verifies])
-        return {s.request.request_id: toks for (s, _), toks in zip(verifies, emitted)}
+        tokens, logprobs, at = {}, {}, 0
+        for (s, v), toks in zip(verifies, emitted):
+            rid = s.request.request_id
+            tokens[rid] = toks
+            k = v.row.params.logprobs
+            if k is not None:
+                logprobs[rid] = _position_logprobs(logits[at:at + len(toks)], toks, k)
+            at += len(v.draft_token_ids) + 1
+        return tokens, logprobs
 
     def _inputs(self, scheduled: list[ScheduledRequest]) -> tuple[torch.Tensor, torch.Tensor]:
         ids: list[int] = []
@@ -169,6 +181,25 @@ class ModelRunner:
             entry[tok] = Logprob(sampled_lp[i], ranks.get(tok))
             result[s.request.request_id] = entry
         return result
+
+
+def _position_logprobs(logits: torch.Tensor, tokens: list[int], k: int) -> list[dict[int, Logprob]]:
+    """One logprob record per emitted token of a verify: ``logits`` ``[len(tokens), V]`` are the logits that
+    predicted each token; the record holds the top ``k`` tokens (ranked) and the emitted one (``_logprobs``'s
+    format)."""
+    logp = logits.float().log_softmax(dim=-1)
+    top_vals, top_ids = logp.topk(max(k, 1), dim=-1)
+    out = []
+    for j, tok in enumerate(tokens):
+        entry: dict[int, Logprob] = {}
+        ranks = {}
+        for rank, (tid, lp) in enumerate(zip(top_ids[j].tolist(), top_vals[j].tolist()), 1):
+            ranks[tid] = rank
+            if rank <= k:
+                entry[tid] = Logprob(lp, rank)
+        entry[tok] = Logprob(float(logp[j, tok]), ranks.get(tok))
+        out.append(entry)
+    return out
 
 
 def _token_bitmask(so: SchedulerOutput, rows: list) -> tuple[np.ndarray, list[int] | None] | None:

@@ -36,7 +36,7 @@ class Drafter:
         self._release_ended()
         k_max, mml, proposer, active = self.num_speculative_tokens, self.max_model_len, self.proposer, self._active
         for req in running:
-            if req.num_computed_tokens != len(req.all_token_ids) - 1 or not _eligible(req):
+            if req.num_computed_tokens != len(req.all_token_ids) - 1 or not req.sampling_params.speculative:
                 req.spec_token_ids = []
                 continue
             k = min(k_max, req.max_tokens - len(req.output_token_ids) - 1, mml - len(req.all_token_ids) - 1)
@@ -63,8 +63,3 @@ class Drafter:
                 if emitted is not None:
                     self.stats.observe(len(s.draft_token_ids), len(emitted) - 1, s.request.num_new_tokens)
 
-
-def _eligible(req: Request) -> bool:
-    """Speculation applies unless the request opted out or asks for logprobs (not returned for verified tokens)."""
-    params = req.sampling_params
-    return params.speculative and params.logprobs is None
