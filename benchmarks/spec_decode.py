@@ -37,6 +37,7 @@ import argparse
 import ast
 import csv
 import json
+import os
 import platform
 import random
 import statistics
@@ -213,6 +214,16 @@ def build(method: str, k: int, args) -> LLM:
     return llm
 
 
+def write_json(args, results: dict, load_before, partial: bool) -> None:
+    if not args.output_json:
+        return
+    summary = {"workload": args.workload, "args": vars(args), "machine": platform.processor() or platform.machine(),
+               "load_average_before": load_before, "load_average_after": os.getloadavg(), "partial": partial,
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results}
+    Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output_json).write_text(json.dumps(summary, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", choices=["agent", "code", "chat"], required=True)
@@ -230,7 +241,6 @@ def main() -> None:
     p.add_argument("--output-json", default=None)
     args = p.parse_args()
 
-    import os
     load_before = os.getloadavg()
     llms = {m: build(m, args.num_speculative_tokens, args) for m in args.methods}
     tok = llms[args.methods[0]].get_tokenizer()
@@ -254,18 +264,14 @@ def main() -> None:
             print(f"  {method:6s} batch {b:2d}: {r['output_tokens_per_s']:7.1f} out tok/s, TPOT "
                   f"{r['tpot_ms_mean']:6.1f} ms (mean over {r['requests']} requests, {r['output_tokens']} tokens)"
                   f"{acc}, same tokens {r['same_tokens_as_baseline']:.2f}", flush=True)
+        write_json(args, results, load_before, partial=True)  # a run cut short keeps the batches done
     base = results[args.methods[0]]
     for method in args.methods[1:]:
         for b in args.batches:
             r, r0 = results[method][b], base[b]
             r["tpot_speedup_vs_" + args.methods[0]] = r0["tpot_ms_mean"] / r["tpot_ms_mean"]
             r["throughput_ratio_vs_" + args.methods[0]] = r["output_tokens_per_s"] / r0["output_tokens_per_s"]
-    summary = {"workload": args.workload, "args": vars(args), "machine": platform.processor() or platform.machine(),
-               "load_average_before": load_before, "load_average_after": os.getloadavg(),
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results}
-    if args.output_json:
-        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_json).write_text(json.dumps(summary, indent=1))
+    write_json(args, results, load_before, partial=False)
     for method in args.methods[1:]:
         for b in args.batches:
             r = results[method][b]
