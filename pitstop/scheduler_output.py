@@ -60,7 +60,8 @@ class StructuredBatch:
 
 @dataclass(slots=True)
 class SchedulerOutput:
-    """A step's batch: prefill chunks first, then decodes (query length 1).
+    """A step's batch: prefill chunks and speculative verifies (query length > 1) first, then decodes (query
+    length 1).
 
     ``structured``: the grammar bitmask of the constrained sequences that sample this step (None: none)."""
 

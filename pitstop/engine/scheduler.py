@@ -5,6 +5,12 @@ Sources: Orca (iteration-level scheduling, OSDI'22), vLLM (paged KV, preemption 
 SOSP'23), Sarathi-Serve (stall-free chunked prefill: running decodes first, then prefill chunks
 fill the remaining token budget, OSDI'24).
 
+Speculative decoding (``pitstop.engine.spec_decode``): a decoding request with draft tokens
+(``Request.spec_token_ids``, set by the engine's drafter after the previous step) is scheduled as a verify of
+``1 + K`` tokens, K cut to the budget; when its blocks cannot be allocated it decodes without drafts before anything
+is preempted. After the step only the accepted tokens count as computed and the blocks past them are freed
+(``KVCacheManager.rollback_slots``).
+
 The scheduler never imports torch and never reads a clock: ``now`` is passed in (wall time in the
 engine, virtual time in the simulator).
 """
