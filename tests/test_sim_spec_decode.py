@@ -77,3 +77,14 @@ def test_profiler_measures_verify_steps(tmp_path):
     verify = [p for p in prof.points if p["kind"] == "verify"]
     assert verify and verify[0]["draft_tokens"] == 12 and verify[0]["num_tokens"] == 15
     assert verify[0]["num_sampled"] == 15
+
+
+def test_simulate_cli_flag_is_checked():
+    import argparse
+
+    from pitstop.cli.simulate import _spec_json
+    assert _spec_json('{"num_speculative_tokens": 4, "acceptance_rate": 0.7}') == {"num_speculative_tokens": 4,
+                                                                                   "acceptance_rate": 0.7}
+    for bad in ('{"acceptance_rate": 1.5}', '{"k": 4}', "[1]", "{oops"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _spec_json(bad)
