@@ -70,6 +70,8 @@ class SpeculativeConfig:
             offset`` tokens (the paper's adaptive speculation length).
         suffix_min_token_prob: ``suffix`` stops a draft where the tree's estimated probability (count of the child
             over count of the node, multiplied along the path) falls below this.
+        suffix_backend: the suffix trees of ``suffix``: "arctic" (the ``arctic-inference`` package), "python"
+            (pitstop's own, pure Python) or "auto" (arctic when installed).
         acceptance_rate: ``simulated`` only: probability that each draft position is accepted (given the previous
             one was), the simulator's acceptance model.
 
@@ -86,6 +88,7 @@ class SpeculativeConfig:
     suffix_max_spec_factor: float = 1.0
     suffix_max_spec_offset: float = 0.0
     suffix_min_token_prob: float = 0.1
+    suffix_backend: str = "auto"
     acceptance_rate: float = 0.7
 
     def __post_init__(self) -> None:
@@ -104,6 +107,9 @@ class SpeculativeConfig:
         if self.suffix_max_cached_requests < 0:
             raise ValueError(f"speculative_config.suffix_max_cached_requests must be >= 0, "
                              f"got {self.suffix_max_cached_requests}")
+        if self.suffix_backend not in ("auto", "arctic", "python"):
+            raise ValueError(f"speculative_config.suffix_backend must be auto, arctic or python, "
+                             f"got {self.suffix_backend!r}")
         if not 0 <= self.suffix_min_token_prob <= 1 or not 0 <= self.acceptance_rate <= 1:
             raise ValueError("speculative_config: suffix_min_token_prob and acceptance_rate must be in [0, 1]")
 

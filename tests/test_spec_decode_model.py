@@ -38,18 +38,18 @@ def base_outputs(smollm2_dir):
 
 
 def _methods():
-    out = ["ngram"]
+    out = [{"method": "ngram"}, {"method": "suffix", "suffix_backend": "python"}]
     try:
         import arctic_inference  # noqa: F401
-        out.append("suffix")
+        out.append({"method": "suffix", "suffix_backend": "arctic"})
     except ImportError:
         pass
     return out
 
 
-@pytest.mark.parametrize("method", _methods())
-def test_greedy_speculation_equals_plain_greedy(smollm2_dir, base_outputs, method):
-    llm = _llm(smollm2_dir, {"method": method, "num_speculative_tokens": 6})
+@pytest.mark.parametrize("spec", _methods(), ids=lambda d: "-".join(map(str, d.values())))
+def test_greedy_speculation_equals_plain_greedy(smollm2_dir, base_outputs, spec):
+    llm = _llm(smollm2_dir, dict(spec, num_speculative_tokens=6))
     sp = SamplingParams(temperature=0, max_tokens=NEW, ignore_eos=True)
     outs = llm.generate(PROMPTS, sp, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == base_outputs

@@ -9,6 +9,7 @@ from pitstop.config import SpeculativeConfig
 from pitstop.engine.spec_decode.drafter import Drafter
 from pitstop.engine.spec_decode.ngram import NgramProposer, propose_ngram
 from pitstop.engine.spec_decode.proposer import Proposer
+from pitstop.engine.spec_decode.suffix_tree import PySuffixCache, SuffixTree
 from pitstop.engine.spec_decode.registry import build_proposer
 from pitstop.request import Request, RequestStatus
 from pitstop.sampling_params import SamplingParams
@@ -51,21 +52,36 @@ def test_ngram_proposer_on_a_request():
 
 
 # ---- suffix decoding -----------------------------------------------------------------------------------------------
-def _suffix(**kw):
-    pytest.importorskip("arctic_inference", reason="SuffixDecoding needs the arctic-inference package")
-    cfg = SpeculativeConfig(method="suffix", **kw)
-    return build_proposer(cfg)
+def _has_arctic() -> bool:
+    try:
+        import arctic_inference.suffix_decoding  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-def test_suffix_matches_the_requests_own_prompt():
-    p = _suffix()
+BACKENDS = ["python", pytest.param("arctic", marks=pytest.mark.skipif(
+    not _has_arctic(), reason="the arctic-inference package is not installed"))]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+def _suffix(backend, **kw):
+    return build_proposer(SpeculativeConfig(method="suffix", suffix_backend=backend, **kw))
+
+
+def test_suffix_matches_the_requests_own_prompt(backend):
+    p = _suffix(backend)
     prompt = [10, 11, 12, 13, 14, 15, 16, 17, 50, 51, 10, 11, 12]
     assert p.propose(_req("a", prompt), 5) == [13, 14, 15]  # match length 3: at most 3 tokens (factor 1)
     p.finish(_req("a", prompt))
 
 
-def test_suffix_global_tree_learns_past_outputs_and_prefers_the_frequent_continuation():
-    p = _suffix(suffix_min_token_prob=0.0)
+def test_suffix_global_tree_learns_past_outputs_and_prefers_the_frequent_continuation(backend):
+    p = _suffix(backend, suffix_min_token_prob=0.0)
     # three past requests answered "1 2 3 -> 4 5 6" twice and "1 2 3 -> 7 8 9" once
     for i, tail in enumerate([[4, 5, 6], [7, 8, 9], [4, 5, 6]]):
         r = _req(f"old{i}", [100 + i], [1, 2, 3] + tail)
@@ -77,8 +93,8 @@ def test_suffix_global_tree_learns_past_outputs_and_prefers_the_frequent_continu
     assert p.propose(new, 3) == [4, 5, 6]
 
 
-def test_suffix_draft_length_adapts_to_the_match_length():
-    p = _suffix(suffix_max_spec_factor=1.0, suffix_min_token_prob=0.0)
+def test_suffix_draft_length_adapts_to_the_match_length(backend):
+    p = _suffix(backend, suffix_max_spec_factor=1.0, suffix_min_token_prob=0.0)
     r = _req("x", [300], list(range(1, 21)))
     p.propose(r, 1)
     p.finish(r)
@@ -88,8 +104,8 @@ def test_suffix_draft_length_adapts_to_the_match_length():
     assert p.propose(long, 10) == [9, 10, 11, 12]
 
 
-def test_suffix_global_cache_is_bounded():
-    p = _suffix(suffix_max_cached_requests=2, suffix_min_token_prob=0.0)
+def test_suffix_global_cache_is_bounded(backend):
+    p = _suffix(backend, suffix_max_cached_requests=2, suffix_min_token_prob=0.0)
     for i in range(5):
         r = _req(f"r{i}", [1000 + i], [500 + i, 600 + i, 700 + i])
         p.propose(r, 1)
@@ -99,7 +115,7 @@ def test_suffix_global_cache_is_bounded():
     assert p.propose(_req("q2", [1], [500, 600]), 1) == []  # the oldest outputs were evicted
 
 
-def test_suffix_needs_arctic_inference_or_says_so(monkeypatch):
+def test_suffix_arctic_backend_needs_the_package_or_says_so(monkeypatch):
     import builtins
     real = builtins.__import__
 
@@ -110,7 +126,34 @@ def test_suffix_needs_arctic_inference_or_says_so(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_arctic)
     with pytest.raises(ValueError, match="arctic-inference"):
-        build_proposer(SpeculativeConfig(method="suffix"))
+        build_proposer(SpeculativeConfig(method="suffix", suffix_backend="arctic"))
+    assert isinstance(build_proposer(SpeculativeConfig(method="suffix")).cache, PySuffixCache)  # auto: falls back
+    with pytest.raises(ValueError, match="suffix_backend"):
+        SpeculativeConfig(method="suffix", suffix_backend="rust")
+
+
+def test_suffix_tree_counts_insert_and_remove():
+    t = SuffixTree(max_depth=3)
+    t.extend("a", [1, 2, 1, 2])
+    assert t.root.children[1].count == 2 and t.root.children[1].children[2].count == 2
+    assert 1 not in t.root.children[1].children[2].children[1].children  # depth 3: "1 2 1" is the deepest
+    node, n = t.match([9, 9, 1, 2])
+    assert n == 2 and node is t.root.children[1].children[2]  # "1 2" is followed by 1 (depth limit 3)
+    assert t.speculate([5, 1], 4, 10.0, 0.0, 0.0).token_ids == [2, 1]  # the tree's paths end at depth 3
+    t.extend("b", [2, 7])
+    assert t.root.children[2].count == 3
+    t.remove("a")
+    assert set(t.root.children) == {2, 7} and t.root.children[2].count == 1
+    t.remove("b")
+    assert not t.root.children and t.num_nodes == 1
+
+
+def test_suffix_tree_frequency_and_probability_threshold():
+    t = SuffixTree(max_depth=8)
+    t.extend("a", [1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 4])  # after "1 2": 3 twice, 4 once
+    d = t.speculate([1, 2], 3, 5.0, 0.0, 0.0)
+    assert d.token_ids[0] == 3 and d.probs[0] == pytest.approx(2 / 3) and d.match_len == 2
+    assert t.speculate([1, 2], 3, 5.0, 0.0, 0.7).token_ids == []  # 2/3 is under the threshold
 
 
 # ---- the drafter ---------------------------------------------------------------------------------------------------

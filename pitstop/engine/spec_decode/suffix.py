@@ -12,23 +12,36 @@ probability (child count over parent count, multiplied along the path) stays abo
 at most ``max_spec_factor * match_length + max_spec_offset`` tokens (the paper's adaptive speculation length: a long
 match earns a long draft). The better scoring of the two trees' drafts is used.
 
-The trees are those of the ``arctic-inference`` package (Snowflake's implementation by the paper's authors, a C++
-extension that runs on CPU without vLLM); this class feeds it the engine's requests incrementally.
+The trees are those of the ``arctic-inference`` package when it is installed (Snowflake's implementation by the
+paper's authors, a C++ extension that runs on CPU without vLLM), else ``suffix_tree.PySuffixCache`` (pure Python,
+same algorithm); this class feeds them the engine's requests incrementally.
 """
 
 from __future__ import annotations
 
 from pitstop.engine.spec_decode.proposer import Proposer
+from pitstop.engine.spec_decode.suffix_tree import PySuffixCache
 from pitstop.request import Request
 
 
-def _cache_class():
-    try:
-        from arctic_inference.suffix_decoding import SuffixDecodingCache
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ValueError("speculative_config method 'suffix' needs the arctic-inference package "
-                         "(pip install arctic-inference)") from e
-    return SuffixDecodingCache
+def cache_class(backend: str = "auto"):
+    """The suffix-tree cache class: arctic-inference's ``SuffixDecodingCache`` (``"arctic"``), the pure-Python
+    ``PySuffixCache`` (``"python"``), or the first when it is installed (``"auto"``).
+
+    Raises:
+        ValueError: ``"arctic"`` without the package, or an unknown backend.
+    """
+    if backend not in ("auto", "arctic", "python"):
+        raise ValueError(f"suffix backend must be auto, arctic or python, got {backend!r}")
+    if backend != "python":
+        try:
+            from arctic_inference.suffix_decoding import SuffixDecodingCache
+            return SuffixDecodingCache
+        except ImportError as e:
+            if backend == "arctic":
+                raise ValueError("speculative_config suffix_backend 'arctic' needs the arctic-inference package "
+                                 "(pip install arctic-inference)") from e
+    return PySuffixCache
 
 
 class SuffixProposer(Proposer):
@@ -37,14 +50,15 @@ class SuffixProposer(Proposer):
         max_cached_requests: past outputs kept in the global tree (0: no global tree).
         max_spec_factor / max_spec_offset: draft length bound ``factor * match_length + offset`` (tokens).
         min_token_prob: stop drafting below this estimated probability.
+        backend: "auto", "arctic" or "python" (``cache_class``).
 
     Raises:
-        ValueError: ``arctic-inference`` is not installed.
+        ValueError: backend "arctic" without ``arctic-inference``, or an unknown backend.
     """
 
     def __init__(self, max_tree_depth: int = 64, max_cached_requests: int = 10000, max_spec_factor: float = 1.0,
-                 max_spec_offset: float = 0.0, min_token_prob: float = 0.1) -> None:
-        self.cache = _cache_class()(max_tree_depth=max_tree_depth, max_cached_requests=max_cached_requests)
+                 max_spec_offset: float = 0.0, min_token_prob: float = 0.1, backend: str = "auto") -> None:
+        self.cache = cache_class(backend)(max_tree_depth=max_tree_depth, max_cached_requests=max_cached_requests)
         self.max_tree_depth = max_tree_depth
         self.max_spec_factor = max_spec_factor
         self.max_spec_offset = max_spec_offset
