@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "ki": 2**10, "mi": 2**20, "gi": 2**30}
@@ -48,6 +49,91 @@ def parse_bytes(value: int | float | str) -> int:
     return n
 
 
+SPEC_METHODS = ("suffix", "ngram", "simulated")
+"""Speculative-decoding proposers: ``suffix`` (SuffixDecoding), ``ngram`` (prompt lookup), ``simulated`` (the
+simulator's: K placeholder drafts whose acceptance a model decides)."""
+
+
+@dataclass
+class SpeculativeConfig:
+    """Speculative decoding (vLLM's ``speculative_config``): a proposer drafts up to ``num_speculative_tokens``
+    tokens per running sequence, verified in the next step's forward with the other requests.
+
+    Attributes:
+        method: "suffix" (SuffixDecoding, Oliaro et al., arXiv 2411.04975), "ngram" (prompt lookup) or "simulated"
+            (the simulator only).
+        num_speculative_tokens: most draft tokens per sequence and step (K).
+        prompt_lookup_min / prompt_lookup_max: n-gram lengths tried by ``ngram``, longest first.
+        suffix_max_tree_depth: deepest suffix-tree path (tokens) of ``suffix``; also the context it matches.
+        suffix_max_cached_requests: past outputs kept in the global suffix tree (oldest evicted first).
+        suffix_max_spec_factor / suffix_max_spec_offset: ``suffix`` drafts at most ``factor * match_length +
+            offset`` tokens (the paper's adaptive speculation length).
+        suffix_min_token_prob: ``suffix`` stops a draft where the tree's estimated probability (count of the child
+            over count of the node, multiplied along the path) falls below this.
+        suffix_backend: the suffix trees of ``suffix``: "arctic" (the ``arctic-inference`` package), "python"
+            (pitstop's own, pure Python) or "auto" (arctic when installed).
+        acceptance_rate: ``simulated`` only: probability that each draft position is accepted (given the previous
+            one was), the simulator's acceptance model.
+
+    Raises:
+        ValueError: an unknown method or key, or a value out of range.
+    """
+
+    method: str = "ngram"
+    num_speculative_tokens: int = 8
+    prompt_lookup_min: int = 2
+    prompt_lookup_max: int = 5
+    suffix_max_tree_depth: int = 64
+    suffix_max_cached_requests: int = 10000
+    suffix_max_spec_factor: float = 1.0
+    suffix_max_spec_offset: float = 0.0
+    suffix_min_token_prob: float = 0.1
+    suffix_backend: str = "auto"
+    acceptance_rate: float = 0.7
+
+    def __post_init__(self) -> None:
+        if self.method not in SPEC_METHODS:
+            raise ValueError(f"speculative_config.method must be one of {', '.join(SPEC_METHODS)}, "
+                             f"got {self.method!r}")
+        if not isinstance(self.num_speculative_tokens, int) or not 1 <= self.num_speculative_tokens <= 64:
+            raise ValueError(f"speculative_config.num_speculative_tokens must be an integer in [1, 64], "
+                             f"got {self.num_speculative_tokens!r}")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError(f"speculative_config: need 1 <= prompt_lookup_min ({self.prompt_lookup_min}) <= "
+                             f"prompt_lookup_max ({self.prompt_lookup_max})")
+        if not 1 <= self.suffix_max_tree_depth <= 1024:
+            raise ValueError(f"speculative_config.suffix_max_tree_depth must be in [1, 1024], "
+                             f"got {self.suffix_max_tree_depth}")
+        if self.suffix_max_cached_requests < 0:
+            raise ValueError(f"speculative_config.suffix_max_cached_requests must be >= 0, "
+                             f"got {self.suffix_max_cached_requests}")
+        if self.suffix_backend not in ("auto", "arctic", "python"):
+            raise ValueError(f"speculative_config.suffix_backend must be auto, arctic or python, "
+                             f"got {self.suffix_backend!r}")
+        if not 0 <= self.suffix_min_token_prob <= 1 or not 0 <= self.acceptance_rate <= 1:
+            raise ValueError("speculative_config: suffix_min_token_prob and acceptance_rate must be in [0, 1]")
+
+    @classmethod
+    def parse(cls, value: "SpeculativeConfig | dict[str, Any] | None") -> "SpeculativeConfig | None":
+        """A config from a dict (vLLM's keys; ``prompt_lookup_*`` and ``suffix_*`` extras), passed through if
+        already one; None stays None.
+
+        Raises:
+            ValueError: not a dict, an unknown key, or an invalid value.
+        """
+        if value is None or isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"speculative_config must be a dict (JSON object), got {type(value).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"speculative_config: unknown key(s) {unknown}; known: {sorted(known)}")
+        if "method" not in value:
+            raise ValueError("speculative_config needs a 'method' (suffix or ngram)")
+        return cls(**value)
+
+
 @dataclass
 class EngineConfig:
     """Everything needed to build an engine.
@@ -79,6 +165,8 @@ class EngineConfig:
         grammar_compile_threads: threads compiling grammars off the engine thread.
         enable_kv_cache_events: record the prefix cache's ``BlockStored`` / ``BlockRemoved`` events
             (``LLMEngine.take_kv_events``) for routers with an exact per-replica index (vLLM's flag name).
+        speculative_config: speculative decoding (a ``SpeculativeConfig`` or its dict, e.g. ``{"method": "suffix",
+            "num_speculative_tokens": 16}``); None: off.
     """
 
     model: str = "SmolLM2-135M-Instruct"
@@ -102,8 +190,10 @@ class EngineConfig:
     grammar_compile_timeout_s: float = 10.0
     grammar_compile_threads: int = 1
     enable_kv_cache_events: bool = False
+    speculative_config: SpeculativeConfig | dict | None = None
 
     def __post_init__(self) -> None:
+        self.speculative_config = SpeculativeConfig.parse(self.speculative_config)
         self.kv_cache_memory = parse_bytes(self.kv_cache_memory)
         if self.dtype not in ("auto", "bfloat16", "float32"):
             raise ValueError(f"dtype must be 'auto', 'bfloat16' or 'float32', got {self.dtype!r}")

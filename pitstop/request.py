@@ -61,6 +61,9 @@ class Request:
         grammar: its structured-output state (``pitstop.engine.structured_output.RequestGrammar``) while it has
             ``sampling_params.structured_outputs`` and has not ended; None otherwise. The scheduler admits it only
             once ``grammar.ready()`` and frees it when the request ends.
+        spec_token_ids: draft tokens a speculative proposer made after the last step (verified in the next step
+            the request is scheduled in; never part of ``all_token_ids`` unless accepted).
+        num_new_tokens: output tokens the last step appended (1, or more after a speculative verify).
     """
 
     request_id: str
@@ -86,6 +89,8 @@ class Request:
     logprobs: list[Any] = field(default_factory=list)
     stop_reason: str | int | None = None
     grammar: Any = None
+    spec_token_ids: list[int] = field(default_factory=list)
+    num_new_tokens: int = 0
     metrics: RequestMetrics = field(init=False)
 
     def __post_init__(self) -> None:

@@ -77,6 +77,8 @@ class SamplingParams:
         skip_special_tokens: drop special tokens when detokenizing.
         include_stop_str_in_output: keep the matched stop string in the text.
         structured_outputs: constrain the output (JSON Schema, regex, choice, grammar); None: free text.
+        speculative: let the engine's speculative decoding draft tokens for this request (when the engine has a
+            ``speculative_config``); False opts this request out.
     """
 
     n: int = 1
@@ -97,6 +99,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     structured_outputs: StructuredOutputsParams | None = None
+    speculative: bool = True
     stop_list: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -20,6 +20,10 @@ class ScheduledRequest:
         block_ids: the request's block table after allocation (covers ``start + num_tokens`` tokens); shared
             with the KV manager until the request's blocks change: read it, never mutate it.
         sample: True when the step reaches the end of the known tokens, so a token is sampled.
+        draft_token_ids: speculative draft tokens verified this step (empty: none). They follow the request's last
+            known token and are counted in ``num_tokens`` (a verify computes ``1 + len(draft_token_ids)`` tokens,
+            positions ``start ..``); ``sample`` is then set and the executor returns the accepted drafts plus one
+            token in ``ExecutorResult.spec_tokens``.
     """
 
     request: Request
@@ -27,10 +31,16 @@ class ScheduledRequest:
     start: int
     block_ids: list[int]
     sample: bool
+    draft_token_ids: list[int] | tuple = ()
 
     @property
     def is_prefill(self) -> bool:
-        return self.num_tokens > 1
+        return self.num_tokens > 1 and not self.draft_token_ids
+
+    @property
+    def num_known_tokens(self) -> int:
+        """Tokens of the request's own sequence computed this step (``num_tokens`` less the drafts)."""
+        return self.num_tokens - len(self.draft_token_ids)
 
 
 @dataclass(slots=True)
@@ -50,7 +60,8 @@ class StructuredBatch:
 
 @dataclass(slots=True)
 class SchedulerOutput:
-    """A step's batch: prefill chunks first, then decodes (query length 1).
+    """A step's batch: prefill chunks and speculative verifies (query length > 1) first, then decodes (query
+    length 1).
 
     ``structured``: the grammar bitmask of the constrained sequences that sample this step (None: none)."""
 
@@ -66,13 +77,18 @@ class SchedulerOutput:
     def num_prefill_tokens(self) -> int:
         n = 0
         for s in self.scheduled:
-            if s.num_tokens > 1:
+            if s.num_tokens > 1 and not s.draft_token_ids:
                 n += s.num_tokens
         return n
 
     @property
     def num_decode_tokens(self) -> int:
-        return sum([1 for s in self.scheduled if s.num_tokens <= 1])
+        """Decode tokens: one per plain decode, ``1 + drafts`` per speculative verify."""
+        return sum([s.num_tokens for s in self.scheduled if s.num_tokens <= 1 or s.draft_token_ids])
+
+    @property
+    def num_draft_tokens(self) -> int:
+        return sum([len(s.draft_token_ids) for s in self.scheduled])
 
     @property
     def is_empty(self) -> bool:
@@ -84,11 +100,16 @@ class ExecutorResult:
     """Sampled tokens of one step.
 
     Attributes:
-        sampled: request id -> sampled token id, for each scheduled request with ``sample`` set.
-        logprobs: request id -> per-token logprob record (dict token id -> Logprob), when requested.
+        sampled: request id -> sampled token id, for each scheduled request with ``sample`` set and no drafts.
+        logprobs: request id -> per-token logprob record (dict token id -> Logprob), when requested; for a
+            speculative verify, a list of such records, one per token in ``spec_tokens``.
         step_time_s: seconds the executor spent (measured, or predicted by a cost model).
+        spec_tokens: request id -> the tokens a speculative verify emits, for each scheduled request with drafts:
+            its accepted drafts (a prefix of them) followed by one token sampled from the target model (the
+            correction at the first rejected position, or the bonus token when all were accepted).
     """
 
     sampled: dict[str, int]
     logprobs: dict[str, Any] = field(default_factory=dict)
     step_time_s: float = 0.0
+    spec_tokens: dict[str, list[int]] = field(default_factory=dict)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -23,6 +24,25 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="KV pin policy between an agent program's turns")
     p.add_argument("--ttl-seconds", type=float, default=None,
                    help="TTL of the fixed policy / upper bound of the continuum policy (seconds)")
+    p.add_argument("--speculative-config", type=speculative_config, default=None,
+                   help='speculative decoding as JSON, e.g. \'{"method": "suffix", "num_speculative_tokens": 16}\' '
+                        '(methods: suffix, ngram; see pitstop.config.SpeculativeConfig)')
+
+
+def speculative_config(text: str) -> dict:
+    """``--speculative-config``: a JSON object (vLLM's flag), e.g. ``{"method": "suffix", "num_speculative_tokens":
+    16}``; checked by ``pitstop.config.SpeculativeConfig``.
+
+    Raises:
+        argparse.ArgumentTypeError: not JSON, not an object, or an invalid config (unknown method or key).
+    """
+    from pitstop.config import SpeculativeConfig
+    try:
+        value = json.loads(text)
+        SpeculativeConfig.parse(value)
+    except (json.JSONDecodeError, ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
@@ -30,4 +50,5 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                 max_model_len=args.max_model_len, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens,
                 enable_prefix_caching=not args.no_prefix_caching, num_threads=args.num_threads,
-                scheduling_policy=args.scheduling_policy, ttl_policy=args.ttl_policy, ttl_seconds=args.ttl_seconds)
+                scheduling_policy=args.scheduling_policy, ttl_policy=args.ttl_policy, ttl_seconds=args.ttl_seconds,
+                speculative_config=getattr(args, "speculative_config", None))

@@ -88,6 +88,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     c.add_argument("--kv-link-gbps", type=float, default=None,
                    help="prefill->decode KV link per prefill replica, Gbit/s (default 400: one InfiniBand NDR port; "
                         "NVLink 4 is 3600)")
+    c.add_argument("--speculative-config", type=_spec_json, default=None,
+                   help='speculative decoding what-if as JSON: {"num_speculative_tokens": K, "acceptance_rate": a} '
+                        "(a: probability that each draft is accepted given the ones before were; verify steps are "
+                        "priced as K + 1 tokens per sequence)")
     o = p.add_argument_group("output")
     o.add_argument("--slo", default="ttft=2000,tpot=100", help="ms limits for goodput, e.g. ttft=2000,tpot=100")
     o.add_argument("--sweep", default=None, help="rate=1,2,4 or replicas=1,2,4,8: one run per value")
@@ -111,7 +115,22 @@ def _config(args):
                      enable_chunked_prefill=not args.no_chunked_prefill, max_model_len=args.max_model_len,
                      kv_cache_tokens=args.kv_cache_tokens, slo_ms=parse_slo(args.slo),
                      record_steps=not args.no_trace and args.output is not None,
-                     record_token_times=not args.no_itl)
+                     record_token_times=not args.no_itl, speculative_config=args.speculative_config)
+
+
+def _spec_json(text: str) -> dict:
+    """``--speculative-config``: a JSON object, checked as ``SpeculativeConfig`` with the simulator's method."""
+    import json
+
+    from pitstop.config import SpeculativeConfig
+    try:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError("must be a JSON object")
+        SpeculativeConfig.parse(dict(value, method="simulated"))
+    except (json.JSONDecodeError, ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 
 def _json_object(text: str | None, flag: str) -> dict:

@@ -172,6 +172,33 @@ class KVCacheManager:
         held.extend(new)
         return new
 
+    def rollback_slots(self, request: Request) -> int:
+        """Speculative decoding's rollback: free the request's blocks past those its computed tokens
+        (``num_computed_tokens``, the accepted ones) fill, tail first; returns how many were freed.
+
+        The freed blocks held only rejected draft tokens' K/V: they were allocated for this request's verify and
+        were never registered in the prefix cache (``cache_blocks`` registers only blocks whose tokens are all
+        computed), so they go back to the free list. Slots of rejected drafts inside a kept block are past
+        ``num_computed_tokens`` and are overwritten by the next step's tokens before any attention reads them.
+        """
+        rid = request.request_id
+        held = self.req_blocks.get(rid)
+        if not held:
+            return 0
+        keep = cdiv(request.num_computed_tokens, self.block_size)
+        extra = len(held) - keep
+        if extra <= 0:
+            return 0
+        tail = held[keep:]
+        del held[keep:]
+        self.pool.free(reversed(tail))
+        table = self._tables.get(rid)
+        if table is not None and len(table) > keep:
+            self._tables[rid] = table[:keep]  # a new list: tables handed out earlier are never changed
+        if self._num_cached.get(rid, 0) > keep:
+            self._num_cached[rid] = keep
+        return extra
+
     def free(self, request: Request) -> None:
         """Release the request's blocks, tail first so that its last blocks are evicted first."""
         blocks = self.req_blocks.pop(request.request_id, None)

@@ -18,6 +18,7 @@ from pitstop.engine.detokenizer import IncrementalDetokenizer
 from pitstop.engine.kv_cache_manager import KVCacheManager
 from pitstop.engine.output_processor import OutputProcessor
 from pitstop.engine.scheduler import Scheduler, SchedulerConfig
+from pitstop.engine.spec_decode.drafter import Drafter
 from pitstop.engine.structured_output import StructuredOutputManager
 from pitstop.executor.interface import Executor
 from pitstop.outputs import RequestOutput
@@ -116,6 +117,9 @@ class LLMEngine:
         self.output_processor = OutputProcessor(tokenizer, self.scheduler, clock, config.enable_prefix_caching)
         self._aborted: list[RequestOutput] = []
         self._counter = 0
+        self.drafter: Drafter | None = None
+        if config.speculative_config is not None:
+            self.drafter = Drafter(config.speculative_config, self.max_model_len)
         self.structured_outputs: StructuredOutputManager | None = None
         if tokenizer is not None:
             self.structured_outputs = StructuredOutputManager(
@@ -290,7 +294,11 @@ class LLMEngine:
         self.scheduler.programs.observe_step(so.num_prefill_tokens, result.step_time_s)
         if finished_only:
             touched = [r for r in touched if r.is_finished]
-        return failed + (self.output_processor.process(touched) if touched else [])
+        outputs = failed + (self.output_processor.process(touched) if touched else [])
+        if self.drafter is not None:  # speculative decoding: draft for the next step (after stop-string cuts)
+            self.drafter.observe(so, result)
+            self.drafter.propose(self.scheduler.running)
+        return outputs
 
     def _fail_requests(self, failures: list[tuple[str, str, str]]) -> list[RequestOutput]:
         """End each ``(user request id, error, error_type)`` alone; their final outputs carry the error and its type
@@ -402,7 +410,9 @@ class LLMEngine:
 
     # ---- stats -----------------------------------------------------------------------------
     def stats(self) -> dict:
-        """Engine-wide counters: requests, KV blocks, prefix cache, pins (summed over programs)."""
+        """Engine-wide counters: requests, KV blocks, prefix cache, pins (summed over programs); with speculative
+        decoding also ``spec_*`` (``SpecDecodeStats.as_dict``: drafted, accepted, mean accepted length, acceptance
+        rate overall and per draft position)."""
         kv, sched, pm = self.kv_manager, self.scheduler, self.scheduler.programs
         out = pm.totals.as_dict()
         out.update(num_running=sched.num_running, num_waiting=sched.num_waiting,
@@ -412,6 +422,8 @@ class LLMEngine:
                    prefix_hits=kv.prefix_hits, prefix_hit_rate=kv.prefix_hits / max(kv.prefix_queries, 1),
                    num_programs=len(pm.programs), programs_idle_ended=pm.idle_ended,
                    prefill_rate=pm.prefill_rate, queue_delay=pm.queue_delay, gap_overhead=pm.gap_overhead)
+        if self.drafter is not None:
+            out.update(self.drafter.stats.as_dict())
         return out
 
     def check_kv_invariants(self) -> None:

@@ -120,7 +120,17 @@ class OutputProcessor:
         return outs
 
     def _detokenize(self, req: Request, detok: IncrementalDetokenizer) -> None:
-        stop = detok.update([req.output_token_ids[-1]])
+        new = req.num_new_tokens
+        if new <= 1:
+            stop = detok.update([req.output_token_ids[-1]])
+        else:  # a speculative verify appended several tokens: one at a time, cut after the one ending a stop string
+            stop = None
+            out = req.output_token_ids
+            for i in range(len(out) - new, len(out)):
+                stop = detok.update([out[i]])
+                if stop is not None:
+                    _truncate_output(req, i + 1)
+                    break
         if stop is not None and not req.is_finished:
             self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED, self.clock())
             req.stop_reason = stop
@@ -178,3 +188,14 @@ class OutputProcessor:
         if tool is not None:
             req.tool_name = tool
             self.scheduler.programs.retag(req.program_id, tool, self.clock())
+
+
+def _truncate_output(req: Request, num_output: int) -> None:
+    """Drop the output tokens past ``num_output`` (a stop string ended the text inside a speculative run: what
+    non-speculative decoding would have emitted ends there)."""
+    drop = len(req.output_token_ids) - num_output
+    if drop > 0:
+        del req.output_token_ids[num_output:]
+        del req.all_token_ids[len(req.all_token_ids) - drop:]
+        del req.logprobs[num_output:]
+        req.num_new_tokens -= drop

@@ -5,6 +5,12 @@ Sources: Orca (iteration-level scheduling, OSDI'22), vLLM (paged KV, preemption 
 SOSP'23), Sarathi-Serve (stall-free chunked prefill: running decodes first, then prefill chunks
 fill the remaining token budget, OSDI'24).
 
+Speculative decoding (``pitstop.engine.spec_decode``): a decoding request with draft tokens
+(``Request.spec_token_ids``, set by the engine's drafter after the previous step) is scheduled as a verify of
+``1 + K`` tokens, K cut to the budget; when its blocks cannot be allocated it decodes without drafts before anything
+is preempted. After the step only the accepted tokens count as computed and the blocks past them are freed
+(``KVCacheManager.rollback_slots``).
+
 The scheduler never imports torch and never reads a clock: ``now`` is passed in (wall time in the
 engine, virtual time in the simulator).
 """
@@ -171,7 +177,16 @@ class Scheduler:
             num_new = num_tokens - start
             if num_new > budget:
                 num_new = budget
+            drafts = req.spec_token_ids
+            if drafts:  # speculative decoding: verify the drafts in this step (budget permitting)
+                req.spec_token_ids = []
+                drafts = drafts[:budget - 1] if num_new == 1 else ()
+                num_new += len(drafts)
             while kv.allocate_slots(req, num_new) is None:
+                if drafts:  # no room for the drafts: decode without them before releasing anything
+                    num_new -= len(drafts)
+                    drafts = ()
+                    continue
                 if self.programs.release_one():
                     continue  # pins go before running requests
                 done = {e.request.request_id for e in out}  # scheduled in this loop: never preempted
@@ -183,7 +198,11 @@ class Scheduler:
                     break
             if req.status is not running_status:
                 continue
-            out.append(ScheduledRequest(req, num_new, start, block_ids(req.request_id), start + num_new == num_tokens))
+            if drafts:
+                out.append(ScheduledRequest(req, num_new, start, block_ids(req.request_id), True, drafts))
+            else:
+                out.append(ScheduledRequest(req, num_new, start, block_ids(req.request_id),
+                                            start + num_new == num_tokens))
             budget -= num_new
         return budget
 
@@ -248,6 +267,9 @@ class Scheduler:
             req = s.request
             if req.status is not running_status:
                 continue  # aborted during the step
+            if s.draft_token_ids:
+                self._update_verify(s, result, now, touched)
+                continue
             n = s.num_tokens
             computed = req.num_computed_tokens + n
             req.num_computed_tokens = computed
@@ -265,6 +287,7 @@ class Scheduler:
             prefill_done.add(rid)
             token = result.sampled[rid]
             req.append_output(token, result.logprobs.get(rid))
+            req.num_new_tokens = 1
             metrics = req.metrics
             if metrics.first_token_time is None:
                 metrics.first_token_time = now
@@ -275,6 +298,44 @@ class Scheduler:
                 self.running.remove(req)
                 self._finish(req, status, now)
         return touched
+
+    def _update_verify(self, s: ScheduledRequest, result: ExecutorResult, now: float,
+                       touched: list[Request]) -> None:
+        """Apply a speculative verify: the request's last known token and its accepted drafts are computed (their K/V
+        written this step), the rejected drafts' blocks are rolled back, and the emitted tokens (accepted drafts
+        plus the target's token) are appended one at a time until a stop condition (EOS, stop token, max_tokens,
+        max_model_len) ends the request: tokens after it are dropped, as if generated one per step."""
+        req = s.request
+        rid = req.request_id
+        emitted = result.spec_tokens[rid]
+        logprobs = result.logprobs.get(rid)  # one record per emitted token, when the request asks
+        status = None
+        req.num_new_tokens = 0
+        for i, token in enumerate(emitted):
+            req.append_output(token, logprobs[i] if logprobs is not None else None)
+            req.num_new_tokens += 1
+            status = self._check_stop(req, token)
+            if status is not None:
+                break
+        # K/V now valid: the last known token and the accepted drafts (those kept, when a stop cut the run)
+        n = s.num_known_tokens + min(len(emitted) - 1, req.num_new_tokens)
+        computed = req.num_computed_tokens + n
+        req.num_computed_tokens = computed
+        self.programs.on_compute(req, n)
+        self.num_computed_tokens += s.num_tokens
+        kv = self.kv
+        kv.rollback_slots(req)
+        if computed // kv.block_size != (computed - n) // kv.block_size:
+            kv.cache_blocks(req)
+        self._prefill_done.add(rid)
+        metrics = req.metrics
+        if metrics.first_token_time is None:
+            metrics.first_token_time = now
+        metrics.last_token_time = now
+        touched.append(req)
+        if status is not None:
+            self.running.remove(req)
+            self._finish(req, status, now)
 
     def _check_stop(self, req: Request, token: int) -> RequestStatus | None:
         params = req.sampling_params

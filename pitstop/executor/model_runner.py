@@ -23,7 +23,8 @@ from pitstop.scheduler_output import ExecutorResult, ScheduledRequest, Scheduler
 from pitstop.model.cpu_features import KernelChoice, choose_kernels
 from pitstop.model.cpu_packed_linear import prepack_linears
 from pitstop.model.loader import allocate_kv_cache, kv_cache_bytes_per_block, load_model
-from pitstop.model.sampler import Sampler, SamplerOutput, SamplingRow
+from pitstop.model.rejection_sampler import VerifyRow, verify_drafts
+from pitstop.model.sampler import Sampler, SamplerOutput, SamplingRow, apply_token_bitmask_
 from pitstop.outputs import Logprob
 from pitstop.request import Request
 
@@ -79,15 +80,48 @@ class ModelRunner:
             [s.block_ids for s in so.scheduled], self.block_size, self.device)
         with _gemm_kernels(len(input_ids), self.kernels.gemv_switch):
             hidden = self.model(input_ids, positions, self.kv_caches, meta)
-        rows, sample_idx = self._sample_rows(so.scheduled)
-        if not rows:
+        rows, sample_idx, verifies, verify_idx = self._sample_rows(so.scheduled)
+        if not rows and not verifies:
             return ExecutorResult(sampled={}, step_time_s=time.perf_counter() - t0)
-        with _gemm_kernels(len(sample_idx), self.kernels.gemv_switch):
-            logits = self.model.compute_logits(hidden[torch.tensor(sample_idx, dtype=torch.long)])
-        out = self.sampler(logits, [r for _, r in rows], _token_bitmask(so, rows))
+        with _gemm_kernels(len(sample_idx) + len(verify_idx), self.kernels.gemv_switch):
+            logits = self.model.compute_logits(hidden[torch.tensor(sample_idx + verify_idx, dtype=torch.long)])
+        spec_tokens, spec_logprobs = self._verify(so, verifies, logits[len(sample_idx):]) if verifies else ({}, {})
+        if not rows:
+            return ExecutorResult(sampled={}, logprobs=spec_logprobs, step_time_s=time.perf_counter() - t0,
+                                  spec_tokens=spec_tokens)
+        out = self.sampler(logits[:len(sample_idx)], [r for _, r in rows], _token_bitmask(so, rows))
         sampled = dict(zip((s.request.request_id for s, _ in rows), out.token_ids.tolist()))
         logprobs = self._logprobs(rows, out)
-        return ExecutorResult(sampled=sampled, logprobs=logprobs, step_time_s=time.perf_counter() - t0)
+        logprobs.update(spec_logprobs)
+        return ExecutorResult(sampled=sampled, logprobs=logprobs, step_time_s=time.perf_counter() - t0,
+                              spec_tokens=spec_tokens)
+
+    @staticmethod
+    def _verify(so: SchedulerOutput, verifies: list, logits: torch.Tensor) -> tuple[dict[str, list[int]], dict]:
+        """Speculative verify rows: grammar masks per position (``StructuredBatch`` gives a verify ``K + 1``
+        consecutive rows from its own), then acceptance (``verify_drafts``). Returns the emitted tokens per request
+        and, for requests asking for logprobs, one logprob record per emitted token (of the masked logits before
+        penalties and temperature, as the sampler's)."""
+        st = so.structured
+        if st is not None:
+            logits = logits.clone()
+            at = 0
+            for s, v in verifies:
+                n = len(v.draft_token_ids) + 1
+                first = st.rows.get(s.request.request_id)
+                if first is not None:
+                    apply_token_bitmask_(logits, st.bitmask[first:first + n], list(range(at, at + n)))
+                at += n
+        emitted = verify_drafts(logits, [v for _, v in verifies])
+        tokens, logprobs, at = {}, {}, 0
+        for (s, v), toks in zip(verifies, emitted):
+            rid = s.request.request_id
+            tokens[rid] = toks
+            k = v.row.params.logprobs
+            if k is not None:
+                logprobs[rid] = _position_logprobs(logits[at:at + len(toks)], toks, k)
+            at += len(v.draft_token_ids) + 1
+        return tokens, logprobs
 
     @property
     def kv_bytes_per_block(self) -> int:
@@ -127,23 +161,34 @@ class ModelRunner:
         pos: list[int] = []
         for s in scheduled:
             end = s.start + s.num_tokens
-            ids.extend(s.request.all_token_ids[s.start:end])
+            if s.draft_token_ids:
+                ids.extend(s.request.all_token_ids[s.start:end - len(s.draft_token_ids)])
+                ids.extend(s.draft_token_ids)
+            else:
+                ids.extend(s.request.all_token_ids[s.start:end])
             pos.extend(range(s.start, end))
         return torch.tensor(ids, dtype=torch.long), torch.tensor(pos, dtype=torch.long)
 
-    def _sample_rows(self, scheduled: list[ScheduledRequest]) -> tuple[list, list[int]]:
-        rows, idx, offset = [], [], 0
+    def _sample_rows(self, scheduled: list[ScheduledRequest]) -> tuple[list, list[int], list, list[int]]:
+        """Rows sampled by the ordinary sampler (and their hidden-state index), then speculative verify rows (and
+        the indices of their ``K + 1`` positions)."""
+        rows, idx, verifies, verify_idx, offset = [], [], [], [], 0
         for s in scheduled:
             offset += s.num_tokens
             if not s.sample:
                 continue
             r = s.request
-            rows.append((s, SamplingRow(params=r.sampling_params, generator=_seeded_generator(r),
-                                        prompt_token_ids=r.prompt_token_ids,
-                                        output_token_ids=r.output_token_ids,
-                                        eos_token_ids=r.eos_token_ids)))
-            idx.append(offset - 1)
-        return rows, idx
+            row = SamplingRow(params=r.sampling_params, generator=_seeded_generator(r),
+                              prompt_token_ids=r.prompt_token_ids, output_token_ids=r.output_token_ids,
+                              eos_token_ids=r.eos_token_ids)
+            if s.draft_token_ids:
+                k = len(s.draft_token_ids)
+                verifies.append((s, VerifyRow(row, list(s.draft_token_ids))))
+                verify_idx.extend(range(offset - k - 1, offset))
+            else:
+                rows.append((s, row))
+                idx.append(offset - 1)
+        return rows, idx, verifies, verify_idx
 
     @staticmethod
     def _logprobs(rows: list, out: SamplerOutput) -> dict:
@@ -169,6 +214,25 @@ class ModelRunner:
             entry[tok] = Logprob(sampled_lp[i], ranks.get(tok))
             result[s.request.request_id] = entry
         return result
+
+
+def _position_logprobs(logits: torch.Tensor, tokens: list[int], k: int) -> list[dict[int, Logprob]]:
+    """One logprob record per emitted token of a verify: ``logits`` ``[len(tokens), V]`` are the logits that
+    predicted each token; the record holds the top ``k`` tokens (ranked) and the emitted one (``_logprobs``'s
+    format)."""
+    logp = logits.float().log_softmax(dim=-1)
+    top_vals, top_ids = logp.topk(max(k, 1), dim=-1)
+    out = []
+    for j, tok in enumerate(tokens):
+        entry: dict[int, Logprob] = {}
+        ranks = {}
+        for rank, (tid, lp) in enumerate(zip(top_ids[j].tolist(), top_vals[j].tolist()), 1):
+            ranks[tid] = rank
+            if rank <= k:
+                entry[tid] = Logprob(lp, rank)
+        entry[tok] = Logprob(float(logp[j, tok]), ranks.get(tok))
+        out.append(entry)
+    return out
 
 
 def _token_bitmask(so: SchedulerOutput, rows: list) -> tuple[np.ndarray, list[int] | None] | None:

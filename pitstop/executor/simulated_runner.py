@@ -12,6 +12,7 @@ passes ``advance_clock=False``.
 from __future__ import annotations
 
 from pitstop.clock import VirtualClock
+from pitstop.executor.acceptance import AcceptanceModel
 from pitstop.executor.interface import StepTimeModel
 from pitstop.scheduler_output import ExecutorResult, SchedulerOutput
 
@@ -25,10 +26,13 @@ class SimulatedRunner:
         vocab_size: synthetic tokens are drawn in ``[1, vocab_size)``.
         avoid_token_ids: ids never emitted (EOS, so a request without ``ignore_eos`` still runs to its length).
         advance_clock: move ``clock`` forward by each step's predicted time.
+        acceptance: how many draft tokens a speculative verify accepts (a public attribute, may be set after
+            construction); None: every draft is rejected (a verify then emits one token).
     """
 
     def __init__(self, cost_model: StepTimeModel, clock: VirtualClock | None = None, vocab_size: int = 32000,
-                 avoid_token_ids: frozenset[int] = frozenset(), advance_clock: bool = True) -> None:
+                 avoid_token_ids: frozenset[int] = frozenset(), advance_clock: bool = True,
+                 acceptance: AcceptanceModel | None = None) -> None:
         self.cost_model = cost_model
         self.clock = clock
         self.vocab_size = max(2, int(vocab_size))
@@ -38,6 +42,7 @@ class SimulatedRunner:
         self.busy_s = 0.0
         self.last_step_time_s = 0.0
         self.kv_bytes_per_block = 0  # bytes a migrated KV block carries (set by the simulator from the model shape)
+        self.acceptance = acceptance
 
     def token_for(self, position: int) -> int:
         """The synthetic token sampled at ``position`` (deterministic, never in ``avoid_token_ids``)."""
@@ -49,9 +54,15 @@ class SimulatedRunner:
     def execute(self, scheduler_output: SchedulerOutput) -> ExecutorResult:
         dt = self.cost_model.step_time(scheduler_output)
         sampled = {}
+        spec: dict[str, list[int]] = {}
         modulus, avoid = self.vocab_size - 1, self.avoid
         for s in scheduler_output.scheduled:
-            if s.sample:
+            if s.draft_token_ids:  # a speculative verify: the acceptance model draws how many drafts pass
+                k = len(s.draft_token_ids)
+                accepted = self.acceptance.num_accepted(k) if self.acceptance is not None else 0
+                first = s.start + s.num_tokens - k
+                spec[s.request.request_id] = [self.token_for(first + j) for j in range(accepted + 1)]
+            elif s.sample:
                 pos = s.start + s.num_tokens
                 tok = 1 + (pos * 7919) % modulus  # token_for(pos) without the call (runs every step)
                 sampled[s.request.request_id] = tok if tok not in avoid else self.token_for(pos)
@@ -60,4 +71,4 @@ class SimulatedRunner:
         self.last_step_time_s = dt
         if self.advance_clock:
             self.clock.advance(dt)
-        return ExecutorResult(sampled, {}, dt)  # logprobs given: no default_factory call
+        return ExecutorResult(sampled, {}, dt, spec)  # logprobs given: no default_factory call

@@ -347,6 +347,10 @@ class AsyncEngine:
             "kv_pinned_blocks": kv.num_pinned_blocks, "num_programs": len(sched.programs.programs),
             "programs_idle_ended": sched.programs.idle_ended,
         }
+        if eng.drafter is not None:
+            st = eng.drafter.stats
+            self.stats.update(st.as_dict(), spec_drafted_per_position=list(st.drafted_per_position),
+                              spec_accepted_per_position=list(st.accepted_per_position))
 
 
 def _set_result(fut: asyncio.Future, res: Any, err: BaseException | None) -> None:

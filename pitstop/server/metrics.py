@@ -64,6 +64,31 @@ class _EngineGauges:
         g = GaugeMetricFamily("pitstop_prefix_cache_hit_rate", "Prefix-cache hits / queries (tokens), since start.")
         g.add_metric([], float(s.get("prefix_hits", 0)) / q if q else 0.0)
         yield g
+        if "spec_num_verifies" in s:
+            yield from _spec_decode_gauges(s)
+
+
+def _spec_decode_gauges(s: dict[str, Any]):
+    """Speculative decoding (vLLM's ``spec_decode_*`` metrics), from ``SpecDecodeStats`` in the snapshot."""
+    for name, key, doc in (
+            ("pitstop_spec_decode_num_drafts", "spec_num_verifies", "Sequence-steps that verified draft tokens."),
+            ("pitstop_spec_decode_num_draft_tokens", "spec_num_draft_tokens", "Draft tokens verified."),
+            ("pitstop_spec_decode_num_accepted_tokens", "spec_num_accepted_tokens", "Draft tokens accepted."),
+            ("pitstop_spec_decode_acceptance_rate", "spec_acceptance_rate", "Accepted / drafted tokens since start."),
+            ("pitstop_spec_decode_mean_accepted_length", "spec_mean_accepted_length",
+             "Tokens emitted per verify (accepted drafts + 1) since start.")):
+        g = GaugeMetricFamily(name, doc)
+        g.add_metric([], float(s.get(key, 0)))
+        yield g
+    for name, key, doc in (
+            ("pitstop_spec_decode_num_drafts_per_pos", "spec_drafted_per_position",
+             "Verifies with a draft token at this position (0-based)."),
+            ("pitstop_spec_decode_num_accepted_tokens_per_pos", "spec_accepted_per_position",
+             "Draft tokens accepted at this position (0-based).")):
+        g = GaugeMetricFamily(name, doc, labels=["position"])
+        for pos, n in enumerate(s.get(key, [])):
+            g.add_metric([str(pos)], float(n))
+        yield g
 
 
 class ServerMetrics:

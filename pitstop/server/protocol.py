@@ -81,6 +81,7 @@ class _SamplingRequest(_Base):
     priority: int = 0
     cache_salt: str | None = None
     return_token_ids: bool = False  # vLLM: add token_ids (and prompt_token_ids) to the choices
+    speculative: bool = True  # pitstop: False opts this request out of the engine's speculative decoding
     # agent programs (pitstop), with Continuum's names accepted for drop-in use
     program_id: str | None = None
     is_last_turn: bool | None = None
@@ -159,7 +160,8 @@ class _SamplingRequest(_Base):
             seed=self.seed, max_tokens=max_tokens, min_tokens=self.min_tokens, stop=self.stop,
             stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos, logprobs=logprobs,
             skip_special_tokens=self.skip_special_tokens,
-            include_stop_str_in_output=self.include_stop_str_in_output, structured_outputs=structured)
+            include_stop_str_in_output=self.include_stop_str_in_output, structured_outputs=structured,
+            speculative=self.speculative)
 
 
 TokenId = Annotated[int, Field(ge=0)]

@@ -32,6 +32,7 @@ DEFAULT_GRID = {
     "decode_contexts": [64, 256, 512, 1536],
     "mixed": [(1, 128), (2, 256), (4, 512), (8, 128), (8, 512), (32, 256)],
     "decode_ragged": [(4, 64, 1536), (16, 64, 1536), (16, 256, 1024)],
+    "verify": [(1, 4, 256), (1, 16, 256), (4, 8, 512), (16, 4, 256)],
     "decode_steps": 6,
     "distinct_decode_tokens": 16384,
     "repeats": 2,
@@ -39,7 +40,8 @@ DEFAULT_GRID = {
 """The default grid: small decode batches (1-8), short prompts and few-token chunks on a long
 cached context (an agent's next turn) as a CPU server sees them, up to 48 sequences and
 2,048-token prefills; decode batches of up to ``distinct_decode_tokens`` context tokens in all get
-distinct prompts (their own KV blocks), larger ones share a prefix."""
+distinct prompts (their own KV blocks), larger ones share a prefix. ``verify``: (batch, draft tokens K, context)
+speculative-decoding verify steps (K + 1 tokens per sequence, random drafts)."""
 
 
 def grid_within(grid: dict, max_model_len: int) -> dict:
@@ -61,6 +63,8 @@ def grid_within(grid: dict, max_model_len: int) -> dict:
     g["decode_contexts"] = sorted({clip(c) for c in grid["decode_contexts"]})
     g["mixed"] = [(b, clip(p)) for b, p in grid["mixed"]] if room >= MIXED_PREFIX + 8 else []
     g["decode_ragged"] = [(b, min(clip(lo), clip(hi) // 4), clip(hi)) for b, lo, hi in grid.get("decode_ragged", [])]
+    g["verify"] = [(b, k, clip(c + (k + 1) * grid["decode_steps"]) - (k + 1) * grid["decode_steps"])
+                   for b, k, c in grid.get("verify", []) if room > (k + 1) * grid["decode_steps"] + 16]
     return g
 
 
@@ -137,6 +141,22 @@ class Profiler:
         while self.engine.has_unfinished_requests():
             self._step("decode")
 
+    def _verify_batch(self, b: int, k: int, c: int, n: int) -> None:
+        """``b`` sequences of ``c`` context tokens, then ``n`` steps verifying ``k`` random draft tokens each (set as
+        ``Request.spec_token_ids``, as a proposer would; nearly all rejected, so each step emits about one token)."""
+        for _ in range(b):
+            self._add(self._prompt(c), n + 2)
+        sched = self.engine.scheduler
+        while sched.waiting or any(r.num_computed_tokens < r.num_tokens - 1 for r in sched.running):
+            self._step("setup", keep=False)
+        for _ in range(n):
+            if not sched.running:
+                break
+            for r in sched.running:
+                r.spec_token_ids = [self.rng.randrange(100, self.vocab) for _ in range(k)]
+            self._step("verify")
+        self._drain()
+
     def _drain(self) -> None:
         while self.engine.has_unfinished_requests():
             self._step("drain", keep=False)
@@ -169,6 +189,9 @@ class Profiler:
                 while self.engine.has_unfinished_requests():
                     self._step("decode_ragged")
                 log(f"  ragged decode b={b} ctx={short}/{long}: {self.points[-1]['time_s'] * 1e3:.1f} ms", flush=True)
+            for b, k, c in grid.get("verify", []):
+                self._verify_batch(b, k, c, grid["decode_steps"])
+                log(f"  verify b={b} k={k} ctx={c}: {self.points[-1]['time_s'] * 1e3:.1f} ms", flush=True)
             for b, p in grid["mixed"]:
                 prefix = self._prompt(MIXED_PREFIX)
                 self._add(prefix, 8)
@@ -216,7 +239,7 @@ class Profiler:
 
 def point_shape(p: dict) -> StepShape:
     """The ``StepShape`` of a profile point (a dict holding its fields)."""
-    return StepShape(**{k: p[k] for k in StepShape.__slots__})
+    return StepShape(**{k: p[k] for k in StepShape.__slots__ if k in p})  # older profiles lack draft_tokens
 
 
 def fit_points(points: list[dict], meta: dict) -> ProfiledCostModel:

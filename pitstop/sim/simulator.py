@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 from pitstop.config import EngineConfig
+from pitstop.executor.acceptance import AcceptanceModel
 from pitstop.sim.cluster import Cluster, FinishedRequest, Replica, SimRequest
 from pitstop.sim.cost_models import CostModel, build_cost_model
 from pitstop.sim.metrics import summarize_sim
@@ -50,6 +51,9 @@ class SimConfig:
         max_model_len: context limit (None: the model config's).
         kv_cache_tokens: KV capacity per replica in tokens (None: from the hardware memory after weights).
         slo_ms: SLOs for goodput, e.g. ``{"ttft": 2000, "tpot": 100}``.
+        speculative_config: speculative decoding what-if, e.g. ``{"num_speculative_tokens": 8, "acceptance_rate":
+            0.6}`` (the method is always "simulated": each step drafts K placeholder tokens per decoding sequence, the
+            cost model prices the K + 1-token verify, and the acceptance model draws how many pass); None: off.
         record_steps: keep each step for the trace-event JSON.
         record_token_times: keep every token's time (ITL); costs memory on long runs.
         fast_block_tables: skip copying block tables into each step (the simulated executor never reads them).
@@ -78,6 +82,7 @@ class SimConfig:
     record_steps: bool = True
     record_token_times: bool = True
     fast_block_tables: bool = True
+    speculative_config: dict | None = None
 
 
 def model_facts(cfg: SimConfig) -> tuple[int, int]:
@@ -107,7 +112,8 @@ def build_cluster(cfg: SimConfig, cost_model: CostModel | None = None) -> Cluste
                          max_num_batched_tokens=cfg.max_num_batched_tokens,
                          enable_prefix_caching=cfg.enable_prefix_caching,
                          enable_chunked_prefill=cfg.enable_chunked_prefill, scheduling_policy=cfg.scheduling_policy,
-                         ttl_policy=cfg.ttl_policy, ttl_seconds=cfg.ttl_seconds, skip_tokenizer_init=True)
+                         ttl_policy=cfg.ttl_policy, ttl_seconds=cfg.ttl_seconds, skip_tokenizer_init=True,
+                         speculative_config=_simulated_spec(cfg.speculative_config))
     router = get_router(cfg.router, **cfg.router_kwargs)
     econf.enable_kv_cache_events = getattr(router, "wants_kv_events", False)  # index="exact": engines publish
 
@@ -117,6 +123,8 @@ def build_cluster(cfg: SimConfig, cost_model: CostModel | None = None) -> Cluste
         rep = Replica(i, econf, cm, clock, num_blocks, vocab, mml, record_token_times=cfg.record_token_times,
                       record_steps=cfg.record_steps, fast_block_tables=cfg.fast_block_tables)
         rep.runner.kv_bytes_per_block = block_bytes
+        if econf.speculative_config is not None:  # each verify's accepted length is drawn (seeded per replica)
+            rep.runner.acceptance = AcceptanceModel(econf.speculative_config.acceptance_rate, seed=i)
         return rep
 
     cluster = Cluster(cfg.replicas, router, make)
@@ -130,6 +138,15 @@ def kv_block_bytes(cfg: SimConfig) -> int:
     """KV bytes of one block of the configured model (bfloat16 K/V; what a migration moves per block)."""
     from pitstop.sim.model_configs import load_model_shape
     return load_model_shape(cfg.model).kv_bytes_per_token(2) * cfg.block_size
+
+
+def _simulated_spec(spec: dict | None) -> dict | None:
+    """The simulator's speculative config: the method is "simulated" (K placeholder drafts a step, accepted per the
+    acceptance model: ``acceptance_rate``, the probability that each draft passes given the ones before did), so
+    what-ifs take ``{"num_speculative_tokens": K, "acceptance_rate": a}`` measured on the real engine."""
+    if spec is None:
+        return None
+    return dict(spec, method="simulated")
 
 
 def effective_max_model_len(cfg: SimConfig) -> int:

@@ -54,6 +54,11 @@ class GrammarMatcher(Protocol):
         """Undo the last ``num_tokens`` accepted tokens."""
         ...
 
+    def validate_tokens(self, token_ids: list[int]) -> int:
+        """How many leading tokens of ``token_ids`` the grammar would accept in a row; the state is unchanged
+        (speculative decoding cuts a draft there)."""
+        ...
+
     def is_terminated(self) -> bool:
         """The grammar is complete and accepts no further token (only EOS may follow)."""
         ...

@@ -46,6 +46,9 @@ class LLGuidanceMatcher:
     def rollback(self, num_tokens: int) -> None:
         self.m.rollback(num_tokens)
 
+    def validate_tokens(self, token_ids: list[int]) -> int:
+        return self.m.validate_tokens(token_ids)
+
     def is_terminated(self) -> bool:
         return self.m.is_stopped()
 

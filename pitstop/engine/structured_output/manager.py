@@ -131,6 +131,7 @@ class StructuredOutputManager:
         when there is none)."""
         matchers: list[Any] = []
         rows: dict[str, int] = {}
+        verifies: list[tuple[Any, list[int], int]] = []
         for s in so.scheduled:
             if not s.sample:
                 continue
@@ -141,12 +142,18 @@ class StructuredOutputManager:
             g.sync(req.output_token_ids)
             rows[req.request_id] = len(matchers)
             matchers.append(g.matcher)
+            if s.draft_token_ids:  # one row per verified position: after 0, 1, .., K drafts
+                verifies.append((g.matcher, list(s.draft_token_ids), len(matchers)))
+                matchers.extend([None] * len(s.draft_token_ids))
         if not matchers:
             return
         t0 = time.perf_counter()
         backend = self.backend
         bitmask = backend.allocate_bitmask(len(matchers))
-        backend.fill_bitmask(matchers, bitmask)
+        if verifies:
+            _fill_verify_rows(backend, matchers, verifies, bitmask)
+        else:
+            backend.fill_bitmask(matchers, bitmask)
         self.mask_time_s += time.perf_counter() - t0
         self.num_masked_rows += len(matchers)
         so.structured = StructuredBatch(bitmask=bitmask, rows=rows)
@@ -178,6 +185,26 @@ class StructuredOutputManager:
 
     def shutdown(self) -> None:
         self.cache.shutdown()
+
+
+def _fill_verify_rows(backend: GrammarBackend, matchers: list[Any], verifies: list[tuple[Any, list[int], int]],
+                      bitmask: Any) -> None:
+    """Fill ``bitmask`` where a verify's K drafts take rows ``first - 1 .. first + K - 1`` (``None`` in ``matchers``):
+    row ``first + j`` is the grammar's mask after drafts ``0..j``, made by advancing the matcher through the drafts
+    (the drafter kept only a prefix the grammar accepts) and rolling it back afterwards."""
+    plain = [(i, m) for i, m in enumerate(matchers) if m is not None]
+    for i, m in plain:
+        backend.fill_bitmask([m], bitmask[i:i + 1])
+    for matcher, drafts, first in verifies:
+        done = 0
+        for j, tok in enumerate(drafts):
+            if not matcher.accept_token(tok):  # cannot happen for a validated draft: its rows then allow nothing
+                bitmask[first + j:first + len(drafts)] = 0
+                break
+            done += 1
+            backend.fill_bitmask([matcher], bitmask[first + j:first + j + 1])
+        if done:
+            matcher.rollback(done)
 
 
 def _rejection_type(batch: StructuredBatch, request_id: str, token_id: int) -> str:

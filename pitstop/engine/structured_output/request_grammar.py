@@ -74,6 +74,15 @@ class RequestGrammar:
         for tok in output_token_ids[self.num_accepted:]:
             self.accept(tok)
 
+    def valid_prefix(self, output_token_ids: list[int], draft_token_ids: list[int]) -> list[int]:
+        """The longest prefix of ``draft_token_ids`` the grammar accepts after ``output_token_ids`` (speculative
+        decoding: a draft the grammar forbids is cut before verification); the matcher's state is unchanged but
+        for ``sync``. [] while the matcher does not exist."""
+        if self.matcher is None or self.error is not None:
+            return []
+        self.sync(output_token_ids)
+        return draft_token_ids[:self.matcher.validate_tokens(draft_token_ids)]
+
     def accept(self, token_id: int) -> bool:
         """Advance the matcher by one sampled token; False (and ``error`` set) if the grammar rejects it."""
         assert self.matcher is not None

@@ -21,7 +21,10 @@ class StepShape:
     Attributes:
         num_tokens: tokens computed in the step (prefill chunks + decodes).
         num_seqs: sequences in the step.
-        num_sampled: sequences that sample a token (the lm_head runs on these rows only).
+        num_sampled: logits rows: one per sequence that samples a token, ``K + 1`` per speculative verify of K drafts
+            (the lm_head runs on these rows only).
+        draft_tokens: speculative draft tokens verified (counted in ``num_tokens``; a verify of K drafts is a
+            ``K + 1``-token causal chunk, so its attention is counted as a prefill chunk's).
         prefill_tokens: tokens of chunks longer than one token.
         prefill_attn_pairs: causal query-key pairs of the prefill chunks: ``sum q * (start + (q + 1) / 2)``.
         decode_seqs: sequences computing exactly one token.
@@ -40,10 +43,11 @@ class StepShape:
     decode_ctx_tokens: int = 0
     kv_read_tokens: int = 0
     decode_max_ctx: int = 0
+    draft_tokens: int = 0
 
     @classmethod
     def from_output(cls, so: SchedulerOutput) -> "StepShape":
-        t = s = sampled = pt = ds = dctx = kv = dmax = 0
+        t = s = sampled = pt = ds = dctx = kv = dmax = drafts = 0
         pairs = 0.0
         for e in so.scheduled:
             q, start = e.num_tokens, e.start
@@ -51,6 +55,9 @@ class StepShape:
             s += 1
             if e.sample:
                 sampled += 1
+            if e.draft_token_ids:
+                drafts += len(e.draft_token_ids)
+                sampled += len(e.draft_token_ids)
             kv += start + q
             if q > 1:
                 pt += q
@@ -60,7 +67,7 @@ class StepShape:
                 dctx += start + 1
                 if start + 1 > dmax:
                     dmax = start + 1
-        return cls(t, s, sampled, pt, pairs, ds, dctx, kv, dmax)
+        return cls(t, s, sampled, pt, pairs, ds, dctx, kv, dmax, drafts)
 
     @classmethod
     def of(cls, prefill: list[tuple[int, int]] = (), decode_contexts: list[int] = ()) -> "StepShape":

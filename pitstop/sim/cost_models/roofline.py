@@ -114,6 +114,8 @@ class RooflineCostModel(CostModel):
             t += q
             if e.sample:
                 sampled += 1
+                if e.draft_token_ids:  # a speculative verify: logits at each of its K + 1 positions
+                    sampled += len(e.draft_token_ids)
             kv += start + q
             if q > 1:
                 pairs += q * (start + (q + 1) * 0.5)
