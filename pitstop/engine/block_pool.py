@@ -58,17 +58,22 @@ def stable_salt(cache_salt: str | None) -> int:
                           "little")
 
 
+def chained_block_entries(token_ids: Sequence[int], block_size: int, extra: int = 0) -> list[tuple[int, BlockKey]]:
+    """``(hash, key)`` of each full ``block_size``-token block of ``token_ids``, chained as the prefix cache keys
+    them (``extra``, the first block's: ``stable_salt`` of a ``cache_salt``). Equal in every process."""
+    out: list[tuple[int, BlockKey]] = []
+    parent = 0
+    for s in range(0, len(token_ids) - block_size + 1, block_size):
+        key = (parent, tuple(token_ids[s:s + block_size]), extra)
+        parent, extra = hash(key), 0
+        out.append((parent, key))
+    return out
+
+
 def prefix_block_hashes(token_ids: Sequence[int], block_size: int, cache_salt: str | None = None) -> list[int]:
     """The chained hash of each full ``block_size``-token block of ``token_ids``: the names the engine's prefix
     cache (and its KV events) give these blocks. Equal in every process (ints and tuples only)."""
-    out: list[int] = []
-    parent = 0
-    extra = stable_salt(cache_salt)
-    for s in range(0, len(token_ids) - block_size + 1, block_size):
-        parent = hash((parent, tuple(token_ids[s:s + block_size]), extra))
-        extra = 0
-        out.append(parent)
-    return out
+    return [h for h, _ in chained_block_entries(token_ids, block_size, stable_salt(cache_salt))]
 
 
 class BlockPool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from pitstop.engine.block_pool import BlockPool, KVBlock, stable_salt
+from pitstop.engine.block_pool import BlockPool, KVBlock, chained_block_entries, stable_salt
 from pitstop.request import Request, RequestStatus
 from pitstop.sampling_params import SamplingParams
 
@@ -244,12 +244,8 @@ class KVCacheManager:
         when the pool cannot take them (or prefix caching is off)."""
         if not self.enable_prefix_caching:
             return None
-        bs, n = self.block_size, len(token_ids) // self.block_size
-        entries, parent, extra = [], 0, salt
-        for i in range(n):
-            key = (parent, tuple(token_ids[i * bs:(i + 1) * bs]), extra)
-            parent, extra = hash(key), 0
-            entries.append((parent, key))
+        entries = chained_block_entries(token_ids, self.block_size, salt)
+        n = len(entries)
         hits = self.pool.match_prefix(entries, n)
         revived = sum(1 for b in hits if b.ref_cnt == 0)
         if n - len(hits) + revived > self.pool.num_free_blocks:
