@@ -79,6 +79,10 @@ def run_schedule(model, seqs: list[list[int]], schedule, dtype=torch.float32) ->
 def _check(model_dir: Path, schedule, n_seqs: int, length: int, atol: float = ATOL, backend: str = "torch",
            model=None) -> None:
     model = model or _model(str(model_dir), torch.float32, backend)
+    if backend == "cpu":  # the C++ kernel is really in use wherever it can be (not a silent fallback)
+        from pitstop.model.cpu_kernels import kernel_status, kernels_disabled
+
+        assert kernels_disabled() is not None or model.attn_backend.kernels is not None, kernel_status()
     seqs = _sequences(model.vocab_size, n_seqs, length)
     got = run_schedule(model, seqs, schedule)
     for seq, logits in zip(seqs, got):

@@ -70,7 +70,11 @@ def cpu_kernels() -> ModuleType | None:
         module = build()
     except Exception as e:  # a compiler or linker error, a missing header: keep the portable path
         return _give_up(f"build failed: {type(e).__name__}: {_first_line(e)}")
-    problem = probe(module)
+    try:
+        with torch.device("cpu"):  # the model (and so its attention backend) may be built under torch.device("meta")
+            problem = probe(module)
+    except Exception as e:
+        problem = f"raised {type(e).__name__}: {_first_line(e)}"
     if problem:
         return _give_up(f"probe failed: {problem}")
     _status["status"] = f"ok: {build_dir()}"
