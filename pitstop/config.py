@@ -152,7 +152,13 @@ class EngineConfig:
         scheduling_policy: ordering policy name ("fcfs", "program-fcfs", "plas", "priority").
         ttl_policy: KV pin policy between a program's turns ("none", "fixed", "continuum").
         ttl_seconds: the fixed TTL, or the continuum policy's upper bound (seconds).
-        attention_backend: "torch" (CPU PyTorch ops).
+        attention_backend: "cpu" (default: decodes read the paged KV in place with pitstop's C++ kernel, built once
+            per machine; the "torch" path where it cannot be built or ``PITSTOP_PORTABLE`` is set) or "torch"
+            (plain PyTorch ops: gather the blocks, then SDPA).
+        quantization: "none" or "int8" (weight-only int8 linears, per-output-channel scales;
+            ``pitstop.model.int8_linear``).
+        compile: run the decoder's dense parts through ``torch.compile`` (Inductor; falls back to eager when no
+            C++ compiler exists or compilation fails; ``pitstop.model.compiled``).
         num_threads: torch intra-op threads (None: leave torch's default).
         seed: seed of the global sampling generator (unseeded requests).
         skip_tokenizer_init: do not load a tokenizer (prompts must be token ids; no output text).
@@ -181,7 +187,9 @@ class EngineConfig:
     scheduling_policy: str = "fcfs"
     ttl_policy: str = "none"
     ttl_seconds: float | None = None
-    attention_backend: str = "torch"
+    attention_backend: str = "cpu"
+    quantization: str = "none"
+    compile: bool = False
     num_threads: int | None = None
     seed: int = 0
     skip_tokenizer_init: bool = False
@@ -205,5 +213,9 @@ class EngineConfig:
             raise ValueError(f"grammar_compile_timeout_s must be > 0 seconds, got {self.grammar_compile_timeout_s}")
         if self.grammar_compile_threads < 1:
             raise ValueError(f"grammar_compile_threads must be >= 1, got {self.grammar_compile_threads}")
+        if self.quantization not in ("none", "int8"):
+            raise ValueError(f"quantization must be 'none' or 'int8', got {self.quantization!r}")
+        if self.attention_backend not in ("cpu", "torch"):
+            raise ValueError(f"attention_backend must be 'cpu' or 'torch', got {self.attention_backend!r}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")

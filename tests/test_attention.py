@@ -23,10 +23,11 @@ def dense_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_len: in
     return torch.einsum("hqk,khd->qhd", scores.softmax(-1), vv.double()).float()
 
 
-def run_case(query_lens: list[int], seq_lens: list[int], hq: int, hkv: int, d: int = 16, seed: int = 0) -> None:
+def run_case(query_lens: list[int], seq_lens: list[int], hq: int, hkv: int, d: int = 16, seed: int = 0,
+             backend_name: str = "torch") -> None:
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    backend = get_attention_backend("torch")
+    backend = get_attention_backend(backend_name)
     need = [(s + BS - 1) // BS + rng.randrange(2) for s in seq_lens]
     pool = list(range(sum(need) + 2))
     rng.shuffle(pool)
@@ -71,11 +72,13 @@ def run_case(query_lens: list[int], seq_lens: list[int], hq: int, hkv: int, d: i
         ([1, 4, 1, 1], [3, 4, 9, 2]),  # 1-token chunk listed among prefills
     ],
 )
-def test_paged_matches_dense(query_lens: list[int], seq_lens: list[int], hq: int, hkv: int) -> None:
-    run_case(query_lens, seq_lens, hq, hkv)
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_paged_matches_dense(query_lens: list[int], seq_lens: list[int], hq: int, hkv: int, backend: str) -> None:
+    run_case(query_lens, seq_lens, hq, hkv, backend_name=backend)
 
 
-def test_random_batches() -> None:
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_random_batches(backend: str) -> None:
     rng = random.Random(3)
     for seed in range(20):
         n_pre, n_dec = rng.randrange(3), rng.randrange(6)
@@ -83,7 +86,39 @@ def test_random_batches() -> None:
             n_dec = 1
         qlens = [rng.randrange(2, 12) for _ in range(n_pre)] + [1] * n_dec
         slens = [q + rng.randrange(0, 15) for q in qlens]
-        run_case(qlens, slens, 8, 2, seed=seed)
+        run_case(qlens, slens, 8, 2, seed=seed, backend_name=backend)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_decode_kernel_reads_blocks_in_place(dtype: torch.dtype) -> None:
+    """The C++ decode kernel (when it builds here) equals the torch backend's gather + SDPA path, per sequence
+    whatever the batch around it (batch invariance), in float32 and bfloat16."""
+    from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
+
+    kernels = cpu_kernels()
+    if kernels is None:
+        pytest.skip(f"C++ kernels off: {kernel_status()}")
+    gen = torch.Generator().manual_seed(5)
+    k_cache = torch.randn(40, BS, 2, 16, generator=gen).to(dtype)
+    v_cache = torch.randn(40, BS, 2, 16, generator=gen).to(dtype)
+    lens = [1, 7, 33, 12]
+    tables = [[3], [9, 4], [0, 1, 2, 5, 6, 7, 8, 10, 11], [20, 30, 39]]
+    q = torch.randn(4, 6, 16, generator=gen).to(dtype)
+    torch_backend, cpu_backend = get_attention_backend("torch"), get_attention_backend("cpu")
+    ref_meta = torch_backend.build_metadata([1] * 4, lens, tables, BS, torch.device("cpu"))
+    from pitstop.model.attention.torch_paged import _decode_attention
+
+    ref = _decode_attention(ref_meta.backend_data["decode"], q, k_cache, v_cache, 0.25)
+    meta = cpu_backend.build_metadata([1] * 4, lens, tables, BS, torch.device("cpu"))
+    got = kernels.paged_decode_attention(q, k_cache, v_cache, meta.backend_data["decode_tables"],
+                                         meta.backend_data["decode_lens"], 0.25)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), ref.float(), atol=tol, rtol=tol)
+    for i in range(4):  # alone == in the batch, bit for bit
+        alone = kernels.paged_decode_attention(q[i : i + 1], k_cache, v_cache,
+                                               meta.backend_data["decode_tables"][i : i + 1],
+                                               meta.backend_data["decode_lens"][i : i + 1], 0.25)
+        assert torch.equal(alone[0], got[i])
 
 
 def test_metadata_layout_and_errors() -> None:

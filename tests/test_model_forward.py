@@ -35,8 +35,8 @@ MIXED = [
 
 
 @lru_cache(maxsize=8)
-def _model(model_dir: str, dtype: torch.dtype):
-    return load_model(model_dir, dtype)
+def _model(model_dir: str, dtype: torch.dtype, backend: str = "torch"):
+    return load_model(model_dir, dtype, attn_backend=backend)
 
 
 @lru_cache(maxsize=32)
@@ -76,8 +76,13 @@ def run_schedule(model, seqs: list[list[int]], schedule, dtype=torch.float32) ->
     return [torch.cat(rows) if rows else torch.empty(0) for rows in out]
 
 
-def _check(model_dir: Path, schedule, n_seqs: int, length: int, atol: float = ATOL) -> None:
-    model = _model(str(model_dir), torch.float32)
+def _check(model_dir: Path, schedule, n_seqs: int, length: int, atol: float = ATOL, backend: str = "torch",
+           model=None) -> None:
+    model = model or _model(str(model_dir), torch.float32, backend)
+    if backend == "cpu":  # the C++ kernel is really in use wherever it can be (not a silent fallback)
+        from pitstop.model.cpu_kernels import kernel_status, kernels_disabled
+
+        assert kernels_disabled() is not None or model.attn_backend.kernels is not None, kernel_status()
     seqs = _sequences(model.vocab_size, n_seqs, length)
     got = run_schedule(model, seqs, schedule)
     for seq, logits in zip(seqs, got):
@@ -93,14 +98,50 @@ def tiny_dir(request, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("schedule,n_seqs,length", [(FULL, 1, 23), (CHUNKED, 1, 23), (MIXED, 4, 16)],
                          ids=["full", "chunked", "mixed"])
-def test_tiny_matches_hf(tiny_dir: Path, schedule, n_seqs: int, length: int) -> None:
-    _check(tiny_dir, schedule, n_seqs, length)
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_tiny_matches_hf(tiny_dir: Path, schedule, n_seqs: int, length: int, backend: str) -> None:
+    _check(tiny_dir, schedule, n_seqs, length, backend=backend)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_llama"), "llama")
+
+
+def test_tiny_compiled_matches_hf(tiny_llama: Path) -> None:
+    """torch.compile'd dense parts (pitstop.model.compiled) give the same logits as transformers (one architecture:
+    compiling takes tens of seconds on 2 cores; Inductor's disk cache makes reruns fast)."""
+    from pitstop.model.compiled import compile_decoder
+
+    tiny_dir = tiny_llama
+    model = load_model(tiny_dir, torch.float32, attn_backend="cpu")
+    info = compile_decoder(model)
+    _check(tiny_dir, MIXED, 4, 16, model=model)
+    if info["enabled"]:
+        assert model.compiled_pieces.failure is None, model.compiled_pieces.failure
+
+
+def test_compile_failure_falls_back_to_eager(tiny_llama: Path, monkeypatch) -> None:
+    """A compiler failure (simulated) switches the model to eager for good; the outputs stay right."""
+    import pitstop.model.compiled as compiled
+
+    def broken(which: str) -> None:
+        raise RuntimeError("simulated: C++ compile failed")
+
+    monkeypatch.setattr(compiled, "_compile_failure", broken)
+    monkeypatch.setattr(compiled, "_cannot_compile", lambda: None)
+    tiny_dir = tiny_llama
+    model = load_model(tiny_dir, torch.float32)
+    assert compiled.compile_decoder(model)["enabled"]
+    _check(tiny_dir, MIXED, 4, 16, model=model)
+    assert "simulated" in model.compiled_pieces.failure
 
 
 @pytest.mark.parametrize("schedule,n_seqs,length", [(FULL, 1, 23), (CHUNKED, 1, 23), (MIXED, 4, 16)],
                          ids=["full", "chunked", "mixed"])
-def test_smollm2_matches_hf(smollm2_dir: Path, schedule, n_seqs: int, length: int) -> None:
-    _check(smollm2_dir, schedule, n_seqs, length)
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_smollm2_matches_hf(smollm2_dir: Path, schedule, n_seqs: int, length: int, backend: str) -> None:
+    _check(smollm2_dir, schedule, n_seqs, length, backend=backend)
 
 
 def test_smollm2_bf16_close(smollm2_dir: Path) -> None:

@@ -50,7 +50,7 @@ class DecodeBound:
 
 
 def decode_bound(hf_config: Any, batch: int, context_len: float, dtype_bytes: int, peak_flops: float,
-                 bandwidth: float) -> DecodeBound:
+                 bandwidth: float, weight_bytes: int | None = None) -> DecodeBound:
     """Roofline terms of one decode step (see the module docstring for the formula).
 
     Args:
@@ -60,9 +60,11 @@ def decode_bound(hf_config: Any, batch: int, context_len: float, dtype_bytes: in
         dtype_bytes: bytes per weight and per KV element (2 for bf16, 4 for fp32).
         peak_flops: matmul peak, FLOP/s.
         bandwidth: memory read bandwidth, bytes/s.
+        weight_bytes: bytes per weight when they differ from ``dtype_bytes`` (1 for int8 weights; the KV cache
+            stays in ``dtype_bytes``).
     """
     shape = hf_config if isinstance(hf_config, ModelShape) else ModelShape.from_hf_config(hf_config)
-    weight_bytes = shape.total_params() * dtype_bytes
+    weight_bytes = shape.total_params() * (dtype_bytes if weight_bytes is None else weight_bytes)
     kv_bytes = batch * context_len * shape.kv_bytes_per_token(dtype_bytes)
     attn_flops = 4 * batch * context_len * shape.num_layers * shape.num_heads * shape.head_dim
     flops = 2 * shape.params_per_token() * batch + attn_flops

@@ -38,6 +38,7 @@ import torch
 
 from pitstop.bench import peer_transformers as peer
 from pitstop.bench.roofline import MachinePeaks, ModelShape, decode_bound, measure_peaks
+from pitstop.bench.step_profile import StepProfiler
 from pitstop.model.cpu_features import choose_kernels, cpu_features
 from pitstop.workloads import (
     DATASETS,
@@ -83,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--num-threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--peer", default="transformers", choices=["transformers", "none"])
+    p.add_argument("--peer", default="transformers",
+                   help="comma list of peers: transformers, llama.cpp (built into $PITSTOP_CACHE/llama-cpp on "
+                        "first use; batch-1 decode at the GGUF's own quantization and Q8_0), or none")
+    p.add_argument("--attention-backend", default="cpu", choices=["cpu", "torch"])
+    p.add_argument("--quantization", default="none", choices=["none", "int8"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the decoder's dense parts")
     p.add_argument("--peer-modes", default="static,continuous", help="static and/or continuous")
     p.add_argument("--peer-batch-size", type=int, default=0, help="static batch size (0: tune on a probe)")
     p.add_argument("--peer-batch-sizes", default="8,16,32,64", help="candidates for the probe")
@@ -176,6 +182,7 @@ def make_llm(args: argparse.Namespace) -> Any:
     from pitstop import LLM
 
     extra = {"num_threads": args.num_threads} if args.num_threads else {}
+    extra.update(attention_backend=args.attention_backend, quantization=args.quantization, compile=args.compile)
     return LLM(model=args.model, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
                max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                max_num_batched_tokens=args.max_num_batched_tokens,
@@ -191,7 +198,10 @@ def _params(output_lens: Sequence[int]) -> list[Any]:
 
 def run_pitstop(llm: Any, prompts: list[list[int]], output_lens: Sequence[int], progress: bool) -> dict[str, Any]:
     """One timed ``generate`` over every request; checks every request got exactly its output length."""
-    llm.generate([p[:8] for p in prompts[:2]], _params([2, 2]), use_tqdm=False)  # warm-up
+    t0 = time.perf_counter()
+    llm.generate([p[:8] for p in prompts[:2]], _params([2, 2]), use_tqdm=False)  # warm-up (compiles, if --compile)
+    llm.generate([p[:8] for p in prompts[:1]], _params([2]), use_tqdm=False)  # batch 1 (its own graph)
+    warmup_s = time.perf_counter() - t0
     llm.llm_engine.step_history.clear()
     with RssSampler() as rss:
         t0 = time.perf_counter()
@@ -204,7 +214,8 @@ def run_pitstop(llm: Any, prompts: list[list[int]], output_lens: Sequence[int], 
                            "output_tokens": outp, "generated_tokens": sum(produced),
                            "lengths_match": produced == list(output_lens),
                            "num_cached_tokens": sum(o.metrics.num_cached_tokens or 0 for o in outs),
-                           "num_steps": len(steps), "step_time_sum_s": sum(s.step_time_s for s in steps)}
+                           "num_steps": len(steps), "step_time_sum_s": sum(s.step_time_s for s in steps),
+                           "warmup_s": warmup_s, "optimizations": getattr(llm.llm_engine.executor, "optimizations", None)}
     res.update(_rates(len(prompts), inp, outp, elapsed))
     res.update(rss.to_dict())
     return res
@@ -216,23 +227,27 @@ def decode_steps(steps: Sequence[Any], batch: int) -> list[Any]:
 
 
 def roofline_point(llm: Any, shape: ModelShape, peaks: MachinePeaks, dtype: str, batch: int, context: int,
-                   decode_tokens: int, seed: int) -> dict[str, Any]:
-    """Run ``batch`` prompts of ``context`` tokens; compare the median decode step with the roofline bound."""
+                   decode_tokens: int, seed: int, weight_bytes: int | None = None) -> dict[str, Any]:
+    """Run ``batch`` prompts of ``context`` tokens; compare the median decode step with the roofline bound.
+
+    ``weight_bytes``: bytes per weight when not the dtype's (1 for ``--quantization int8``)."""
     prompts = make_prompts([context] * batch, shape.vocab_size, seed=seed + batch)
     # Prefills are chunked by the token budget, so the first sequences decode while the last ones
     # prefill: generate enough tokens that every sequence is still running when all have prefilled.
     budget = llm.llm_engine.config.max_num_batched_tokens
     decode_tokens = max(decode_tokens, -(-batch * context // budget) + decode_tokens)
     llm.llm_engine.step_history.clear()
-    llm.generate(prompts, _params([decode_tokens] * batch), use_tqdm=False)
+    with StepProfiler(llm) as prof:
+        llm.generate(prompts, _params([decode_tokens] * batch), use_tqdm=False)
     steps = decode_steps(llm.llm_engine.step_history, batch)
-    row: dict[str, Any] = {"batch": batch, "context_len": context, "num_decode_steps": len(steps)}
+    row: dict[str, Any] = {"batch": batch, "context_len": context, "num_decode_steps": len(steps),
+                           "step_profile": prof.decode_summary(batch)}
     if not steps:
         return row
     step_s = statistics.median(s.step_time_s for s in steps)
     ctx = statistics.mean(s.context_tokens / s.num_seqs for s in steps)
     b = decode_bound(shape, batch, ctx, DTYPE_BYTES[dtype], peaks.flops_for(peer.DTYPES[dtype]),
-                     peaks.read_bandwidth)
+                     peaks.read_bandwidth, weight_bytes=weight_bytes)
     row.update(mean_context_tokens=ctx, step_time_s=step_s, decode_tokens_per_s=batch / step_s,
                bound_s=b.bound_s, memory_s=b.memory_s, compute_s=b.compute_s, regime=b.regime,
                bytes=b.bytes_moved, flops=b.flops, fraction_of_roofline=b.bound_s / step_s)
@@ -311,7 +326,10 @@ def ratios(pit: dict[str, Any], other: dict[str, Any] | None) -> dict[str, float
 def format_report(res: dict[str, Any]) -> str:
     """Plain-text tables of the results."""
     w = res["workload"]
-    lines = [f"workload: {w['dataset']}  requests={w['num_requests']}"
+    cpu = res.get("machine", {}).get("cpu", {})
+    lines = [f"cpu: {cpu.get('cpu_model')} ({cpu.get('torch_capability')}; {' '.join(cpu.get('isa_flags', []))}); "
+             f"{res.get('kernels', {}).get('summary')}; options {res.get('pitstop', {}).get('optimizations')}",
+             f"workload: {w['dataset']}  requests={w['num_requests']}"
              f"  length scale factor={w['length_scale_factor']:.4f}  input tokens={w['input_tokens_total']}  output tokens={w['output_tokens_total']}",
              "", f"{'system':<28}{'req/s':>9}{'out tok/s':>11}{'total tok/s':>13}{'time s':>9}{'peak RSS MiB':>14}"]
     rows = [("pitstop", res["pitstop"])]
@@ -337,12 +355,19 @@ def format_report(res: dict[str, Any]) -> str:
                   f"{'batch':>6}{'ctx':>7}{'step ms':>10}{'bound ms':>10}{'regime':>9}{'fraction':>10}{'tok/s':>9}"]
         for r in rf["rows"]:
             if "step_time_s" in r:
+                prof = r.get("step_profile") or {}
                 lines.append(f"{r['batch']:>6}{r['mean_context_tokens']:>7.0f}{r['step_time_s'] * 1e3:>10.2f}"
                              f"{r['bound_s'] * 1e3:>10.2f}{r['regime']:>9}{r['fraction_of_roofline']:>10.3f}"
-                             f"{r['decode_tokens_per_s']:>9.1f}")
+                             f"{r['decode_tokens_per_s']:>9.1f}"
+                             + (f"   not-model {prof['overhead_share']:.1%} of {prof['wall_s'] * 1e3:.1f} ms "
+                                f"(executor {prof['executor_overhead_share']:.1%}, engine "
+                                f"{prof['engine_overhead_share']:.1%})" if prof else ""))
         b1 = rf.get("batch1_decode_tokens_per_s", {})
         if b1:
             lines.append("batch-1 decode tok/s: " + ", ".join(f"{k} {v:.1f}" for k, v in b1.items()))
+            if len(b1) > 1 and "pitstop" in b1:
+                lines.append("batch-1 pitstop / peer: " + ", ".join(
+                    f"{k} x{b1['pitstop'] / v:.2f}" for k, v in b1.items() if k != "pitstop" and v))
     return "\n".join(lines)
 
 
@@ -381,7 +406,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res["roofline"] = _roofline_section(llm, shape, args, b1_prompt)
     del llm
     gc.collect()
-    if args.peer == "transformers":
+    peers = {x.strip() for x in args.peer.split(",") if x.strip()} - {"none"}
+    if peers - {"transformers", "llama.cpp"}:
+        raise SystemExit(f"unknown peer(s): {sorted(peers - {'transformers', 'llama.cpp'})}")
+    if "llama.cpp" in peers and args.roofline:
+        from pitstop.bench.peer_llamacpp import run_peer as run_llamacpp
+
+        _log("running the llama.cpp peer (batch-1 decode) ...")
+        lc = run_llamacpp(args.model, b1_prompt, torch.get_num_threads(), log=_log)
+        res["peer_llamacpp"] = lc
+        for quant in ("native", "Q8_0"):
+            if isinstance(lc.get(quant), dict) and "batch1_decode_tokens_per_s" in lc[quant]:
+                res["roofline"]["batch1_decode_tokens_per_s"][f"llama.cpp {quant}"] = \
+                    lc[quant]["batch1_decode_tokens_per_s"]
+    if "transformers" in peers:
         _log("running the transformers peer ...")
         res["peer"] = run_peer(model_dir, args, prompts, output_lens, b1_prompt if args.roofline else None)
         res["ratios"] = {m: ratios(res["pitstop"], res["peer"].get(m)) for m in ("static", "continuous")}
@@ -402,7 +440,8 @@ def _roofline_section(llm: Any, shape: ModelShape, args: argparse.Namespace, b1_
             continue
         _log(f"roofline: decode batch {b} ...")
         rows.append(roofline_point(llm, shape, peaks, args.dtype, b, args.roofline_context,
-                                   args.roofline_decode_tokens, args.seed))
+                                   args.roofline_decode_tokens, args.seed,
+                                   weight_bytes=1 if args.quantization == "int8" else None))
     return {"peaks": peaks.to_dict(), "source": "Williams, Waterman, Patterson, Roofline, CACM 2009",
             "formula": "max(bytes/bandwidth, flops/peak); see pitstop.bench.roofline", "rows": rows,
             "batch1_decode_tokens_per_s": {"pitstop": batch1_decode_rate_pitstop(llm, b1_prompt)}}

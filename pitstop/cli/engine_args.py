@@ -22,6 +22,13 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "program-fcfs", "plas", "priority"])
     p.add_argument("--ttl-policy", default="none", choices=["none", "fixed", "continuum"],
                    help="KV pin policy between an agent program's turns")
+    p.add_argument("--attention-backend", default="cpu", choices=["cpu", "torch"],
+                   help="cpu: decodes read the paged KV in place (C++ kernel, built once; torch path where it "
+                        "cannot be built); torch: plain PyTorch ops")
+    p.add_argument("--quantization", default="none", choices=["none", "int8"],
+                   help="int8: weight-only int8 linears (per-output-channel scales)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoder's dense parts (falls back to eager if compilation fails)")
     p.add_argument("--ttl-seconds", type=float, default=None,
                    help="TTL of the fixed policy / upper bound of the continuum policy (seconds)")
     p.add_argument("--speculative-config", type=speculative_config, default=None,
@@ -51,4 +58,5 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                 max_num_batched_tokens=args.max_num_batched_tokens,
                 enable_prefix_caching=not args.no_prefix_caching, num_threads=args.num_threads,
                 scheduling_policy=args.scheduling_policy, ttl_policy=args.ttl_policy, ttl_seconds=args.ttl_seconds,
-                speculative_config=getattr(args, "speculative_config", None))
+                speculative_config=getattr(args, "speculative_config", None),
+                attention_backend=args.attention_backend, quantization=args.quantization, compile=args.compile)

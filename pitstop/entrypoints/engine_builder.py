@@ -34,7 +34,7 @@ def build_engine(config: EngineConfig, clock: Callable[[], float] = time.monoton
         torch.set_num_threads(config.num_threads)
     model_dir = resolve_model(config.model)
     runner = ModelRunner(model_dir, config.dtype, config.kv_cache_memory, config.block_size,
-                         config.attention_backend)
+                         config.attention_backend, quantization=config.quantization, compile=config.compile)
     tokenizer = None if config.skip_tokenizer_init else load_tokenizer(model_dir)
     hf = runner.hf_config
     mml = min(config.max_model_len or min(hf.max_position_embeddings, 8192), hf.max_position_embeddings)

@@ -23,6 +23,7 @@ from pitstop.scheduler_output import ExecutorResult, ScheduledRequest, Scheduler
 from pitstop.model.cpu_features import KernelChoice, choose_kernels
 from pitstop.model.cpu_packed_linear import prepack_linears
 from pitstop.model.loader import allocate_kv_cache, kv_cache_bytes_per_block, load_model
+from pitstop.model.optimize import optimize_model
 from pitstop.model.rejection_sampler import VerifyRow, verify_drafts
 from pitstop.model.sampler import Sampler, SamplerOutput, SamplingRow, apply_token_bitmask_
 from pitstop.outputs import Logprob
@@ -43,13 +44,15 @@ class ModelRunner:
         kv_cache_memory: bytes reserved for the KV cache; sets ``num_blocks``.
         block_size: tokens per KV block.
         attention_backend: backend name (see ``pitstop.model.attention``).
+        quantization / compile: see ``pitstop.model.optimize.optimize_model`` (int8 weights, torch.compile).
 
     Raises:
         ValueError: the KV cache memory does not hold a single block, or an unknown dtype.
     """
 
     def __init__(self, model_dir: str | Path, dtype: str, kv_cache_memory: int, block_size: int,
-                 attention_backend: str = "torch", device: str = "cpu") -> None:
+                 attention_backend: str = "torch", device: str = "cpu", quantization: str = "none",
+                 compile: bool = False) -> None:
         self.kernels: KernelChoice = choose_kernels(dtype)
         if self.kernels.warning:
             log.warning(self.kernels.warning)
@@ -60,8 +63,9 @@ class ModelRunner:
             tune_malloc()
         self.block_size = block_size
         self.model = load_model(model_dir, self.dtype, attn_backend=attention_backend)
-        if self.kernels.prepack:
+        if self.kernels.prepack and quantization == "none":
             prepack_linears(self.model)
+        self.optimizations = optimize_model(self.model, quantization=quantization, compile=compile)
         self.hf_config = self.model.hf_config
         self.bytes_per_block = kv_cache_bytes_per_block(self.hf_config, block_size, self.dtype)
         self.num_blocks = kv_cache_num_blocks(kv_cache_memory, self.bytes_per_block // block_size, block_size)

@@ -57,6 +57,12 @@ class PagedAttention(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata
     ) -> torch.Tensor:
         """``x`` ``[T, hidden]``, rotary tables ``[T, 1, D]`` -> ``[T, hidden]``."""
+        q, k, v = self.project_qkv(x, cos, sin)
+        out = self.backend.forward(q, k, v, kv_cache, meta, self.scale)
+        return self.o_proj(out.reshape(x.shape[0], self.num_heads * self.head_dim))
+
+    def project_qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``x`` ``[T, hidden]`` -> ``q`` ``[T, Hq, D]``, ``k`` and ``v`` ``[T, Hkv, D]`` (q/k normed and rotated)."""
         t = x.shape[0]
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv_proj(x)
@@ -65,12 +71,16 @@ class PagedAttention(nn.Module):
             qk = rms_norm(qk, self.qk_norm_weight, self.qk_norm_eps)
         qk = apply_rope(qk, cos, sin)
         v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
-        out = self.backend.forward(qk[:, :hq], qk[:, hq:], v, kv_cache, meta, self.scale)
-        return self.o_proj(out.reshape(t, hq * d))
+        return qk[:, :hq], qk[:, hq:], v
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm decoder block; carries the residual stream separately to fuse the adds."""
+    """Pre-norm decoder block; carries the residual stream separately to fuse the adds.
+
+    ``pieces``: set by :func:`pitstop.model.compiled.compile_decoder` to run the dense parts compiled.
+    """
+
+    pieces = None
 
     def __init__(self, hf_config, attn: PagedAttention) -> None:
         super().__init__()
@@ -90,6 +100,11 @@ class DecoderLayer(nn.Module):
         meta: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(block_output, residual)``; the layer's true output is their sum."""
+        if self.pieces is not None:  # torch.compile'd dense parts (pitstop.model.compiled)
+            q, k, v, residual = self.pieces.run("pre", self, h, residual, cos, sin)
+            attn = self.self_attn
+            out = attn.backend.forward(q, k, v, kv_cache, meta, attn.scale)
+            return self.pieces.run("post", self, out, residual)
         residual = h if residual is None else h + residual
         h = self.self_attn(self.input_layernorm(residual), cos, sin, kv_cache, meta)
         residual = h + residual

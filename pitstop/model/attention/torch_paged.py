@@ -74,7 +74,10 @@ class TorchPagedAttention(AttentionBackend):
         block_tables: list[list[int]],
         block_size: int,
         device: torch.device,
+        with_decode_plan: bool = True,
     ) -> AttentionMetadata:
+        """See :meth:`AttentionBackend.build_metadata`; ``with_decode_plan=False`` skips the decodes' gather plan
+        (for a subclass that reads the blocks in place)."""
         _validate(query_lens, seq_lens, block_tables, block_size)
         num_prefills = _count_prefills(query_lens)
         bt = _padded_block_tables(seq_lens, block_tables, block_size)
@@ -86,7 +89,7 @@ class TorchPagedAttention(AttentionBackend):
             cu.append(cu[-1] + n)
         prefills = [_prefill_plan(i, cu, query_lens, seq_lens, bt, block_size, device) for i in range(num_prefills)]
         decode = None
-        if num_prefills < len(query_lens):
+        if with_decode_plan and num_prefills < len(query_lens):
             decode = _decode_plan(slens[num_prefills:], bt[num_prefills:], block_size, device)
         return AttentionMetadata(
             slot_mapping=slot_mapping.to(device),

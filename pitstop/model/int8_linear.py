@@ -1,0 +1,102 @@
+"""Weight-only int8 linears (``--quantization int8``, issue 18).
+
+Every ``nn.Linear`` of the model (the fused QKV, o, gate/up and down projections and ``lm_head``) is replaced by an
+:class:`Int8Linear`: weights quantized symmetrically per output channel, ``q = round(w / s)`` with
+``s = max|w_row| / 127`` (q in [-127, 127], int8), one float32 scale per output row; activations stay in the model
+dtype and ``y = (x @ q^T) * s + bias``. The embedding table stays in the model dtype (only the looked-up rows are
+read), so a tied ``lm_head`` gets its own int8 copy. Weight bytes per token fall 4x against float32 (2x against
+bf16), which is what a memory-bound batch-1 decode is paying for.
+
+Kernels: ``int8_linear`` of :mod:`pitstop.model.cpu_kernels` (few rows: each int8 weight row is read once and
+dotted with every activation row in float; more rows: weight tiles are dequantized into L2 and multiplied with
+ATen's GEMM). Portable fallback (no kernels: ``PITSTOP_PORTABLE``, no compiler): ``F.linear(x, q.to(dtype)) * s``,
+the same math with the weight dequantized on every call (correct, slower). ATen's own
+``torch.ops.aten._weight_int8pack_mm`` was measured and lost on an AVX2 machine (float32 activations: 10-200x
+slower than float32 ``F.linear``; bf16 activations, emulated there: 1.1-6x slower; see benchmarks/README.md).
+
+Accuracy is measured, not assumed: ``benchmarks/int8_accuracy.py`` (greedy agreement with float32, perplexity).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+QUANTIZATIONS = ("none", "int8")
+GEMV_ROWS = 4  # at most this many activation rows take the read-weights-once kernel; more use tiled GEMM
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, K]`` float weight -> ``(q [N, K] int8, scale [N] float32)`` with ``weight ~= q * scale[:, None]``.
+
+    All-zero rows get scale 1 (q = 0)."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.contiguous(), scale.contiguous()
+
+
+class Int8Linear(nn.Module):
+    """A linear layer with int8 weights and per-output-channel float32 scales (see module docstring).
+
+    Args:
+        linear: the float layer to quantize (its weight is not kept).
+        kernels: the :mod:`pitstop.model.cpu_kernels` module, or None for the portable path.
+    """
+
+    def __init__(self, linear: nn.Linear, kernels=None) -> None:
+        super().__init__()
+        q, scale = quantize_weight(linear.weight)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("qweight", q)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        self.kernels = kernels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[M, in]`` -> ``[M, out]`` in ``x.dtype``."""
+        if self.kernels is not None and x.dim() == 2:
+            if torch.compiler.is_compiling():  # traced by torch.compile: the kernel as a registered op
+                return _int8_op()(x, self.qweight, self.scale, self.bias, GEMV_ROWS)
+            return self.kernels.int8_linear(x, self.qweight, self.scale, self.bias, GEMV_ROWS)
+        out = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
+        return out if self.bias is None else out + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8, " + (
+            "cpu kernel" if self.kernels is not None else "portable")
+
+
+def quantize_linears(model: nn.Module, kernels=None) -> int:
+    """Replace every ``nn.Linear`` of ``model`` by an :class:`Int8Linear` in place; returns how many.
+
+    The float weights of the replaced layers are released (a tied ``lm_head`` keeps the embedding's)."""
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for name, module in targets:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, Int8Linear(module, kernels))
+    return len(targets)
+
+
+@cache
+def _int8_op():
+    """``torch.ops.pitstop.int8_linear``: the C++ kernel registered as a custom op so that ``torch.compile``
+    (:mod:`pitstop.model.compiled`) can put it in a graph (eager calls skip the dispatcher and call it directly)."""
+
+    @torch.library.custom_op("pitstop::int8_linear", mutates_args=(),
+                             schema="(Tensor x, Tensor w, Tensor scale, Tensor? bias, int gemv_rows) -> Tensor")
+    def op(x, w, scale, bias, gemv_rows):
+        from pitstop.model.cpu_kernels import cpu_kernels
+
+        return cpu_kernels().int8_linear(x, w, scale, bias, gemv_rows)
+
+    @op.register_fake
+    def _(x, w, scale, bias, gemv_rows):
+        return x.new_empty((x.shape[0], w.shape[0]))
+
+    return op

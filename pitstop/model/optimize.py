@@ -1,0 +1,48 @@
+"""Load-time speed options of a loaded model (issue 18): int8 weights and ``torch.compile``.
+
+Called once by the model runner after loading (and after oneDNN pre-packing, which int8 replaces). Each option
+keeps a portable path: int8 without the C++ kernels dequantizes per call; compilation falls back to eager.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+from pitstop.model.int8_linear import QUANTIZATIONS, quantize_linears
+
+log = logging.getLogger("pitstop")
+
+
+def optimize_model(model: nn.Module, quantization: str = "none", compile: bool = False) -> dict:
+    """Apply the options in place; returns what was done (for logs and benchmark JSON).
+
+    Args:
+        model: a loaded :class:`pitstop.model.llama.CausalLM`.
+        quantization: ``"none"`` or ``"int8"`` (:mod:`pitstop.model.int8_linear`).
+        compile: compile the decoder layers' dense parts (:mod:`pitstop.model.compiled`).
+
+    Raises:
+        ValueError: unknown quantization.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}")
+    done: dict = {"quantization": quantization, "compile": compile}
+    if quantization == "int8":
+        from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
+
+        kernels = cpu_kernels()
+        done["int8_linears"] = quantize_linears(model, kernels)
+        done["int8_kernel"] = kernel_status()
+    if compile:
+        from pitstop.model.compiled import compile_decoder
+
+        done["compiled"] = compile_decoder(model)
+    attn = getattr(model, "attn_backend", None)
+    if attn is not None and getattr(attn, "name", "") == "cpu":
+        from pitstop.model.cpu_kernels import kernel_status
+
+        done["attention_kernel"] = kernel_status()
+    log.info("pitstop: model options %s", done)
+    return done

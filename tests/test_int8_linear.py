@@ -1,0 +1,75 @@
+"""Weight-only int8 linears (``--quantization int8``): quantization error bound, the C++ kernel against the
+portable path (few rows and many rows, with bias), a tiny model's logits close to float32, engine options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from model_fixtures import make_tiny_model
+from pitstop import LLM, SamplingParams
+from pitstop.config import EngineConfig
+from pitstop.model import load_model
+from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
+from pitstop.model.int8_linear import GEMV_ROWS, Int8Linear, quantize_linears, quantize_weight
+
+
+def test_quantize_weight_error_bound() -> None:
+    w = torch.randn(37, 50)
+    w[3] = 0  # an all-zero row keeps scale 1, q 0
+    q, scale = quantize_weight(w)
+    assert q.dtype == torch.int8 and scale.shape == (37,) and int(q.abs().max()) <= 127
+    assert scale[3] == 1 and not q[3].any()
+    # rounding error at most half a step per element
+    assert ((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-7).all()
+
+
+@pytest.mark.parametrize("rows", [1, GEMV_ROWS, GEMV_ROWS + 1, 70])
+@pytest.mark.parametrize("bias", [False, True])
+def test_kernel_matches_portable(rows: int, bias: bool) -> None:
+    kernels = cpu_kernels()
+    if kernels is None:
+        pytest.skip(f"C++ kernels off: {kernel_status()}")
+    torch.manual_seed(rows)
+    lin = nn.Linear(96, 200, bias=bias)
+    fast, portable = Int8Linear(lin, kernels), Int8Linear(lin, None)
+    x = torch.randn(rows, 96)
+    torch.testing.assert_close(fast(x), portable(x), atol=1e-5, rtol=1e-5)
+    # and both are the dequantized weight's linear
+    ref = nn.functional.linear(x, fast.qweight.float() * fast.scale[:, None], lin.bias)
+    torch.testing.assert_close(fast(x), ref, atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_tiny_model_int8_logits_close(tmp_path) -> None:
+    folder = make_tiny_model(tmp_path, "qwen2")
+    ref_model = load_model(folder, torch.float32)
+    model = load_model(folder, torch.float32)
+    n = quantize_linears(model, cpu_kernels())
+    assert n == 4 * model.num_layers + 1  # qkv, o, gate_up, down per layer + lm_head
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    ids = torch.randint(0, model.vocab_size, (12,), generator=torch.Generator().manual_seed(0))
+    outs = []
+    for m in (ref_model, model):
+        from pitstop.model import allocate_kv_cache
+
+        caches = allocate_kv_cache(m, 4, 4, torch.float32)
+        meta = m.attn_backend.build_metadata([12], [12], [[0, 1, 2]], 4, torch.device("cpu"))
+        outs.append(m.compute_logits(m(ids, torch.arange(12), caches, meta)))
+    err = (outs[0] - outs[1]).abs().max() / outs[0].abs().max()
+    assert err < 0.05, err
+
+
+def test_engine_int8_option(tmp_path) -> None:
+    folder = make_tiny_model(tmp_path, "llama")
+    llm = LLM(str(folder), dtype="float32", quantization="int8", kv_cache_memory="8MiB", max_model_len=128,
+              skip_tokenizer_init=True)
+    runner = llm.llm_engine.executor
+    assert runner.optimizations["quantization"] == "int8" and runner.optimizations["int8_linears"] > 0
+    out = llm.generate([[5, 6, 7, 8]], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True), use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 6
+    with pytest.raises(ValueError, match="quantization"):
+        EngineConfig(quantization="int4")
+    with pytest.raises(ValueError, match="attention_backend"):
+        EngineConfig(attention_backend="flash")
