@@ -25,16 +25,17 @@ def test_quantize_weight_error_bound() -> None:
     assert ((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-7).all()
 
 
-@pytest.mark.parametrize("rows", [1, GEMV_ROWS, GEMV_ROWS + 1, 70])
+@pytest.mark.parametrize("rows", [1, 2, 3, 6, GEMV_ROWS, GEMV_ROWS + 1, 70])
 @pytest.mark.parametrize("bias", [False, True])
-def test_kernel_matches_portable(rows: int, bias: bool) -> None:
+@pytest.mark.parametrize("in_features", [96, 100])  # 100: a tail after the kernel's 16/32-wide steps
+def test_kernel_matches_portable(rows: int, bias: bool, in_features: int) -> None:
     kernels = cpu_kernels()
     if kernels is None:
         pytest.skip(f"C++ kernels off: {kernel_status()}")
     torch.manual_seed(rows)
-    lin = nn.Linear(96, 200, bias=bias)
+    lin = nn.Linear(in_features, 200, bias=bias)
     fast, portable = Int8Linear(lin, kernels), Int8Linear(lin, None)
-    x = torch.randn(rows, 96)
+    x = torch.randn(rows, in_features)
     torch.testing.assert_close(fast(x), portable(x), atol=1e-5, rtol=1e-5)
     # and both are the dequantized weight's linear
     ref = nn.functional.linear(x, fast.qweight.float() * fast.scale[:, None], lin.bias)

@@ -1,4 +1,4 @@
-"""Load-time speed options of a loaded model (issue 18): int8 weights and ``torch.compile``.
+"""Load-time speed options of a loaded model (issue 18): int8 weights, few-row float32 linears, ``torch.compile``.
 
 Called once by the model runner after loading (and after oneDNN pre-packing, which int8 replaces). Each option
 keeps a portable path: int8 without the C++ kernels dequantizes per call; compilation falls back to eager.
@@ -20,7 +20,9 @@ def optimize_model(model: nn.Module, quantization: str = "none", compile: bool =
 
     Args:
         model: a loaded :class:`pitstop.model.llama.CausalLM`.
-        quantization: ``"none"`` or ``"int8"`` (:mod:`pitstop.model.int8_linear`).
+        quantization: ``"none"`` or ``"int8"`` (:mod:`pitstop.model.int8_linear`). With ``"none"`` and the C++
+            kernels loaded, float32 linears take the few-row kernel for small batches
+            (:mod:`pitstop.model.few_row_linear`).
         compile: compile the decoder layers' dense parts (:mod:`pitstop.model.compiled`).
 
     Raises:
@@ -35,6 +37,13 @@ def optimize_model(model: nn.Module, quantization: str = "none", compile: bool =
         kernels = cpu_kernels()
         done["int8_linears"] = quantize_linears(model, kernels)
         done["int8_kernel"] = kernel_status()
+    else:
+        from pitstop.model.cpu_kernels import cpu_kernels
+        from pitstop.model.few_row_linear import use_few_row_linears
+
+        kernels = cpu_kernels()
+        if kernels is not None:  # float32 linears with few rows on the C++ kernel (pitstop.model.few_row_linear)
+            done["few_row_linears"] = use_few_row_linears(model, kernels)
     if compile:
         from pitstop.model.compiled import compile_decoder
 

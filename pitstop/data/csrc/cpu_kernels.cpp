@@ -1,6 +1,7 @@
 // pitstop's CPU kernels (issue 18), built once per machine by pitstop/model/cpu_kernels.py with
 // torch.utils.cpp_extension and cached on disk. Plain C++ loops written so that the compiler vectorizes them
-// (-O3 -march=native -fopenmp-simd); no intrinsics, so the same source builds on x86 (AVX2, AVX-512) and ARM.
+// (-O3 -march=native -fopenmp-simd); the few-row linears use AVX2 + FMA intrinsics where the compiler targets them
+// and plain loops otherwise, so the same source builds on x86 (AVX2, AVX-512) and ARM.
 // Threads: at::parallel_for, i.e. torch's intra-op pool (torch.set_num_threads).
 //
 // paged_decode_attention: single-token attention of B decodes reading K/V blocks of the paged cache in place
@@ -9,8 +10,14 @@
 // int8_linear: y = (x @ w^T) * scale (+ bias) with int8 weights [N, K] and one float scale per output row
 //   (weight-only quantization). Few rows: each weight row is read once and dotted with every activation row;
 //   more rows: tiles of the weight are dequantized to x's dtype and multiplied with ATen's GEMM.
+// linear_rows: y = x @ w^T (+ bias) with float32 weights, for few activation rows (ATen's GEMM is far from the
+//   memory bound there on the machines measured: 2 rows cost it about twice 1 row).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -114,29 +121,95 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
 
 namespace {
 
-template <typename T>
-void int8_gemv_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const float* bias,
-                    at::Tensor& out) {
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  const T* xp = x.data_ptr<T>();
-  const int8_t* wp = w.data_ptr<int8_t>();
-  const float* sp = scale.data_ptr<float>();
+// Few-row linears (decode batches, speculative verify rows): y[m, n] = dot(x[m], w[n]) (* scale[n]) (+ bias[n]) with
+// weights int8 (weight-only quantization) or float32. MB activation rows (1-4) go against one weight row at a time
+// (it stays in L1 across the row blocks): each weight is loaded (and converted) once for all MB rows, into MB x U
+// independent 8-float accumulators, so the loop is bound by memory, not by the latency of one accumulator's FMA
+// chain (the plain-loop version was: about 2 weights per cycle). AVX2 + FMA intrinsics where the compiler targets
+// them (-march=native; AVX-512 CPUs have both), a plain loop otherwise (ARM, older x86).
+#if defined(__AVX2__) && defined(__FMA__)
+inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline __m256 load8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+
+template <int MB, int U, typename W>
+inline void dot_rows(const float* __restrict xf, int64_t K, const W* __restrict wr, float* out) {
+  __m256 acc[MB][U];
+  for (int m = 0; m < MB; ++m)
+    for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 * U <= K; k += 8 * U) {
+    __m256 wf[U];
+    for (int u = 0; u < U; ++u) wf[u] = load8(wr + k + 8 * u);
+    for (int m = 0; m < MB; ++m)
+      for (int u = 0; u < U; ++u) acc[m][u] = _mm256_fmadd_ps(_mm256_loadu_ps(xf + m * K + k + 8 * u), wf[u], acc[m][u]);
+  }
+  for (int m = 0; m < MB; ++m) {
+    __m256 t = acc[m][0];
+    for (int u = 1; u < U; ++u) t = _mm256_add_ps(t, acc[m][u]);
+    float s = hsum256(t);
+    for (int64_t kk = k; kk < K; ++kk) s += xf[m * K + kk] * static_cast<float>(wr[kk]);
+    out[m] = s;
+  }
+}
+#else
+template <int MB, int U, typename W>
+inline void dot_rows(const float* __restrict xf, int64_t K, const W* __restrict wr, float* out) {
+  for (int m = 0; m < MB; ++m) out[m] = dot_f(xf + m * K, wr, K);
+}
+#endif
+
+// x [M, K] (any float dtype), w [N, K] of W, scale [N] float or null, bias [N] float or null -> out [M, N].
+template <typename T, typename W>
+void gemv_rows_impl(const at::Tensor& x, const W* wp, const float* sp, const float* bias, at::Tensor& out) {
+  const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
   T* op = out.data_ptr<T>();
-  std::vector<float> xf(M * K);
-  for (int64_t i = 0; i < M * K; ++i) xf[i] = static_cast<float>(xp[i]);
+  at::Tensor xf_t = x.to(at::kFloat).contiguous();
+  const float* xf = xf_t.data_ptr<float>();
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    float d[4];
     for (int64_t n = begin; n < end; ++n) {
-      const int8_t* wr = wp + n * K;
-      for (int64_t m = 0; m < M; ++m) {
-        float v = dot_f(&xf[m * K], wr, K) * sp[n];
-        if (bias) v += bias[n];
-        op[m * N + n] = static_cast<T>(v);
+      const W* wr = wp + n * K;
+      for (int64_t m0 = 0; m0 < M; m0 += 4) {
+        const float* xb = xf + m0 * K;
+        const int64_t mb = std::min<int64_t>(4, M - m0);
+        if (mb == 1) dot_rows<1, 4>(xb, K, wr, d);
+        else if (mb == 2) dot_rows<2, 2>(xb, K, wr, d);
+        else if (mb == 3) dot_rows<3, 2>(xb, K, wr, d);
+        else dot_rows<4, 2>(xb, K, wr, d);
+        for (int64_t m = 0; m < mb; ++m) {
+          float v = sp ? d[m] * sp[n] : d[m];
+          if (bias) v += bias[n];
+          op[(m0 + m) * N + n] = static_cast<T>(v);
+        }
       }
     }
   });
 }
 
 }  // namespace
+
+// float32 weights, few rows: see gemv_rows_impl. x [M, K] float32, w [N, K] float32 contiguous, bias [N] or None.
+at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "linear_rows: x [M, K], w [N, K]");
+  TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous(), "linear_rows: contiguous float32 weight");
+  auto out = at::empty({x.size(0), w.size(0)}, x.options());
+  at::Tensor bias_f;
+  if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_rows", [&] {
+    gemv_rows_impl<scalar_t, float>(x, w.data_ptr<float>(), nullptr,
+                                    bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, out);
+  });
+  return out;
+}
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                        const c10::optional<at::Tensor>& bias, int64_t gemv_rows) {
@@ -148,8 +221,11 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
   if (M <= gemv_rows) {
     auto out = at::empty({M, N}, xc.options());
+    auto wc = w.contiguous();
+    auto sc = scale.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "int8_linear", [&] {
-      int8_gemv_impl<scalar_t>(xc, w, scale, bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, out);
+      gemv_rows_impl<scalar_t, int8_t>(xc, wc.data_ptr<int8_t>(), sc.data_ptr<float>(),
+                                       bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, out);
     });
     return out;
   }
@@ -172,4 +248,5 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention, "single-token attention over a paged KV cache");
   m.def("int8_linear", &int8_linear, "weight-only int8 linear");
+  m.def("linear_rows", &linear_rows, "float32 linear for few activation rows");
 }

@@ -1,0 +1,62 @@
+"""float32 linears with a few-row kernel (issue 18): decode batches and speculative verify rows.
+
+ATen's float32 GEMM (MKL / oneDNN) is far from the memory bound when the activation has only a few rows: measured
+on an AVX2 EPYC (1 thread, every linear of one SmolLM2-135M step, 540 MB of weights), 1 row 40 ms, 2 rows 72 ms,
+4 rows 80 ms, 8 rows 90 ms. ``linear_rows`` of :mod:`pitstop.model.cpu_kernels` reads each weight row once for up to
+four activation rows at a time, with independent accumulators: 31, 36, 38 and 59 ms on the same shapes, equal at 16
+rows and slower above (``benchmarks/cpu_kernels_micro.py``). So :class:`FewRowLinear` sends at most
+:data:`FEW_ROWS` rows to the kernel and everything else (prefill chunks, big decode batches) to ``F.linear``.
+
+Each output element is a float32 dot product either way; the kernel sums in another order than ATen, so results
+differ in the last bits (about 1e-6 relative), not more. Used only for float32 models on CPUs whose kernels built
+and passed their probe (``PITSTOP_PORTABLE`` / ``PITSTOP_NO_CPU_KERNELS``: plain ``F.linear``), and never inside
+``torch.compile`` (Inductor gets ``F.linear``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FEW_ROWS = 8  # activation rows up to this take the kernel (see the module docstring for the measurement)
+
+
+class FewRowLinear(nn.Module):
+    """An ``nn.Linear`` whose calls with at most :data:`FEW_ROWS` rows run ``linear_rows`` (module docstring).
+
+    The weight and bias are the wrapped layer's own parameters (shared, so a tied ``lm_head`` stays tied).
+
+    Args:
+        linear: a float32 ``nn.Linear``.
+        kernels: the :func:`pitstop.model.cpu_kernels.cpu_kernels` module.
+    """
+
+    def __init__(self, linear: nn.Linear, kernels) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.kernels = kernels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[M, in]`` -> ``[M, out]``; any other rank or dtype, or more rows: ``F.linear``."""
+        if (x.dim() == 2 and x.shape[0] <= FEW_ROWS and x.dtype == torch.float32
+                and not torch.compiler.is_compiling()):
+            return self.kernels.linear_rows(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, few-row kernel <= {FEW_ROWS}"
+
+
+def use_few_row_linears(model: nn.Module, kernels) -> int:
+    """Wrap every float32, contiguous ``nn.Linear`` of ``model`` in a :class:`FewRowLinear` in place; returns how
+    many. Call only with a loaded kernel module."""
+    targets = [(name, m) for name, m in model.named_modules()
+               if type(m) is nn.Linear and m.weight.dtype == torch.float32 and m.weight.is_contiguous()]
+    for name, module in targets:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, FewRowLinear(module, kernels))
+    return len(targets)
