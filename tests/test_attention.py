@@ -90,7 +90,8 @@ def test_random_batches(backend: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_decode_kernel_reads_blocks_in_place(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("head_dim", [16, 12, 72])  # 12: the plain-loop path; 72: a 64-wide and an 8-wide chunk
+def test_cpu_decode_kernel_reads_blocks_in_place(dtype: torch.dtype, head_dim: int) -> None:
     """The C++ decode kernel (when it builds here) equals the torch backend's gather + SDPA path, per sequence
     whatever the batch around it (batch invariance), in float32 and bfloat16."""
     from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
@@ -99,11 +100,11 @@ def test_cpu_decode_kernel_reads_blocks_in_place(dtype: torch.dtype) -> None:
     if kernels is None:
         pytest.skip(f"C++ kernels off: {kernel_status()}")
     gen = torch.Generator().manual_seed(5)
-    k_cache = torch.randn(40, BS, 2, 16, generator=gen).to(dtype)
-    v_cache = torch.randn(40, BS, 2, 16, generator=gen).to(dtype)
+    k_cache = torch.randn(40, BS, 2, head_dim, generator=gen).to(dtype)
+    v_cache = torch.randn(40, BS, 2, head_dim, generator=gen).to(dtype)
     lens = [1, 7, 33, 12]
     tables = [[3], [9, 4], [0, 1, 2, 5, 6, 7, 8, 10, 11], [20, 30, 39]]
-    q = torch.randn(4, 6, 16, generator=gen).to(dtype)
+    q = torch.randn(4, 6, head_dim, generator=gen).to(dtype) * 3  # larger scores: a peaked softmax too
     torch_backend, cpu_backend = get_attention_backend("torch"), get_attention_backend("cpu")
     ref_meta = torch_backend.build_metadata([1] * 4, lens, tables, BS, torch.device("cpu"))
     from pitstop.model.attention.torch_paged import _decode_attention

@@ -6,7 +6,9 @@
 //
 // paged_decode_attention: single-token attention of B decodes reading K/V blocks of the paged cache in place
 //   (no gather copy). Work item = (sequence, KV head); its G = Hq / Hkv query heads share every K/V row read.
-//   Two passes over the context: scores (kept, G x L floats), softmax in float, then the V-weighted sum.
+//   Two passes over the context: scores (kept, G x L floats), softmax in float, then the V-weighted sum. float32
+//   with a head size that is a multiple of 8 on AVX2 + FMA: intrinsics (a vectorized exp, the V sum held in
+//   registers across the whole context); otherwise plain loops.
 // int8_linear: y = (x @ w^T) * scale (+ bias) with int8 weights [N, K] and one float scale per output row
 //   (weight-only quantization). Few rows: each weight row is read once and dotted with every activation row;
 //   more rows: tiles of the weight are dequantized to x's dtype and multiplied with ATen's GEMM.
@@ -22,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -39,6 +42,123 @@ inline void axpy_f(float* __restrict acc, float p, const T* __restrict v, int64_
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) acc[i] += p * static_cast<float>(v[i]);
 }
+
+#if defined(__AVX2__) && defined(__FMA__)
+#define PITSTOP_AVX2 1
+inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// exp(x) of 8 floats, x <= 0 (softmax after its max is subtracted): Cephes' expf (x = n ln2 + r, |r| <= ln2 / 2,
+// e^r by a degree-7 polynomial, 2^n into the exponent bits); relative error about 1e-7. Below -87.3 it returns
+// about 1e-38 instead of a denormal or 0, which no softmax sum notices.
+inline __m256 exp256(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+// s[t] = exp(s[t] - m) for t < L; returns their sum.
+inline float exp_sum(float* s, int64_t L, float m) {
+  const __m256 mv = _mm256_set1_ps(m);
+  __m256 acc = _mm256_setzero_ps();
+  int64_t t = 0;
+  for (; t + 8 <= L; t += 8) {
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + t), mv));
+    _mm256_storeu_ps(s + t, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float sum = hsum256(acc);
+  for (; t < L; ++t) {
+    s[t] = std::exp(s[t] - m);
+    sum += s[t];
+  }
+  return sum;
+}
+
+// dot of two float rows of D (a multiple of 8) elements, two accumulators.
+inline float dot8(const float* __restrict a, const float* __restrict b, int64_t D) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 8), _mm256_loadu_ps(b + d + 8), a1);
+  }
+  if (d < D) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), a0);
+  return hsum256(_mm256_add_ps(a0, a1));
+}
+
+// acc[0 .. 8 NV) += sum over the L tokens of p[t] * v_t[d0 ..], v_t the token's row in its block; NV accumulators in
+// registers for the whole context, then out = acc * inv.
+template <int NV, typename I>
+inline void weighted_values(const float* p, int64_t L, const float* vp, const I* table, int64_t BS, int64_t row,
+                            int64_t off, float inv, float* out) {
+  __m256 acc[NV];
+  for (int i = 0; i < NV; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t t0 = 0; t0 < L; t0 += BS) {
+    const float* vb = vp + (static_cast<int64_t>(table[t0 / BS]) * BS) * row + off;
+    const int64_t n = std::min(BS, L - t0);
+    for (int64_t j = 0; j < n; ++j) {
+      const __m256 pj = _mm256_set1_ps(p[t0 + j]);
+      const float* vr = vb + j * row;
+      for (int i = 0; i < NV; ++i) acc[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * i), acc[i]);
+    }
+  }
+  const __m256 iv = _mm256_set1_ps(inv);
+  for (int i = 0; i < NV; ++i) _mm256_storeu_ps(out + 8 * i, _mm256_mul_ps(acc[i], iv));
+}
+
+template <typename I>
+inline void weighted_values_any(int nv, const float* p, int64_t L, const float* vp, const I* table, int64_t BS,
+                                int64_t row, int64_t off, float inv, float* out) {
+  switch (nv) {
+    case 1: return weighted_values<1, I>(p, L, vp, table, BS, row, off, inv, out);
+    case 2: return weighted_values<2, I>(p, L, vp, table, BS, row, off, inv, out);
+    case 3: return weighted_values<3, I>(p, L, vp, table, BS, row, off, inv, out);
+    case 4: return weighted_values<4, I>(p, L, vp, table, BS, row, off, inv, out);
+    case 5: return weighted_values<5, I>(p, L, vp, table, BS, row, off, inv, out);
+    case 6: return weighted_values<6, I>(p, L, vp, table, BS, row, off, inv, out);
+    case 7: return weighted_values<7, I>(p, L, vp, table, BS, row, off, inv, out);
+    default: return weighted_values<8, I>(p, L, vp, table, BS, row, off, inv, out);
+  }
+}
+
+// float32 decode attention of one (sequence, KV head) work item with AVX2 + FMA (D a multiple of 8).
+template <typename I>
+void decode_item_avx2(const float* qf, int64_t G, int64_t D, int64_t L, const float* kp, const float* vp,
+                      const I* table, int64_t BS, int64_t row, int64_t h, float* scores, float* out_rows) {
+  for (int64_t t0 = 0; t0 < L; t0 += BS) {
+    const float* kb = kp + (static_cast<int64_t>(table[t0 / BS]) * BS) * row + h * D;
+    const int64_t n = std::min(BS, L - t0);
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t g = 0; g < G; ++g) scores[g * L + t0 + j] = dot8(qf + g * D, kb + j * row, D);
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    float* s = scores + g * L;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t t = 0; t < L; ++t) m = std::max(m, s[t]);
+    const float inv = 1.f / exp_sum(s, L, m);
+    for (int64_t d0 = 0; d0 < D; d0 += 64) {
+      const int nv = static_cast<int>(std::min<int64_t>(8, (D - d0) / 8));
+      weighted_values_any<I>(nv, s, L, vp, table, BS, row, h * D + d0, inv, out_rows + g * D + d0);
+    }
+  }
+}
+#endif
 
 template <typename T, typename I>
 void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -64,6 +184,15 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_cache, const
       for (int64_t g = 0; g < G; ++g)
         for (int64_t d = 0; d < D; ++d) qf[g * D + d] = static_cast<float>(qp[(b * Hq + h * G + g) * D + d]) * sc;
       const I* table = bt + b * W;
+#ifdef PITSTOP_AVX2
+      if constexpr (std::is_same_v<T, float>) {
+        if (D % 8 == 0) {
+          decode_item_avx2<I>(qf.data(), G, D, L, kp, vp, table, BS, row, h, scores.data(),
+                              op + (b * Hq + h * G) * D);
+          continue;
+        }
+      }
+#endif
       for (int64_t t0 = 0; t0 < L; t0 += BS) {
         const T* kb = kp + (static_cast<int64_t>(table[t0 / BS]) * BS) * row + h * D;
         const int64_t n = std::min(BS, L - t0);
@@ -127,14 +256,7 @@ namespace {
 // independent 8-float accumulators, so the loop is bound by memory, not by the latency of one accumulator's FMA
 // chain (the plain-loop version was: about 2 weights per cycle). AVX2 + FMA intrinsics where the compiler targets
 // them (-march=native; AVX-512 CPUs have both), a plain loop otherwise (ARM, older x86).
-#if defined(__AVX2__) && defined(__FMA__)
-inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
+#ifdef PITSTOP_AVX2
 inline __m256 load8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
