@@ -206,7 +206,8 @@ def run_interleaved(llms: dict[str, LLM], prompts: list, batch: int, batch1_requ
 
 
 def build(method: str, k: int, args) -> LLM:
-    spec = None if method == "none" else {"method": method, "num_speculative_tokens": k}
+    spec = None if method == "none" else {"method": method, "num_speculative_tokens": k,
+                                          "draft_budget": args.draft_budget}
     llm = LLM(args.model, kv_cache_memory=args.kv_cache_memory, max_model_len=args.max_model_len,
               max_num_seqs=32, max_num_batched_tokens=args.max_num_batched_tokens, speculative_config=spec,
               num_threads=args.num_threads)
@@ -217,11 +218,24 @@ def build(method: str, k: int, args) -> LLM:
 def write_json(args, results: dict, load_before, partial: bool) -> None:
     if not args.output_json:
         return
+    try:
+        import arctic_inference  # noqa: F401
+        suffix_backend = "arctic"
+    except ImportError:
+        suffix_backend = "python"
     summary = {"workload": args.workload, "args": vars(args), "machine": platform.processor() or platform.machine(),
+               "cpu": _cpu_model(), "suffix_backend": suffix_backend,
                "load_average_before": load_before, "load_average_after": os.getloadavg(), "partial": partial,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results}
     Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output_json).write_text(json.dumps(summary, indent=1))
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
 
 
 def main() -> None:
@@ -231,6 +245,8 @@ def main() -> None:
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--batch1-requests", type=int, default=4)
     p.add_argument("--num-speculative-tokens", type=int, default=8)
+    p.add_argument("--draft-budget", choices=["goodput", "none"], default="goodput",
+                   help="goodput: verify only the drafts that pay (default); none: every proposed draft")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--model", default="SmolLM2-135M-Instruct")
     p.add_argument("--kv-cache-memory", default="1GiB")

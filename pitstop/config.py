@@ -74,6 +74,10 @@ class SpeculativeConfig:
             (pitstop's own, pure Python) or "auto" (arctic when installed).
         acceptance_rate: ``simulated`` only: probability that each draft position is accepted (given the previous
             one was), the simulator's acceptance model.
+        draft_budget: "goodput" (default): verify only the draft tokens that raise the step's expected tokens per
+            second, from the learned step time and acceptance rates (SmartSpec, arXiv 2406.14066;
+            ``pitstop.engine.spec_decode.draft_budget``); "none": verify every proposed draft token.
+        disable_by_batch_size: no drafts while more than this many requests run (vLLM's key; None: no limit).
 
     Raises:
         ValueError: an unknown method or key, or a value out of range.
@@ -90,6 +94,8 @@ class SpeculativeConfig:
     suffix_min_token_prob: float = 0.1
     suffix_backend: str = "auto"
     acceptance_rate: float = 0.7
+    draft_budget: str = "goodput"
+    disable_by_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in SPEC_METHODS:
@@ -110,6 +116,12 @@ class SpeculativeConfig:
         if self.suffix_backend not in ("auto", "arctic", "python"):
             raise ValueError(f"speculative_config.suffix_backend must be auto, arctic or python, "
                              f"got {self.suffix_backend!r}")
+        if self.draft_budget not in ("goodput", "none"):
+            raise ValueError(f"speculative_config.draft_budget must be goodput or none, got {self.draft_budget!r}")
+        if self.disable_by_batch_size is not None and (
+                not isinstance(self.disable_by_batch_size, int) or self.disable_by_batch_size < 1):
+            raise ValueError(f"speculative_config.disable_by_batch_size must be an integer >= 1 or null, "
+                             f"got {self.disable_by_batch_size!r}")
         if not 0 <= self.suffix_min_token_prob <= 1 or not 0 <= self.acceptance_rate <= 1:
             raise ValueError("speculative_config: suffix_min_token_prob and acceptance_rate must be in [0, 1]")
 

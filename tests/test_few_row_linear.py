@@ -62,12 +62,12 @@ def test_model_logits_match_plain_model(tmp_path, arch: str) -> None:
     assert model.lm_head.weight is head_weight  # shared, not copied (a tied head stays tied)
     from pitstop.model import allocate_kv_cache
 
-    for rows in (3, 12):  # 3 rows: the kernel; 12 (> FEW_ROWS): F.linear in both
+    for rows in (3, FEW_ROWS + 4):  # 3 rows: the kernel; more than FEW_ROWS: F.linear in both
         ids = torch.randint(0, model.vocab_size, (rows,), generator=torch.Generator().manual_seed(rows))
         outs = []
         for m in (plain, model):
-            caches = allocate_kv_cache(m, 4, 4, torch.float32)
-            meta = m.attn_backend.build_metadata([rows], [rows], [[0, 1, 2, 3]], 4, torch.device("cpu"))
+            caches = allocate_kv_cache(m, 8, 4, torch.float32)
+            meta = m.attn_backend.build_metadata([rows], [rows], [list(range(8))], 4, torch.device("cpu"))
             outs.append(m.compute_logits(m(ids, torch.arange(rows), caches, meta)))
         torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
 

@@ -2,9 +2,10 @@
 
 ATen's float32 GEMM (MKL / oneDNN) is far from the memory bound when the activation has only a few rows: measured
 on an AVX2 EPYC (1 thread, every linear of one SmolLM2-135M step, 540 MB of weights), 1 row 40 ms, 2 rows 72 ms,
-4 rows 80 ms, 8 rows 90 ms. ``linear_rows`` of :mod:`pitstop.model.cpu_kernels` reads each weight row once for up to
-four activation rows at a time, with independent accumulators: 31, 36, 38 and 59 ms on the same shapes, equal at 16
-rows and slower above (``benchmarks/cpu_kernels_micro.py``). So :class:`FewRowLinear` sends at most
+4 rows 80 ms, 8 rows 90 ms, 16 rows 112 ms. ``linear_rows`` of :mod:`pitstop.model.cpu_kernels` reads each weight
+row once for up to four activation rows at a time, with independent accumulators: 31, 36, 38, 59 and 110 ms on the
+same shapes, and slower than ATen above 16 rows (215 vs 154 ms at 32; ``benchmarks/cpu_kernels_micro.py``). A
+speculative verify of 8 drafts at batch 1 is 9 rows. So :class:`FewRowLinear` sends at most
 :data:`FEW_ROWS` rows to the kernel and everything else (prefill chunks, big decode batches) to ``F.linear``.
 
 Each output element is a float32 dot product either way; the kernel sums in another order than ATen, so results
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FEW_ROWS = 8  # activation rows up to this take the kernel (see the module docstring for the measurement)
+FEW_ROWS = 16  # activation rows up to this take the kernel (see the module docstring for the measurement)
 
 
 class FewRowLinear(nn.Module):

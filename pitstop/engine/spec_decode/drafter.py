@@ -1,10 +1,12 @@
 """The drafting step of speculative decoding, run by the engine after each step: every running sequence that is
 decoding gets its draft tokens for the next step (``Request.spec_token_ids``), cut to what the request may still
-emit and, under structured outputs, to the prefix its grammar accepts."""
+emit, under structured outputs to the prefix its grammar accepts, and (``draft_budget="goodput"``) to the tokens
+that pay for the larger step (``draft_budget``)."""
 
 from __future__ import annotations
 
 from pitstop.config import SpeculativeConfig
+from pitstop.engine.spec_decode.draft_budget import AcceptanceModel, StepTimeModel, allocate_drafts
 from pitstop.engine.spec_decode.metrics import SpecDecodeStats
 from pitstop.engine.spec_decode.proposer import Proposer
 from pitstop.engine.spec_decode.registry import build_proposer
@@ -28,15 +30,25 @@ class Drafter:
         self.max_model_len = max_model_len
         self.proposer = proposer or build_proposer(config)
         self.stats = SpecDecodeStats()
+        self.step_time = StepTimeModel()
+        self.acceptance = AcceptanceModel()
         self._active: dict[str, Request] = {}  # requests the proposer holds state for
+        self._prefill_tokens = 0  # the last step's prefill tokens: the next step likely carries as many
 
     def propose(self, running: list[Request]) -> None:
         """Set ``spec_token_ids`` of each running request that decodes next (all its known tokens but the last
         computed); release the proposer's state of requests that ended."""
         self._release_ended()
         k_max, mml, proposer, active = self.num_speculative_tokens, self.max_model_len, self.proposer, self._active
+        limit = self.config.disable_by_batch_size
+        off = limit is not None and len(running) > limit
+        decoding = []
         for req in running:
-            if req.num_computed_tokens != len(req.all_token_ids) - 1 or not req.sampling_params.speculative:
+            if req.num_computed_tokens != len(req.all_token_ids) - 1:
+                req.spec_token_ids = []
+                continue
+            decoding.append(req)
+            if off or not req.sampling_params.speculative:
                 req.spec_token_ids = []
                 continue
             k = min(k_max, req.max_tokens - len(req.output_token_ids) - 1, mml - len(req.all_token_ids) - 1)
@@ -48,18 +60,34 @@ class Drafter:
             if drafts and req.grammar is not None:
                 drafts = req.grammar.valid_prefix(req.output_token_ids, drafts)
             req.spec_token_ids = drafts
+        if self.config.draft_budget == "goodput" and any(r.spec_token_ids for r in decoding):
+            self._apply_budget(decoding)
+
+    def _apply_budget(self, decoding: list[Request]) -> None:
+        """Cut the drafts to the goodput-best allocation (``draft_budget.allocate_drafts``)."""
+        drafts = {r.request_id: (len(r.spec_token_ids), self.acceptance.rate(r.request_id))
+                  for r in decoding if r.spec_token_ids}
+        keep = allocate_drafts(len(decoding) + self._prefill_tokens, len(decoding), drafts, self.step_time)
+        for r in decoding:
+            if r.spec_token_ids:
+                r.spec_token_ids = r.spec_token_ids[:keep[r.request_id]]
 
     def _release_ended(self) -> None:
         ended = [req for req in self._active.values() if req.is_finished]
         for req in ended:
             del self._active[req.request_id]
             self.proposer.finish(req)
+            self.acceptance.forget(req.request_id)
 
     def observe(self, so: SchedulerOutput, result: ExecutorResult) -> None:
-        """Count the step's verifies (call after ``Scheduler.update``)."""
+        """Count the step's verifies and learn its time and acceptances (call after ``Scheduler.update``)."""
+        self.step_time.observe(so.num_batched_tokens, result.step_time_s)
+        self._prefill_tokens = so.num_prefill_tokens
         for s in so.scheduled:
             if s.draft_token_ids:
                 emitted = result.spec_tokens.get(s.request.request_id)
                 if emitted is not None:
-                    self.stats.observe(len(s.draft_token_ids), len(emitted) - 1, s.request.num_new_tokens)
+                    drafted, accepted = len(s.draft_token_ids), len(emitted) - 1
+                    self.stats.observe(drafted, accepted, s.request.num_new_tokens)
+                    self.acceptance.observe(s.request.request_id, drafted, min(accepted, drafted))
 
