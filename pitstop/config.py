@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
 from dataclasses import dataclass, fields
 from typing import Any
@@ -144,6 +146,21 @@ class SpeculativeConfig:
         if "method" not in value:
             raise ValueError("speculative_config needs a 'method' (suffix or ngram)")
         return cls(**value)
+
+
+def speculative_config_arg(text: str) -> dict:
+    """``--speculative-config``: a JSON object (vLLM's flag), e.g. ``{"method": "suffix", "num_speculative_tokens":
+    16}``; checked by :class:`SpeculativeConfig`.
+
+    Raises:
+        argparse.ArgumentTypeError: not JSON, not an object, or an invalid config (unknown method or key).
+    """
+    try:
+        value = json.loads(text)
+        SpeculativeConfig.parse(value)
+    except (json.JSONDecodeError, ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 
 @dataclass

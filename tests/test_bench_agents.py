@@ -166,6 +166,21 @@ def test_cli_sim_backend_compare(tmp_path):
     assert set(res["ratios"]) == {"program-fcfs+continuum", "plas+fixed"}
 
 
+def test_cli_sim_backend_with_speculation(tmp_path):
+    """--speculative-config reaches the engine (here the simulator's acceptance model) and its counters the JSON."""
+    out = tmp_path / "spec.json"
+    rc = main(["--backend", "sim", "--trace", "tracelab", "--num-programs", "3", "--max-turns", "3",
+               "--token-scale", "0.1", "--time-scale", "0.5", "--program-rate", "2", "--max-model-len", "1024",
+               "--kv-cache-memory", "32MiB", "--dtype", "bfloat16", "--output-json", str(out), "--quiet",
+               "--speculative-config", '{"method": "simulated", "acceptance_rate": 0.6, "draft_budget": "none"}'])
+    assert rc == 0
+    (run,) = json.loads(out.read_text())["runs"].values()
+    spec = run["summary"]["spec_decode"]
+    assert spec["spec_num_verifies"] > 0 and 0 < spec["spec_num_accepted_tokens"] < spec["spec_num_draft_tokens"]
+    with pytest.raises(SystemExit):
+        main(["--backend", "sim", "--speculative-config", '{"method": "nope"}'])
+
+
 def test_records_of_the_gpl_trace_are_redacted():
     from pitstop.replay.agent_summary import TRACE_DERIVED_TURN_FIELDS, records_json
 

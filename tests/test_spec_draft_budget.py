@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from pitstop.config import SpeculativeConfig
-from pitstop.engine.spec_decode.draft_budget import (AcceptanceModel, StepTimeModel, allocate_drafts,
+from pitstop.engine.spec_decode.draft_budget import (AcceptanceEstimate, StepTimeModel, allocate_drafts,
                                                      token_bucket)
 
 
@@ -38,7 +38,7 @@ def test_step_time_model_interpolates_and_extrapolates() -> None:
 
 
 def test_acceptance_model() -> None:
-    a = AcceptanceModel(prior=0.5, prior_weight=4)
+    a = AcceptanceEstimate(prior=0.5, prior_weight=4)
     assert a.rate("x") == pytest.approx(0.5)
     for _ in range(10):
         a.observe("good", 8, 8)  # every draft accepted: no rejection counted

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pitstop.bench.agent_engine_replay import call_optional, run_engine_backend
+from pitstop.config import speculative_config_arg
 from pitstop.bench.agent_http_replay import run_http_backend
 from pitstop.replay.agent_replay import token_range
 from pitstop.replay.agent_summary import records_json, step_summary, summarize_run
@@ -63,6 +64,8 @@ def _engine_kwargs(args: argparse.Namespace, scheduling_policy: str, ttl_policy:
                               skip_tokenizer_init=True, scheduling_policy=scheduling_policy, ttl_policy=ttl_policy)
     if args.ttl_seconds is not None:
         kw["ttl_seconds"] = args.ttl_seconds
+    if getattr(args, "speculative_config", None) is not None:
+        kw["speculative_config"] = args.speculative_config
     return kw
 
 
@@ -81,8 +84,9 @@ def build_sim_engine(args: argparse.Namespace, scheduling_policy: str, ttl_polic
     ``--kv-cache-memory`` and the model config's KV bytes per token in ``--dtype`` (``auto``: the dtype the real
     engine would choose on this CPU), by the real engine's computation, so the same flags give the same capacity
     and the same errors. Returns (engine, clock)."""
-    from pitstop.config import DTYPE_BYTES, EngineConfig, kv_cache_num_blocks
+    from pitstop.config import DTYPE_BYTES, EngineConfig, SpeculativeConfig, kv_cache_num_blocks
     from pitstop.engine.llm_engine import LLMEngine
+    from pitstop.executor.acceptance import AcceptanceModel
     from pitstop.executor.simulated_runner import SimulatedRunner
     from pitstop.clock import VirtualClock
     from pitstop.sim.cost_models import build_cost_model
@@ -95,6 +99,9 @@ def build_sim_engine(args: argparse.Namespace, scheduling_policy: str, ttl_polic
     cost = cost_model or build_cost_model(args.cost_model, args.model, args.hardware,
                                           profile=getattr(args, "profile", None))
     runner = SimulatedRunner(cost, clock, vocab_size=vocab_size)
+    spec = SpeculativeConfig.parse(getattr(args, "speculative_config", None))
+    if spec is not None:  # the simulated verifies accept drafts by the configured rate
+        runner.acceptance = AcceptanceModel(spec.acceptance_rate, seed=args.seed)
     engine = LLMEngine(EngineConfig(**_engine_kwargs(args, scheduling_policy, ttl_policy)), executor=runner,
                        clock=clock, num_blocks=int(num_blocks), vocab_size=vocab_size, max_model_len=args.max_model_len)
     return engine, clock
@@ -200,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduling-policy", default="fcfs")
     p.add_argument("--ttl-policy", default="none")
     p.add_argument("--ttl-seconds", type=float, default=None, help="TTL of --ttl-policy fixed")
+    p.add_argument("--speculative-config", type=speculative_config_arg, default=None,
+                   help='speculative decoding of the engine (JSON, vLLM\'s flag), e.g. \'{"method": "ngram"}\'; '
+                        'with --backend sim: \'{"method": "simulated", "acceptance_rate": 0.6}\'')
     p.add_argument("--compare", default=None,
                    help="comma list of scheduling+ttl combos run on the same workload, e.g. "
                         "fcfs+none,program-fcfs+continuum,plas+continuum (ratios vs the first)")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from pitstop.config import speculative_config_arg as speculative_config
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -34,22 +35,6 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speculative-config", type=speculative_config, default=None,
                    help='speculative decoding as JSON, e.g. \'{"method": "suffix", "num_speculative_tokens": 16}\' '
                         '(methods: suffix, ngram; see pitstop.config.SpeculativeConfig)')
-
-
-def speculative_config(text: str) -> dict:
-    """``--speculative-config``: a JSON object (vLLM's flag), e.g. ``{"method": "suffix", "num_speculative_tokens":
-    16}``; checked by ``pitstop.config.SpeculativeConfig``.
-
-    Raises:
-        argparse.ArgumentTypeError: not JSON, not an object, or an invalid config (unknown method or key).
-    """
-    from pitstop.config import SpeculativeConfig
-    try:
-        value = json.loads(text)
-        SpeculativeConfig.parse(value)
-    except (json.JSONDecodeError, ValueError, TypeError) as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return value
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:

@@ -88,6 +88,7 @@ def summarize_run(records: Sequence[ProgramRecord], makespan_s: float, engine_st
         "turn_throughput_per_s": len(turns) / makespan_s if makespan_s > 0 else math.nan,
         "program_throughput_per_min": 60 * len(done) / makespan_s if makespan_s > 0 else math.nan,
         "pin_stats": pins,
+        "spec_decode": {k: v for k, v in (engine_stats or {}).items() if k.startswith("spec_")},
         "kv": kv_pressure(records, capacity_tokens, makespan_s),
         "errors": sorted({t.error for r in records for t in r.turns if not t.ok})[:5],
     }

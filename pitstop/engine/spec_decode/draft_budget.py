@@ -9,7 +9,7 @@ outweigh what the larger step costs. Both sides are learned while serving:
   flat in its token count while the weights' streaming dominates (batch-1 decode: 8 more rows cost little) and
   linear once compute dominates (batch 32: every drafted token costs about a decoded one), so drafting that wins
   at batch 1 can lose at batch 32.
-- :class:`AcceptanceModel`: per request, the probability ``a`` that a draft position is accepted given the one before
+- :class:`AcceptanceEstimate`: per request, the probability ``a`` that a draft position is accepted given the one before
   it was (counts of accepted positions and of rejections, with the engine-wide rate as the prior), so ``k`` drafts
   add ``a + a**2 + ... + a**k`` tokens in expectation.
 
@@ -77,7 +77,7 @@ class StepTimeModel:
 
 
 @dataclass
-class AcceptanceModel:
+class AcceptanceEstimate:
     """Per-position acceptance probabilities: engine-wide and per request (censored geometric counts: a verify
     of ``d`` drafts with ``a`` accepted adds ``a`` accepted positions and one rejection when ``a < d``).
 

@@ -6,7 +6,7 @@ that pay for the larger step (``draft_budget``)."""
 from __future__ import annotations
 
 from pitstop.config import SpeculativeConfig
-from pitstop.engine.spec_decode.draft_budget import AcceptanceModel, StepTimeModel, allocate_drafts
+from pitstop.engine.spec_decode.draft_budget import AcceptanceEstimate, StepTimeModel, allocate_drafts
 from pitstop.engine.spec_decode.metrics import SpecDecodeStats
 from pitstop.engine.spec_decode.proposer import Proposer
 from pitstop.engine.spec_decode.registry import build_proposer
@@ -31,7 +31,7 @@ class Drafter:
         self.proposer = proposer or build_proposer(config)
         self.stats = SpecDecodeStats()
         self.step_time = StepTimeModel()
-        self.acceptance = AcceptanceModel()
+        self.acceptance = AcceptanceEstimate()
         self._active: dict[str, Request] = {}  # requests the proposer holds state for
         self._prefill_tokens = 0  # the last step's prefill tokens: the next step likely carries as many
 
