@@ -12,33 +12,42 @@ from pitstop import LLM, SamplingParams
 from pitstop.config import EngineConfig
 from pitstop.model import load_model
 from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
-from pitstop.model.int8_linear import GEMV_ROWS, Int8Linear, quantize_linears, quantize_weight
+from pitstop.model.int8_linear import GEMV_ROWS, Int8Linear, dequantize_weight, quantize_linears, quantize_weight
 
 
-def test_quantize_weight_error_bound() -> None:
-    w = torch.randn(37, 50)
+@pytest.mark.parametrize("cols,group,groups", [(50, 32, 1), (64, 32, 2), (64, None, 1)])
+def test_quantize_weight_error_bound(cols: int, group, groups: int) -> None:
+    w = torch.randn(37, cols)
     w[3] = 0  # an all-zero row keeps scale 1, q 0
-    q, scale = quantize_weight(w)
-    assert q.dtype == torch.int8 and scale.shape == (37,) and int(q.abs().max()) <= 127
-    assert scale[3] == 1 and not q[3].any()
-    # rounding error at most half a step per element
-    assert ((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-7).all()
+    q, scale = quantize_weight(w, group)
+    assert q.dtype == torch.int8 and scale.shape == (37, groups) and int(q.abs().max()) <= 127
+    assert (scale[3] == 1).all() and not q[3].any()
+    # rounding error at most half a step per element, each element on its own group's step
+    step = scale.repeat_interleave(cols // groups, dim=1)
+    assert ((dequantize_weight(q, scale) - w).abs() <= step / 2 + 1e-7).all()
+    # a group's scale is its largest magnitude / 127: a big weight in one group leaves the other group's steps small
+    if groups == 2:
+        w2 = torch.randn(4, 64)
+        w2[:, 0] = 100.0
+        _, s2 = quantize_weight(w2, group)
+        assert (s2[:, 1] < s2[:, 0] / 10).all()
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 6, GEMV_ROWS, GEMV_ROWS + 1, 70])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("in_features", [96, 100])  # 100: a tail after the kernel's 16/32-wide steps
-def test_kernel_matches_portable(rows: int, bias: bool, in_features: int) -> None:
+@pytest.mark.parametrize("group", [32, None])  # 100 inputs: one scale per row either way
+def test_kernel_matches_portable(rows: int, bias: bool, in_features: int, group) -> None:
     kernels = cpu_kernels()
     if kernels is None:
         pytest.skip(f"C++ kernels off: {kernel_status()}")
     torch.manual_seed(rows)
     lin = nn.Linear(in_features, 200, bias=bias)
-    fast, portable = Int8Linear(lin, kernels), Int8Linear(lin, None)
+    fast, portable = Int8Linear(lin, kernels, group), Int8Linear(lin, None, group)
     x = torch.randn(rows, in_features)
     torch.testing.assert_close(fast(x), portable(x), atol=1e-5, rtol=1e-5)
     # and both are the dequantized weight's linear
-    ref = nn.functional.linear(x, fast.qweight.float() * fast.scale[:, None], lin.bias)
+    ref = nn.functional.linear(x, dequantize_weight(fast.qweight, fast.scale), lin.bias)
     torch.testing.assert_close(fast(x), ref, atol=1e-5, rtol=1e-5)
 
 

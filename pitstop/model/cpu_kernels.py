@@ -6,8 +6,10 @@ Kernels (source: ``pitstop/data/csrc/cpu_kernels.cpp``, plain C++ loops the comp
   int32/int64, seq_lens [B] int64, scale) -> [B, Hq, D]``: single-token attention that reads each sequence's K/V
   blocks where they lie in the paged cache (the torch backend first gathers every block of the padded batch into a
   new tensor). Used by the ``cpu`` attention backend (``pitstop.model.attention.cpu_paged``).
-- ``int8_linear(x [M, K], w [N, K] int8, scale [N] float32, bias [N] | None, gemv_rows) -> [M, N]``: weight-only
-  int8 linear (``pitstop.model.int8_linear``).
+- ``int8_linear(x [M, K], w [N, K] int8, scale [N] or [N, groups] float32, bias [N] | None, gemv_rows) -> [M, N]``:
+  weight-only int8 linear, one scale per row or per equal group of a row (``pitstop.model.int8_linear``).
+- ``linear_rows(x [M, K], w [N, K] float32, bias [N] | None) -> [M, N]``: float32 linear for few rows
+  (``pitstop.model.few_row_linear``).
 
 Build: ``-O3 -march=native -fopenmp-simd`` (vectorized for *this* CPU), so the build folder's name carries a hash of
 the source, torch's version, the compiler flags and this CPU's model and ISA flags: a cache shared between machines
@@ -125,14 +127,18 @@ def probe(module: ModuleType) -> str | None:
         if not torch.allclose(got[b], ref.squeeze(1), atol=1e-5, rtol=1e-5):
             return "paged_decode_attention disagrees with PyTorch"
     w = torch.randint(-127, 128, (24, 40), generator=gen, dtype=torch.int8)
-    scale = torch.rand(24, generator=gen) / 100
     bias = torch.randn(24, generator=gen)
-    for rows in (1, 7):
-        x = torch.randn(rows, 40, generator=gen)
-        ref = torch.nn.functional.linear(x, w.float() * scale[:, None], bias)
-        for gemv_rows in (0, 8):
-            if not torch.allclose(module.int8_linear(x, w, scale, bias, gemv_rows), ref, atol=1e-4, rtol=1e-4):
-                return "int8_linear disagrees with PyTorch"
+    for groups in (1, 5):  # per row; groups of 8 weights
+        scale = torch.rand(24, groups, generator=gen) / 100
+        wf = (w.float().view(24, groups, -1) * scale[..., None]).view(24, 40)
+        for rows in (1, 7):
+            x = torch.randn(rows, 40, generator=gen)
+            ref = torch.nn.functional.linear(x, wf, bias)
+            for gemv_rows in (0, 8):
+                if not torch.allclose(module.int8_linear(x, w, scale, bias, gemv_rows), ref, atol=1e-4, rtol=1e-4):
+                    return "int8_linear disagrees with PyTorch"
+            if not torch.allclose(module.linear_rows(x, wf, bias), ref, atol=1e-4, rtol=1e-4):
+                return "linear_rows disagrees with PyTorch"
     return None
 
 

@@ -1,16 +1,19 @@
 """Weight-only int8 linears (``--quantization int8``, issue 18).
 
 Every ``nn.Linear`` of the model (the fused QKV, o, gate/up and down projections and ``lm_head``) is replaced by an
-:class:`Int8Linear`: weights quantized symmetrically per output channel, ``q = round(w / s)`` with
-``s = max|w_row| / 127`` (q in [-127, 127], int8), one float32 scale per output row; activations stay in the model
-dtype and ``y = (x @ q^T) * s + bias``. The embedding table stays in the model dtype (only the looked-up rows are
+:class:`Int8Linear`: weights quantized symmetrically per group of :data:`GROUP_SIZE` consecutive weights of an output
+row (llama.cpp's Q8_0 grouping), ``q = round(w / s)`` with ``s = max|w_group| / 127`` (q in [-127, 127], int8), one
+float32 scale per group (per row where the row length is not a multiple of the group); activations stay in the
+model dtype and ``y = x @ (q * s)^T + bias``. Per-row scales (the first version) left 48% of greedy positions equal
+to float32 on SmolLM2, whose float weights are Q4_1 values with their own scale and minimum every 32 weights;
+``benchmarks/int8_accuracy.py`` measures both. The embedding table stays in the model dtype (only the looked-up rows are
 read), so a tied ``lm_head`` gets its own int8 copy. Weight bytes per token fall 4x against float32 (2x against
 bf16), which is what a memory-bound batch-1 decode is paying for.
 
 Kernels: ``int8_linear`` of :mod:`pitstop.model.cpu_kernels` (few rows: each int8 weight row is read once,
 converted to float once and dotted with up to four activation rows at a time; more rows: weight tiles are
-dequantized into L2 and multiplied with ATen's GEMM). Portable fallback (no kernels: ``PITSTOP_PORTABLE``, no compiler): ``F.linear(x, q.to(dtype)) * s``,
-the same math with the weight dequantized on every call (correct, slower). ATen's own
+dequantized into L2 and multiplied with ATen's GEMM). Portable fallback (no kernels: ``PITSTOP_PORTABLE``, no compiler):
+``F.linear(x, dequantize_weight(q, s))``, the same math with the weight dequantized on every call (correct, slower). ATen's own
 ``torch.ops.aten._weight_int8pack_mm`` was measured and lost on an AVX2 machine (float32 activations: 10-200x
 slower than float32 ``F.linear``; bf16 activations, emulated there: 1.1-6x slower; see benchmarks/README.md).
 
@@ -26,32 +29,45 @@ import torch.nn.functional as F
 from torch import nn
 
 QUANTIZATIONS = ("none", "int8")
+GROUP_SIZE = 32  # weights per scale (a row's length must be a multiple, else one scale per row)
 GEMV_ROWS = 16  # at most this many activation rows take the read-weights-once kernel; more use tiled GEMM
 # (measured: the kernel wins up to 16 rows, 84 vs 118 ms for every linear of a step, and loses at 32: 197 vs 176)
 
 
-def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[N, K]`` float weight -> ``(q [N, K] int8, scale [N] float32)`` with ``weight ~= q * scale[:, None]``.
+def quantize_weight(weight: torch.Tensor, group_size: int | None = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, K]`` float weight -> ``(q [N, K] int8, scale [N, K // g] float32)`` with
+    ``weight ~= (q.view(N, K // g, g) * scale[..., None]).view(N, K)``; ``g = group_size`` when it divides ``K``,
+    else ``K`` (and always ``K`` for ``group_size=None``: one scale per row).
 
-    All-zero rows get scale 1 (q = 0)."""
+    All-zero groups get scale 1 (q = 0)."""
     w = weight.detach().float()
-    scale = w.abs().amax(dim=1) / 127.0
+    n, k = w.shape
+    g = group_size if group_size and k % group_size == 0 else k
+    wg = w.view(n, k // g, g)
+    scale = wg.abs().amax(dim=2) / 127.0
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    q = torch.round(wg / scale[..., None]).clamp_(-127, 127).to(torch.int8).view(n, k)
     return q.contiguous(), scale.contiguous()
 
 
+def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(q [N, K] int8, scale [N, groups])`` -> ``[N, K]`` weight in ``dtype``."""
+    n, k = q.shape
+    return (q.to(dtype).view(n, scale.shape[1], -1) * scale.to(dtype)[..., None]).view(n, k)
+
+
 class Int8Linear(nn.Module):
-    """A linear layer with int8 weights and per-output-channel float32 scales (see module docstring).
+    """A linear layer with int8 weights and float32 scales per group of a row (see module docstring).
 
     Args:
         linear: the float layer to quantize (its weight is not kept).
         kernels: the :mod:`pitstop.model.cpu_kernels` module, or None for the portable path.
+        group_size: weights per scale (``quantize_weight``); None: one scale per output row.
     """
 
-    def __init__(self, linear: nn.Linear, kernels=None) -> None:
+    def __init__(self, linear: nn.Linear, kernels=None, group_size: int | None = GROUP_SIZE) -> None:
         super().__init__()
-        q, scale = quantize_weight(linear.weight)
+        q, scale = quantize_weight(linear.weight, group_size)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("qweight", q)
         self.register_buffer("scale", scale)
@@ -64,8 +80,7 @@ class Int8Linear(nn.Module):
             if torch.compiler.is_compiling():  # traced by torch.compile: the kernel as a registered op
                 return _int8_op()(x, self.qweight, self.scale, self.bias, GEMV_ROWS)
             return self.kernels.int8_linear(x, self.qweight, self.scale, self.bias, GEMV_ROWS)
-        out = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
-        return out if self.bias is None else out + self.bias
+        return F.linear(x, dequantize_weight(self.qweight, self.scale, x.dtype), self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8, " + (

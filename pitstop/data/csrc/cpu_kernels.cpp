@@ -9,8 +9,8 @@
 //   Two passes over the context: scores (kept, G x L floats), softmax in float, then the V-weighted sum. float32
 //   with a head size that is a multiple of 8 on AVX2 + FMA: intrinsics (a vectorized exp, the V sum held in
 //   registers across the whole context); otherwise plain loops.
-// int8_linear: y = (x @ w^T) * scale (+ bias) with int8 weights [N, K] and one float scale per output row
-//   (weight-only quantization). Few rows: each weight row is read once and dotted with every activation row;
+// int8_linear: y = x @ (w * scale)^T (+ bias) with int8 weights [N, K] and float scales per output row ([N]) or
+//   per group of weights of a row ([N, groups], equal groups; weight-only quantization). Few rows: each weight row is read once and dotted with every activation row;
 //   more rows: tiles of the weight are dequantized to x's dtype and multiplied with ATen's GEMM.
 // linear_rows: y = x @ w^T (+ bias) with float32 weights, for few activation rows (ATen's GEMM is far from the
 //   memory bound there on the machines measured: 2 rows cost it about twice 1 row).
@@ -250,7 +250,7 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
 
 namespace {
 
-// Few-row linears (decode batches, speculative verify rows): y[m, n] = dot(x[m], w[n]) (* scale[n]) (+ bias[n]) with
+// Few-row linears (decode batches, speculative verify rows): y[m, n] = dot(x[m], w[n] * scales) (+ bias[n]) with
 // weights int8 (weight-only quantization) or float32. MB activation rows (1-4) go against one weight row at a time
 // (it stays in L1 across the row blocks): each weight is loaded (and converted) once for all MB rows, into MB x U
 // independent 8-float accumulators, so the loop is bound by memory, not by the latency of one accumulator's FMA
@@ -262,37 +262,105 @@ inline __m256 load8(const int8_t* p) {
 }
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 
-template <int MB, int U, typename W>
-inline void dot_rows(const float* __restrict xf, int64_t K, const W* __restrict wr, float* out) {
+// out[m] = sum over groups g of gs[g] * dot(x[m] group g, w group g) (no gs: one group, no scaling). The groups are
+// `group` weights long (a multiple of 8 * U, or the whole row).
+template <int MB, int U, bool GS, typename W>
+inline void dot_rows(const float* __restrict xf, int64_t K, const W* __restrict wr, const float* __restrict gs,
+                     int64_t group, float* out) {
   __m256 acc[MB][U];
+  float tail[MB] = {};
   for (int m = 0; m < MB; ++m)
     for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 8 * U <= K; k += 8 * U) {
-    __m256 wf[U];
-    for (int u = 0; u < U; ++u) wf[u] = load8(wr + k + 8 * u);
-    for (int m = 0; m < MB; ++m)
-      for (int u = 0; u < U; ++u) acc[m][u] = _mm256_fmadd_ps(_mm256_loadu_ps(xf + m * K + k + 8 * u), wf[u], acc[m][u]);
+  for (int64_t g0 = 0; g0 < K; g0 += group) {
+    const int64_t gend = std::min(K, g0 + group);
+    const float gsc = GS ? gs[g0 / group] : 1.f;
+    const __m256 sv = _mm256_set1_ps(gsc);
+    int64_t k = g0;
+    for (; k + 8 * U <= gend; k += 8 * U) {
+      __m256 wf[U];
+      for (int u = 0; u < U; ++u) wf[u] = GS ? _mm256_mul_ps(load8(wr + k + 8 * u), sv) : load8(wr + k + 8 * u);
+      for (int m = 0; m < MB; ++m)
+        for (int u = 0; u < U; ++u)
+          acc[m][u] = _mm256_fmadd_ps(_mm256_loadu_ps(xf + m * K + k + 8 * u), wf[u], acc[m][u]);
+    }
+    for (; k < gend; ++k)
+      for (int m = 0; m < MB; ++m) tail[m] += xf[m * K + k] * static_cast<float>(wr[k]) * gsc;
   }
   for (int m = 0; m < MB; ++m) {
     __m256 t = acc[m][0];
     for (int u = 1; u < U; ++u) t = _mm256_add_ps(t, acc[m][u]);
-    float s = hsum256(t);
-    for (int64_t kk = k; kk < K; ++kk) s += xf[m * K + kk] * static_cast<float>(wr[kk]);
-    out[m] = s;
+    out[m] = hsum256(t) + tail[m];
   }
 }
 #else
-template <int MB, int U, typename W>
-inline void dot_rows(const float* __restrict xf, int64_t K, const W* __restrict wr, float* out) {
-  for (int m = 0; m < MB; ++m) out[m] = dot_f(xf + m * K, wr, K);
+template <int MB, int U, bool GS, typename W>
+inline void dot_rows(const float* __restrict xf, int64_t K, const W* __restrict wr, const float* __restrict gs,
+                     int64_t group, float* out) {
+  for (int m = 0; m < MB; ++m) {
+    float s = 0.f;
+    for (int64_t g0 = 0; g0 < K; g0 += group)
+      s += dot_f(xf + m * K + g0, wr + g0, std::min(group, K - g0)) * (GS ? gs[g0 / group] : 1.f);
+    out[m] = s;
+  }
 }
 #endif
 
-// x [M, K] (any float dtype), w [N, K] of W, scale [N] float or null, bias [N] float or null -> out [M, N].
+#ifdef PITSTOP_AVX2
+// Groups of a compile-time 32 weights (the int8 default, llama.cpp's Q8_0 grouping; K a multiple of 32): the inner
+// loop has a fixed trip count, so the accumulators stay in registers (the runtime-group loop above costs about 30%
+// more at four rows).
+template <int MB, int U, typename W>
+inline void dot_rows_g32(const float* __restrict xf, int64_t K, const W* __restrict wr, const float* __restrict gs,
+                         float* out) {
+  static_assert(32 % (8 * U) == 0, "a group is a whole number of steps");
+  __m256 acc[MB][U];
+  for (int m = 0; m < MB; ++m)
+    for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
+  for (int64_t g0 = 0; g0 < K; g0 += 32) {
+    const __m256 sv = _mm256_set1_ps(gs[g0 >> 5]);
+    for (int j = 0; j < 32; j += 8 * U) {
+      const int64_t k = g0 + j;
+      __m256 wf[U];
+      for (int u = 0; u < U; ++u) wf[u] = _mm256_mul_ps(load8(wr + k + 8 * u), sv);
+      for (int m = 0; m < MB; ++m)
+        for (int u = 0; u < U; ++u)
+          acc[m][u] = _mm256_fmadd_ps(_mm256_loadu_ps(xf + m * K + k + 8 * u), wf[u], acc[m][u]);
+    }
+  }
+  for (int m = 0; m < MB; ++m) {
+    __m256 t = acc[m][0];
+    for (int u = 1; u < U; ++u) t = _mm256_add_ps(t, acc[m][u]);
+    out[m] = hsum256(t);
+  }
+}
+#endif
+
+template <bool GS, typename W>
+inline void dot_block(int64_t mb, const float* xb, int64_t K, const W* wr, const float* gs, int64_t group,
+                      float* d) {
+  if (mb == 1) dot_rows<1, 4, GS>(xb, K, wr, gs, group, d);
+  else if (mb == 2) dot_rows<2, 2, GS>(xb, K, wr, gs, group, d);
+  else if (mb == 3) dot_rows<3, 2, GS>(xb, K, wr, gs, group, d);
+  else dot_rows<4, 2, GS>(xb, K, wr, gs, group, d);
+}
+
+#ifdef PITSTOP_AVX2
+template <typename W>
+inline void dot_block_g32(int64_t mb, const float* xb, int64_t K, const W* wr, const float* gs, float* d) {
+  if (mb == 1) dot_rows_g32<1, 4>(xb, K, wr, gs, d);
+  else if (mb == 2) dot_rows_g32<2, 2>(xb, K, wr, gs, d);
+  else if (mb == 3) dot_rows_g32<3, 2>(xb, K, wr, gs, d);
+  else dot_rows_g32<4, 2>(xb, K, wr, gs, d);
+}
+#endif
+
+// x [M, K] (any float dtype), w [N, K] of W, group scales gs [N, K / group] float or null (no scaling), bias [N]
+// float or null -> out [M, N].
 template <typename T, typename W>
-void gemv_rows_impl(const at::Tensor& x, const W* wp, const float* sp, const float* bias, at::Tensor& out) {
+void gemv_rows_impl(const at::Tensor& x, const W* wp, const float* gs, int64_t group, const float* bias,
+                    at::Tensor& out) {
   const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
+  const int64_t ng = gs ? K / group : 0;
   T* op = out.data_ptr<T>();
   at::Tensor xf_t = x.to(at::kFloat).contiguous();
   const float* xf = xf_t.data_ptr<float>();
@@ -303,15 +371,12 @@ void gemv_rows_impl(const at::Tensor& x, const W* wp, const float* sp, const flo
       for (int64_t m0 = 0; m0 < M; m0 += 4) {
         const float* xb = xf + m0 * K;
         const int64_t mb = std::min<int64_t>(4, M - m0);
-        if (mb == 1) dot_rows<1, 4>(xb, K, wr, d);
-        else if (mb == 2) dot_rows<2, 2>(xb, K, wr, d);
-        else if (mb == 3) dot_rows<3, 2>(xb, K, wr, d);
-        else dot_rows<4, 2>(xb, K, wr, d);
-        for (int64_t m = 0; m < mb; ++m) {
-          float v = sp ? d[m] * sp[n] : d[m];
-          if (bias) v += bias[n];
-          op[(m0 + m) * N + n] = static_cast<T>(v);
-        }
+        if (gs == nullptr) dot_block<false>(mb, xb, K, wr, nullptr, K, d);
+#ifdef PITSTOP_AVX2
+        else if (group == 32) dot_block_g32(mb, xb, K, wr, gs + n * ng, d);
+#endif
+        else dot_block<true>(mb, xb, K, wr, gs + n * ng, group, d);
+        for (int64_t m = 0; m < mb; ++m) op[(m0 + m) * N + n] = static_cast<T>(bias ? d[m] + bias[n] : d[m]);
       }
     }
   });
@@ -327,7 +392,7 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const c10::opti
   at::Tensor bias_f;
   if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_rows", [&] {
-    gemv_rows_impl<scalar_t, float>(x, w.data_ptr<float>(), nullptr,
+    gemv_rows_impl<scalar_t, float>(x, w.data_ptr<float>(), nullptr, 0,
                                     bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, out);
   });
   return out;
@@ -339,14 +404,17 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   TORCH_CHECK(w.scalar_type() == at::kChar && scale.scalar_type() == at::kFloat, "int8 weight, float scales");
   auto xc = x.contiguous();
   const int64_t M = xc.size(0), N = w.size(0), K = w.size(1);
+  auto sc = (scale.dim() == 1 ? scale.unsqueeze(1) : scale).contiguous();  // [N, groups]
+  const int64_t ng = sc.size(1);
+  TORCH_CHECK(sc.size(0) == N && ng >= 1 && K % ng == 0, "int8_linear: scale [N] or [N, groups], groups dividing K");
+  const int64_t group = K / ng;
   at::Tensor bias_f;
   if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
   if (M <= gemv_rows) {
     auto out = at::empty({M, N}, xc.options());
     auto wc = w.contiguous();
-    auto sc = scale.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "int8_linear", [&] {
-      gemv_rows_impl<scalar_t, int8_t>(xc, wc.data_ptr<int8_t>(), sc.data_ptr<float>(),
+      gemv_rows_impl<scalar_t, int8_t>(xc, wc.data_ptr<int8_t>(), sc.data_ptr<float>(), group,
                                        bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, out);
     });
     return out;
@@ -354,10 +422,11 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   // Many rows: dequantize a weight tile (about 256 KiB of x's dtype, L2-sized) and use ATen's GEMM on it.
   const int64_t tile = std::max<int64_t>(64, (256 * 1024 / xc.element_size()) / std::max<int64_t>(K, 1));
   auto out = at::empty({M, N}, xc.options());
-  auto scale_x = scale.to(xc.scalar_type());
+  auto scale_x = sc.to(xc.scalar_type());
   for (int64_t n0 = 0; n0 < N; n0 += tile) {
     const int64_t nt = std::min(tile, N - n0);
-    auto wt = w.narrow(0, n0, nt).to(xc.scalar_type()).mul_(scale_x.narrow(0, n0, nt).unsqueeze(1));
+    auto wt = w.narrow(0, n0, nt).to(xc.scalar_type()).view({nt, ng, group})
+                  .mul_(scale_x.narrow(0, n0, nt).unsqueeze(2)).view({nt, K});
     auto o = out.narrow(1, n0, nt);
     if (bias_f.defined())
       o.copy_(at::addmm(bias_f.narrow(0, n0, nt).to(xc.scalar_type()), xc, wt.t()));
