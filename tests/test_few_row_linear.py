@@ -12,7 +12,7 @@ from model_fixtures import make_tiny_model
 from pitstop import LLM, SamplingParams
 from pitstop.model import load_model
 from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
-from pitstop.model.few_row_linear import FEW_ROWS, FewRowLinear, use_few_row_linears
+from pitstop.model.few_row_linear import FEW_ROWS, FewRowLinear, probe_fp32_prepack, use_few_row_linears
 
 
 def _kernels():
@@ -22,7 +22,7 @@ def _kernels():
     return kernels
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, FEW_ROWS, FEW_ROWS + 1])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, FEW_ROWS, FEW_ROWS + 1, 50])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("in_features", [96, 100])
 def test_kernel_matches_f_linear(rows: int, bias: bool, in_features: int) -> None:
@@ -33,6 +33,10 @@ def test_kernel_matches_f_linear(rows: int, bias: bool, in_features: int) -> Non
     ref = nn.functional.linear(x, lin.weight, lin.bias)
     torch.testing.assert_close(kernels.linear_rows(x, lin.weight.detach(), lin.bias), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(FewRowLinear(lin, kernels)(x), ref, atol=1e-5, rtol=1e-5)
+    if probe_fp32_prepack():  # many rows on the oneDNN-packed weight (rows padded to a bucket, then cut)
+        packed = FewRowLinear(lin, kernels, prepack=True)
+        assert packed.packed is not None
+        torch.testing.assert_close(packed(x), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_wrapper_dispatch() -> None:
@@ -62,7 +66,7 @@ def test_model_logits_match_plain_model(tmp_path, arch: str) -> None:
     assert model.lm_head.weight is head_weight  # shared, not copied (a tied head stays tied)
     from pitstop.model import allocate_kv_cache
 
-    for rows in (3, FEW_ROWS + 4):  # 3 rows: the kernel; more than FEW_ROWS: F.linear in both
+    for rows in (3, FEW_ROWS + 4):  # 3 rows: the kernel; more than FEW_ROWS: oneDNN's packed weight (if it runs)
         ids = torch.randint(0, model.vocab_size, (rows,), generator=torch.Generator().manual_seed(rows))
         outs = []
         for m in (plain, model):
@@ -76,7 +80,9 @@ def test_engine_uses_kernel(tmp_path) -> None:
     _kernels()
     folder = make_tiny_model(tmp_path, "llama")
     llm = LLM(str(folder), dtype="float32", kv_cache_memory="8MiB", max_model_len=128, skip_tokenizer_init=True)
-    assert llm.llm_engine.executor.optimizations["few_row_linears"] == 4 * llm.llm_engine.executor.model.num_layers + 1
+    opts = llm.llm_engine.executor.optimizations
+    assert opts["few_row_linears"] == 4 * llm.llm_engine.executor.model.num_layers + 1
+    assert opts["fp32_prepacked"] == probe_fp32_prepack()
     out = llm.generate([[5, 6, 7, 8], [9, 10]], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True),
                        use_tqdm=False)
     assert [len(o.outputs[0].token_ids) for o in out] == [6, 6]

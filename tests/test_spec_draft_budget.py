@@ -8,7 +8,7 @@ import pytest
 
 from pitstop.config import SpeculativeConfig
 from pitstop.engine.spec_decode.draft_budget import (AcceptanceEstimate, StepTimeModel, allocate_drafts,
-                                                     token_bucket)
+                                                     geometric_values as geo, token_bucket)
 
 
 def _model(fn, counts) -> StepTimeModel:
@@ -52,7 +52,7 @@ def test_acceptance_model() -> None:
 def test_flat_step_time_keeps_every_draft() -> None:
     # memory-bound: a step costs the same at 1..64 tokens, so any draft with a chance of acceptance pays
     flat = _model(lambda n: 0.030, range(1, 65))
-    keep = allocate_drafts(1, 1, {"r": (8, 0.3)}, flat)
+    keep = allocate_drafts(1, 1, {"r": geo(8, 0.3)}, flat)
     assert keep == {"r": 8}
 
 
@@ -60,22 +60,37 @@ def test_linear_step_time_cuts_unlikely_drafts() -> None:
     # compute-bound: a fixed part plus the same cost per token; 32 decodes; a draft token pays only if its expected
     # value exceeds the step's expected tokens per token of cost
     linear = _model(lambda n: 0.010 + 0.001 * n, range(16, 600, 7))
-    drafts = {f"r{i}": (8, 0.3) for i in range(32)}
+    drafts = {f"r{i}": geo(8, 0.3) for i in range(32)}
     assert sum(allocate_drafts(32, 32, drafts, linear).values()) == 0
-    keep = allocate_drafts(32, 32, {**drafts, "likely": (8, 0.99)}, linear)
+    keep = allocate_drafts(32, 32, {**drafts, "likely": geo(8, 0.99)}, linear)
     assert keep["likely"] == 8 and sum(keep.values()) == 8
 
 
 def test_knee_keeps_drafts_up_to_the_knee() -> None:
     # flat to 16 tokens, then linear: 4 decodes with low acceptance get drafts only up to about the knee
     knee = _model(lambda n: 0.030 * max(1.0, n / 16), range(1, 200))
-    keep = allocate_drafts(4, 4, {f"r{i}": (8, 0.4) for i in range(4)}, knee)
+    keep = allocate_drafts(4, 4, {f"r{i}": geo(8, 0.4) for i in range(4)}, knee)
     assert 8 <= sum(keep.values()) <= 16
     assert max(keep.values()) - min(keep.values()) <= 1  # equal rates: spread evenly, first positions first
 
 
 def test_no_data_keeps_all() -> None:
-    assert allocate_drafts(1, 1, {"r": (5, 0.1)}, StepTimeModel()) == {"r": 5}
+    assert allocate_drafts(1, 1, {"r": geo(5, 0.1)}, StepTimeModel()) == {"r": 5}
+
+
+def test_proposer_values_order_the_tokens() -> None:
+    # a proposer's own estimates (e.g. suffix-tree path probabilities): the confident draft is kept longer
+    linear = _model(lambda n: 0.010 + 0.001 * n, range(16, 600, 7))
+    keep = allocate_drafts(32, 32, {"sure": [0.99, 0.98, 0.9, 0.2], "unsure": [0.3, 0.1]}, linear)
+    assert keep == {"sure": 3, "unsure": 0}
+
+
+def test_calibration_of_proposer_values() -> None:
+    a = AcceptanceEstimate(prior_weight=4)
+    assert a.calibration() == pytest.approx(1.0)
+    for _ in range(20):
+        a.observe_values(predicted=2.0, accepted=0)  # a proposer that promised 2 tokens a verify and got none
+    assert a.calibration() < 0.1
 
 
 def test_config_keys() -> None:

@@ -42,8 +42,11 @@ def optimize_model(model: nn.Module, quantization: str = "none", compile: bool =
         from pitstop.model.few_row_linear import use_few_row_linears
 
         kernels = cpu_kernels()
-        if kernels is not None:  # float32 linears with few rows on the C++ kernel (pitstop.model.few_row_linear)
+        if kernels is not None:  # float32 linears: few rows on the C++ kernel, more on oneDNN-packed weights
+            from pitstop.model.few_row_linear import probe_fp32_prepack
+
             done["few_row_linears"] = use_few_row_linears(model, kernels)
+            done["fp32_prepacked"] = probe_fp32_prepack()
     if compile:
         from pitstop.model.compiled import compile_decoder
 

@@ -9,9 +9,11 @@ outweigh what the larger step costs. Both sides are learned while serving:
   flat in its token count while the weights' streaming dominates (batch-1 decode: 8 more rows cost little) and
   linear once compute dominates (batch 32: every drafted token costs about a decoded one), so drafting that wins
   at batch 1 can lose at batch 32.
-- :class:`AcceptanceEstimate`: per request, the probability ``a`` that a draft position is accepted given the one before
-  it was (counts of accepted positions and of rejections, with the engine-wide rate as the prior), so ``k`` drafts
-  add ``a + a**2 + ... + a**k`` tokens in expectation.
+- the expected value of each draft token: the probability that it and the drafts before it are accepted. A proposer
+  that estimates it gives it (SuffixDecoding's path probabilities, count of a child over count of its parent
+  multiplied along the path); otherwise :class:`AcceptanceEstimate` gives, per request, the probability ``a`` that
+  a position is accepted given the one before it was (counts of accepted positions and of rejections, with the
+  engine-wide rate as the prior), so ``k`` drafts add ``a + a**2 + ... + a**k`` tokens in expectation.
 
 :func:`allocate_drafts` then orders all proposed draft tokens by expected value (a request's ``j``-th draft token
 adds ``a**j``) and keeps the prefix of that order with the highest expected tokens per second of the whole step
@@ -79,7 +81,8 @@ class StepTimeModel:
 @dataclass
 class AcceptanceEstimate:
     """Per-position acceptance probabilities: engine-wide and per request (censored geometric counts: a verify
-    of ``d`` drafts with ``a`` accepted adds ``a`` accepted positions and one rejection when ``a < d``).
+    of ``d`` drafts with ``a`` accepted adds ``a`` accepted positions and one rejection when ``a < d``); and how
+    well a proposer's own estimates (e.g. suffix-tree frequencies) predicted the accepted tokens.
 
     Attributes:
         prior: the rate assumed before any verify (0.5).
@@ -91,6 +94,20 @@ class AcceptanceEstimate:
     accepted: float = 0.0
     rejected: float = 0.0
     per_request: dict[str, list[int]] = field(default_factory=dict)
+    predicted: float = 0.0
+    realized: float = 0.0
+
+    def observe_values(self, predicted: float, accepted: int) -> None:
+        """A verify of drafts whose proposer predicted ``predicted`` accepted tokens (the sum of their values);
+        ``accepted`` were."""
+        self.predicted += predicted
+        self.realized += accepted
+
+    def calibration(self) -> float:
+        """Accepted over predicted tokens of proposer-valued drafts (1 before any, ``prior_weight`` pseudo-tokens
+        at 1): the factor a proposer's values are scaled by."""
+        w = self.prior_weight
+        return (self.realized + w) / (self.predicted + w)
 
     def observe(self, request_id: str, num_drafts: int, num_accepted: int) -> None:
         """One verify of ``num_drafts`` drafts of ``request_id``, ``num_accepted`` accepted."""
@@ -117,14 +134,21 @@ class AcceptanceEstimate:
         self.per_request.pop(request_id, None)
 
 
-def allocate_drafts(base_tokens: int, base_outputs: float, drafts: dict[str, tuple[int, float]],
+def geometric_values(num_drafts: int, rate: float) -> list[float]:
+    """Expected value of each draft position under a per-position acceptance ``rate``: ``[rate, rate**2, ...]``."""
+    return [rate ** (j + 1) for j in range(num_drafts)]
+
+
+def allocate_drafts(base_tokens: int, base_outputs: float, drafts: dict[str, list[float]],
                     step_time: StepTimeModel) -> dict[str, int]:
-    """How many of each request's drafted tokens to verify (SmartSpec's greedy goodput rule, module docstring).
+    """How many of each request's drafted tokens to verify (SmartSpec's goodput rule, module docstring).
 
     Args:
         base_tokens: tokens the next step carries without drafts (decodes plus expected prefill tokens).
         base_outputs: tokens it is expected to emit without drafts (one per decode).
-        drafts: request id -> (tokens proposed, per-position acceptance probability).
+        drafts: request id -> the expected value of each proposed draft token (the probability that it and every
+            draft before it are accepted; non-increasing), e.g. :func:`geometric_values` or a suffix tree's path
+            probabilities.
         step_time: the learned step time. Before it has data, and when keeping every draft would make a step larger
             than any observed (the cost there is unknown: it is tried once and then known), every draft is kept.
 
@@ -132,25 +156,26 @@ def allocate_drafts(base_tokens: int, base_outputs: float, drafts: dict[str, tup
         request id -> draft tokens to keep (0 to the proposed length).
     """
     t0 = step_time.predict(max(base_tokens, 1))
-    proposed = sum(n for n, _ in drafts.values())
+    proposed = sum(len(v) for v in drafts.values())
     if t0 is None or t0 <= 0 or token_bucket(base_tokens + proposed) > step_time.largest_observed:
-        return {rid: n for rid, (n, _) in drafts.items()}
-    # the draft tokens in the order of their expected value (a request's j-th token is worth a**j)
-    heap = [(-a, rid, 1, a) for rid, (n, a) in drafts.items() if n > 0 and a > 0]
+        return {rid: len(v) for rid, v in drafts.items()}
+    # the draft tokens in the order of their expected value
+    heap = [(-v[0], rid, 0) for rid, v in drafts.items() if v and v[0] > 0]
     heapq.heapify(heap)
     order: list[tuple[str, int]] = []
     outputs = max(base_outputs, 1e-9)
     best, best_i, expected = outputs / t0, 0, outputs
     while heap:
-        neg, rid, j, a = heapq.heappop(heap)
-        order.append((rid, j))
+        neg, rid, j = heapq.heappop(heap)
+        order.append((rid, j + 1))
         expected -= neg
         t = step_time.predict(base_tokens + len(order))
         if expected / t >= best:  # the best prefix of the order, so a noisy bump in T does not stop the growth
             best, best_i = expected / t, len(order)
-        if j < drafts[rid][0]:
-            heapq.heappush(heap, (neg * a, rid, j + 1, a))
+        values = drafts[rid]
+        if j + 1 < len(values) and values[j + 1] > 0:
+            heapq.heappush(heap, (-values[j + 1], rid, j + 1))
     keep = {rid: 0 for rid in drafts}
-    for rid, j in order[:best_i]:
-        keep[rid] = j
+    for rid, n in order[:best_i]:
+        keep[rid] = n
     return keep

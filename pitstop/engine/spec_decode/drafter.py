@@ -6,7 +6,8 @@ that pay for the larger step (``draft_budget``)."""
 from __future__ import annotations
 
 from pitstop.config import SpeculativeConfig
-from pitstop.engine.spec_decode.draft_budget import AcceptanceEstimate, StepTimeModel, allocate_drafts
+from pitstop.engine.spec_decode.draft_budget import (AcceptanceEstimate, StepTimeModel, allocate_drafts,
+                                                     geometric_values)
 from pitstop.engine.spec_decode.metrics import SpecDecodeStats
 from pitstop.engine.spec_decode.proposer import Proposer
 from pitstop.engine.spec_decode.registry import build_proposer
@@ -34,11 +35,15 @@ class Drafter:
         self.acceptance = AcceptanceEstimate()
         self._active: dict[str, Request] = {}  # requests the proposer holds state for
         self._prefill_tokens = 0  # the last step's prefill tokens: the next step likely carries as many
+        self._values: dict[str, list[float]] = {}  # the proposer's expected values of this step's drafts
+        self._valued: dict[str, list[float]] = {}  # the same, of the drafts sent to the next step (uncalibrated)
 
     def propose(self, running: list[Request]) -> None:
         """Set ``spec_token_ids`` of each running request that decodes next (all its known tokens but the last
         computed); release the proposer's state of requests that ended."""
         self._release_ended()
+        self._values.clear()
+        self._valued.clear()
         k_max, mml, proposer, active = self.num_speculative_tokens, self.max_model_len, self.proposer, self._active
         limit = self.config.disable_by_batch_size
         off = limit is not None and len(running) > limit
@@ -56,17 +61,28 @@ class Drafter:
                 req.spec_token_ids = []
                 continue
             active[req.request_id] = req
-            drafts = proposer.propose(req, k)
+            drafts, values = proposer.propose_with_values(req, k)
             if drafts and req.grammar is not None:
                 drafts = req.grammar.valid_prefix(req.output_token_ids, drafts)
             req.spec_token_ids = drafts
+            if values is not None:
+                self._values[req.request_id] = values
         if self.config.draft_budget == "goodput" and any(r.spec_token_ids for r in decoding):
             self._apply_budget(decoding)
 
     def _apply_budget(self, decoding: list[Request]) -> None:
         """Cut the drafts to the goodput-best allocation (``draft_budget.allocate_drafts``)."""
-        drafts = {r.request_id: (len(r.spec_token_ids), self.acceptance.rate(r.request_id))
-                  for r in decoding if r.spec_token_ids}
+        drafts = {}
+        for r in decoding:
+            if r.spec_token_ids:
+                values = self._values.pop(r.request_id, None)
+                n = len(r.spec_token_ids)  # a grammar may have cut the draft
+                if values is not None and len(values) >= n:  # the proposer's estimate, calibrated by the outcomes
+                    c = self.acceptance.calibration()
+                    drafts[r.request_id] = [min(1.0, v * c) for v in values[:n]]
+                    self._valued[r.request_id] = values[:n]
+                else:
+                    drafts[r.request_id] = geometric_values(n, self.acceptance.rate(r.request_id))
         keep = allocate_drafts(len(decoding) + self._prefill_tokens, len(decoding), drafts, self.step_time)
         for r in decoding:
             if r.spec_token_ids:
@@ -90,4 +106,7 @@ class Drafter:
                     drafted, accepted = len(s.draft_token_ids), len(emitted) - 1
                     self.stats.observe(drafted, accepted, s.request.num_new_tokens)
                     self.acceptance.observe(s.request.request_id, drafted, min(accepted, drafted))
+                    values = self._valued.get(s.request.request_id)
+                    if values is not None:
+                        self.acceptance.observe_values(sum(values[:drafted]), min(accepted, drafted))
 

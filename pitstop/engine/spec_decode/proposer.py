@@ -24,6 +24,11 @@ class Proposer(ABC):
     def propose(self, request: Request, max_tokens: int) -> list[int]:
         """At most ``max_tokens`` (>= 1) draft token ids to follow ``request.all_token_ids``; [] for none."""
 
+    def propose_with_values(self, request: Request, max_tokens: int) -> tuple[list[int], list[float] | None]:
+        """``propose`` plus the expected value of each draft token (the probability that it and every draft before
+        it are accepted), or None when the proposer has no estimate (the default)."""
+        return self.propose(request, max_tokens), None
+
     def finish(self, request: Request) -> None:
         """The request has ended: drop its per-request state (default: none kept)."""
 

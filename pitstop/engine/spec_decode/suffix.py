@@ -89,13 +89,19 @@ class SuffixProposer(Proposer):
         self._seen[rid] = len(out)
 
     def propose(self, request: Request, max_tokens: int) -> list[int]:
+        return self.propose_with_values(request, max_tokens)[0]
+
+    def propose_with_values(self, request: Request, max_tokens: int) -> tuple[list[int], list[float] | None]:
+        """The draft and the trees' path probabilities of its tokens (their expected values)."""
         self.observe(request)
         context = request.all_token_ids[-self.max_tree_depth:]
         draft = self.cache.speculate(request.request_id, context, max_spec_tokens=max_tokens,
                                      max_spec_factor=self.max_spec_factor, max_spec_offset=self.max_spec_offset,
                                      min_token_prob=self.min_token_prob)
         self.last_match_len = draft.match_len
-        return list(draft.token_ids[:max_tokens])
+        tokens = list(draft.token_ids[:max_tokens])
+        probs = list(draft.probs[:len(tokens)])
+        return tokens, probs if len(probs) == len(tokens) else None
 
     def finish(self, request: Request) -> None:
         """Drop the request's tree; its whole output stays in the global tree (until evicted)."""
