@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -25,19 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from pitstop.model.attention.torch_paged import _decode_attention, _decode_plan, _padded_block_tables  # noqa: E402
+from pitstop.bench.roofline import best_time  # noqa: E402
 from pitstop.model.cpu_features import cpu_features  # noqa: E402
 from pitstop.model.cpu_kernels import cpu_kernels, kernel_status  # noqa: E402
 from pitstop.model.int8_linear import GEMV_ROWS, quantize_weight  # noqa: E402
 
 
 def best_ms(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best * 1e3
+    return best_time(fn, repeats) * 1e3
 
 
 def main() -> int:

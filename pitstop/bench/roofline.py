@@ -81,7 +81,7 @@ def decode_roofline_s(hf_config: Any, batch: int, context_len: float, dtype_byte
 # ---------------------------------------------------------------- measurement of this machine's peaks
 
 
-def _best_time(fn: Callable[[], Any], repeats: int) -> float:
+def best_time(fn: Callable[[], Any], repeats: int) -> float:
     """Best wall time (seconds) of ``fn`` over ``repeats`` runs, after one warm-up run."""
     fn()
     best = float("inf")
@@ -97,7 +97,7 @@ def measure_matmul_flops(dtype: torch.dtype = torch.bfloat16, n: int = 2048, rep
     a = torch.randn(n, n).to(dtype)
     b = torch.randn(n, n).to(dtype)
     out = torch.empty(n, n, dtype=dtype)
-    return 2.0 * n ** 3 / _best_time(lambda: torch.matmul(a, b, out=out), repeats)
+    return 2.0 * n ** 3 / best_time(lambda: torch.matmul(a, b, out=out), repeats)
 
 
 def measure_read_bandwidth(nbytes: int = GIB // 2, repeats: int = 5) -> float:
@@ -108,7 +108,7 @@ def measure_read_bandwidth(nbytes: int = GIB // 2, repeats: int = 5) -> float:
     """
     x = torch.ones(nbytes // 4, dtype=torch.float32)
     m, v = x.view(-1, 1024), torch.ones(1024)
-    best = min(_best_time(lambda: x.sum(), repeats), _best_time(lambda: m @ v, repeats))
+    best = min(best_time(lambda: x.sum(), repeats), best_time(lambda: m @ v, repeats))
     return nbytes / best
 
 
@@ -116,7 +116,7 @@ def measure_copy_bandwidth(nbytes: int = GIB // 4, repeats: int = 3) -> float:
     """Copy bandwidth (bytes/s counted as bytes read + bytes written) of an fp32 tensor of ``nbytes``."""
     x = torch.ones(nbytes // 4, dtype=torch.float32)
     y = torch.empty_like(x)
-    return 2 * nbytes / _best_time(lambda: y.copy_(x), repeats)
+    return 2 * nbytes / best_time(lambda: y.copy_(x), repeats)
 
 
 @dataclass(frozen=True)
