@@ -19,9 +19,11 @@ checks it, ``same_tokens_as_baseline``):
   2,048-token context, capped at ``--max-tokens``); prompts are open questions (a fixed list) without any text to
   copy.
 
-Batch ``b``: ``b`` requests submitted together to one engine (``max_num_seqs`` 32) and stepped to completion;
-batch 1 runs ``--batch1-requests`` requests one after the other. The methods' engines are built once and run
-interleaved (request by request at batch 1, batch by batch above), so load changes on a shared machine hit all alike. TPOT per request = (finish - first token) /
+Batch ``b``: ``b`` requests submitted together to one engine (``max_num_seqs`` 32) and stepped to completion,
+``--groups-per-batch`` distinct batches (as many as the workload has prompts for); batch 1 runs
+``--batch1-requests`` requests one after the other. The methods' engines are built once and run interleaved
+(request by request at batch 1, batch by batch above, rotating the methods' order), so load changes on a shared
+machine hit all alike. TPOT per request = (finish - first token) /
 (output tokens - 1), averaged over requests with >= 2 tokens; output tokens/s = output tokens / wall time of the
 batch (prefill included). The prefix cache is reset before every batch.
 
@@ -154,6 +156,7 @@ def run_batch(llm: LLM, prompts: list[tuple[list[int], int]]) -> dict:
     eng = llm.llm_engine
     eng.reset_prefix_cache()
     before = eng.stats()
+    pos_before = _positions(eng)
     t0 = time.perf_counter()
     ids = [eng.add_request(None, p, SamplingParams(temperature=0, max_tokens=m)) for p, m in prompts]
     done = {}
@@ -172,8 +175,19 @@ def run_batch(llm: LLM, prompts: list[tuple[list[int], int]]) -> dict:
     after = eng.stats()
     spec = {k: after[k] - before.get(k, 0) for k in ("spec_num_verifies", "spec_num_draft_tokens",
                                                       "spec_num_accepted_tokens") if k in after}
+    if eng.drafter is not None:
+        spec["positions"] = [[a - b for a, b in zip(now, then + [0] * (len(now) - len(then)))]
+                             for now, then in zip(_positions(eng), pos_before)]
     return {"wall_s": wall, "output_tokens": sum(len(o.outputs[0].token_ids) for o in outs), "tpots": tpots,
             "tokens": [o.outputs[0].token_ids for o in outs], **spec}
+
+
+def _positions(eng) -> list[list[int]]:
+    """[drafted per position, accepted per position] so far (empty lists without speculation)."""
+    if eng.drafter is None:
+        return [[], []]
+    st = eng.drafter.stats
+    return [list(st.drafted_per_position), list(st.accepted_per_position)]
 
 
 def summarize(parts: list[dict]) -> dict:
@@ -188,20 +202,31 @@ def summarize(parts: list[dict]) -> dict:
         drafted = sum(p["spec_num_draft_tokens"] for p in parts)
         verifies = sum(p["spec_num_verifies"] for p in parts)
         accepted = sum(p["spec_num_accepted_tokens"] for p in parts)
+        width = max(len(p["positions"][0]) for p in parts)
+        dpos = [sum(p["positions"][0][j] for p in parts if j < len(p["positions"][0])) for j in range(width)]
+        apos = [sum(p["positions"][1][j] for p in parts if j < len(p["positions"][1])) for j in range(width)]
         res.update(drafted_tokens=drafted, accepted_tokens=accepted, verifies=verifies,
                    acceptance_rate=accepted / drafted if drafted else 0.0,
-                   mean_accepted_length=(accepted + verifies) / verifies if verifies else 0.0)
+                   mean_accepted_length=(accepted + verifies) / verifies if verifies else 0.0,
+                   acceptance_rate_per_position=[round(a / d, 3) if d else None for a, d in zip(apos, dpos)],
+                   drafted_per_position=dpos)
     return res
 
 
-def run_interleaved(llms: dict[str, LLM], prompts: list, batch: int, batch1_requests: int) -> dict[str, dict]:
-    """Every method on the same batches, interleaved (request by request at batch 1, batch by batch otherwise) so
-    that a change of machine load during the run hits all methods alike."""
+def run_interleaved(llms: dict[str, LLM], prompts: list, batch: int, batch1_requests: int,
+                    groups_per_batch: int) -> dict[str, dict]:
+    """Every method on the same batches, interleaved (request by request at batch 1, batch by batch otherwise, the
+    methods' order rotating from one batch to the next) so that a change of machine load during the run hits all
+    methods alike. Above batch 1, up to ``groups_per_batch`` distinct batches of ``batch`` prompts."""
     parts: dict[str, list] = {m: [] for m in llms}
-    groups = [[p] for p in prompts[:batch1_requests]] if batch == 1 else [prompts[:batch]]
-    for group in groups:
-        for m, llm in llms.items():
-            parts[m].append(run_batch(llm, group))
+    if batch == 1:
+        groups = [[p] for p in prompts[:batch1_requests]]
+    else:
+        groups = [prompts[i:i + batch] for i in range(0, len(prompts) - batch + 1, batch)][:groups_per_batch]
+    names = list(llms)
+    for i, group in enumerate(groups):
+        for m in names[i % len(names):] + names[:i % len(names)]:
+            parts[m].append(run_batch(llms[m], group))
     return {m: summarize(ps) for m, ps in parts.items()}
 
 
@@ -244,6 +269,8 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["none", "ngram", "suffix"])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--batch1-requests", type=int, default=4)
+    p.add_argument("--groups-per-batch", type=int, default=2,
+                   help="distinct batches measured per batch size above 1 (more: less noise, longer)")
     p.add_argument("--num-speculative-tokens", type=int, default=8)
     p.add_argument("--draft-budget", choices=["goodput", "none"], default="goodput",
                    help="goodput: verify only the drafts that pay (default); none: every proposed draft")
@@ -260,7 +287,7 @@ def main() -> None:
     load_before = os.getloadavg()
     llms = {m: build(m, args.num_speculative_tokens, args) for m in args.methods}
     tok = llms[args.methods[0]].get_tokenizer()
-    n = max(args.batches + [args.batch1_requests])
+    n = max([b * args.groups_per_batch for b in args.batches] + [args.batch1_requests])
     prompts = {"agent": lambda: agent_prompts(tok, args.max_tokens),
                "code": lambda: code_prompts(tok, args.max_tokens, n, args.seed),
                "chat": lambda: chat_prompts(tok, args.max_tokens, n, args.seed)}[args.workload]()
@@ -269,7 +296,7 @@ def main() -> None:
           f"tokens; load average {load_before[0]:.2f}", flush=True)
     results: dict = {m: {} for m in args.methods}
     for b in args.batches:
-        by_method = run_interleaved(llms, prompts, b, args.batch1_requests)
+        by_method = run_interleaved(llms, prompts, b, args.batch1_requests, args.groups_per_batch)
         base_tokens = by_method[args.methods[0]]["tokens"]
         for method, r in by_method.items():
             tokens = r.pop("tokens")
