@@ -91,7 +91,8 @@ def test_random_batches(backend: str) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [16, 12, 72])  # 12: the plain-loop path; 72: a 64-wide and an 8-wide chunk
-def test_cpu_decode_kernel_reads_blocks_in_place(dtype: torch.dtype, head_dim: int) -> None:
+@pytest.mark.parametrize("long", [False, True])  # True: contexts from 512 tokens (the one-pass online softmax)
+def test_cpu_decode_kernel_reads_blocks_in_place(dtype: torch.dtype, head_dim: int, long: bool) -> None:
     """The C++ decode kernel (when it builds here) equals the torch backend's gather + SDPA path, per sequence
     whatever the batch around it (batch invariance), in float32 and bfloat16."""
     from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
@@ -100,10 +101,16 @@ def test_cpu_decode_kernel_reads_blocks_in_place(dtype: torch.dtype, head_dim: i
     if kernels is None:
         pytest.skip(f"C++ kernels off: {kernel_status()}")
     gen = torch.Generator().manual_seed(5)
-    k_cache = torch.randn(40, BS, 2, head_dim, generator=gen).to(dtype)
-    v_cache = torch.randn(40, BS, 2, head_dim, generator=gen).to(dtype)
+    nblocks = 320 if long else 40
+    k_cache = torch.randn(nblocks, BS, 2, head_dim, generator=gen).to(dtype)
+    v_cache = torch.randn(nblocks, BS, 2, head_dim, generator=gen).to(dtype)
     lens = [1, 7, 33, 12]
     tables = [[3], [9, 4], [0, 1, 2, 5, 6, 7, 8, 10, 11], [20, 30, 39]]
+    if long:  # 530 and 700 tokens over shuffled blocks, with a short one between
+        perm = torch.randperm(nblocks, generator=gen).tolist()
+        n530, n700 = -(-530 // BS), -(-700 // BS)
+        lens = [530, 7, 700, 1]
+        tables = [perm[:n530], perm[n530:n530 + 2], perm[n530 + 2:n530 + 2 + n700], [perm[-1]]]
     q = torch.randn(4, 6, head_dim, generator=gen).to(dtype) * 3  # larger scores: a peaked softmax too
     torch_backend, cpu_backend = get_attention_backend("torch"), get_attention_backend("cpu")
     ref_meta = torch_backend.build_metadata([1] * 4, lens, tables, BS, torch.device("cpu"))

@@ -115,12 +115,14 @@ def build() -> ModuleType:
 def probe(module: ModuleType) -> str | None:
     """Run both kernels on tiny inputs against PyTorch; returns what disagreed, or None."""
     gen = torch.Generator().manual_seed(0)
-    q = torch.randn(2, 4, 8, generator=gen)
-    kc, vc = torch.randn(5, 4, 2, 8, generator=gen), torch.randn(5, 4, 2, 8, generator=gen)
-    tables = torch.tensor([[3, 1], [0, 4]], dtype=torch.int32)
-    lens = torch.tensor([8, 3])  # 8: a full vector of the AVX2 path's exp
+    q = torch.randn(3, 4, 8, generator=gen)
+    kc, vc = torch.randn(140, 4, 2, 8, generator=gen), torch.randn(140, 4, 2, 8, generator=gen)
+    long_table = torch.randperm(135, generator=gen)[:132] + 5  # 525 tokens: the AVX2 one-pass path
+    tables = torch.zeros(3, 132, dtype=torch.int32)
+    tables[0, :2], tables[1, :2], tables[2] = torch.tensor([3, 1]), torch.tensor([0, 4]), long_table
+    lens = torch.tensor([8, 3, 525])  # 8: a full vector of the AVX2 path's exp
     got = module.paged_decode_attention(q, kc, vc, tables, lens, 0.35)
-    for b in range(2):
+    for b in range(3):
         k = kc[tables[b].long()].reshape(-1, 2, 8)[: lens[b]].repeat_interleave(2, 1).transpose(0, 1)
         v = vc[tables[b].long()].reshape(-1, 2, 8)[: lens[b]].repeat_interleave(2, 1).transpose(0, 1)
         ref = ((q[b].unsqueeze(1) @ k.transpose(1, 2)) * 0.35).softmax(-1) @ v
