@@ -12,8 +12,9 @@ Kernels (source: ``pitstop/data/csrc/cpu_kernels.cpp``, plain C++ loops the comp
   (``pitstop.model.few_row_linear``).
 
 Build: ``-O3 -march=native -fopenmp-simd`` (vectorized for *this* CPU), so the build folder's name carries a hash of
-the source, torch's version, the compiler flags and this CPU's model and ISA flags: a cache shared between machines
-never hands one CPU another's binary. Folder: ``$PITSTOP_CACHE/cpu_kernels/<hash>`` (``~/.cache/pitstop``). First
+the source, torch's version and install folder, the compiler flags and this CPU's model and ISA flags: a cache
+shared between machines never hands one CPU another's binary, and two virtualenvs do not rebuild one folder in
+turn. The source is copied into the build folder first, so checkouts at other paths share the build. Folder: ``$PITSTOP_CACHE/cpu_kernels/<hash>`` (``~/.cache/pitstop``). First
 build: about 30-60 s on 2 cores; later loads: well under a second. Concurrent builders wait on
 ``cpp_extension``'s lock file.
 
@@ -84,10 +85,11 @@ def cpu_kernels() -> ModuleType | None:
 
 
 def build_key() -> str:
-    """Hash of everything the binary depends on: source, torch version, flags, this CPU's model and ISA flags."""
+    """Hash of everything the binary depends on: source, torch (version and install: another virtualenv's headers
+    make ninja rebuild), flags, this CPU's model and ISA flags."""
     feats = cpu_features()
-    text = "\n".join([SOURCE.read_text(), torch.__version__, " ".join(CFLAGS), feats.cpu_model,
-                      " ".join(feats.isa_flags), feats.torch_capability, _all_cpu_flags()])
+    text = "\n".join([SOURCE.read_text(), torch.__version__, str(Path(torch.__file__).parent), " ".join(CFLAGS),
+                      feats.cpu_model, " ".join(feats.isa_flags), feats.torch_capability, _all_cpu_flags()])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -108,7 +110,14 @@ def build() -> ModuleType:
 
     folder = build_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    return load(name=f"pitstop_cpu_kernels_{build_key()}", sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+    # build from a copy inside the build folder: the build does not depend on where this checkout lies (ninja
+    # rebuilds when a source path changes, so two checkouts would otherwise rebuild the shared folder in turn)
+    source = folder / SOURCE.name
+    if not source.exists() or source.read_text() != SOURCE.read_text():
+        tmp = folder / f".{SOURCE.name}.{os.getpid()}"
+        tmp.write_text(SOURCE.read_text())
+        tmp.replace(source)
+    return load(name=f"pitstop_cpu_kernels_{build_key()}", sources=[str(source)], extra_cflags=list(CFLAGS),
                 build_directory=str(folder), verbose=False)
 
 
