@@ -157,6 +157,19 @@ def test_info_reports_the_choice() -> None:
     assert info["cpu"]["torch_capability"] == torch.backends.cpu.get_cpu_capability()
     text = format_text(info)
     assert f"auto -> {k.dtype}" in text and info["cpu"]["cpu_model"] in text
+    from pitstop.model.cpu_kernels import kernels_disabled
+
+    cpp = info["cpp_kernels"]  # pitstop's C++ kernels: on unless something turns them off, and then why
+    assert cpp["enabled"] == (kernels_disabled() is None)
+    assert ("c++ kernels:  on" if cpp["enabled"] else f"off ({cpp['reason']})") in text
+
+
+def test_info_says_why_cpp_kernels_are_off(monkeypatch) -> None:
+    monkeypatch.setenv("PITSTOP_NO_CPU_KERNELS", "1")
+    info = collect("auto")
+    cpp = info["cpp_kernels"]  # under `make test`'s portable run PITSTOP_PORTABLE is the reason given first
+    assert not cpp["enabled"] and cpp["reason"] in ("PITSTOP_NO_CPU_KERNELS is set", "PITSTOP_PORTABLE is set")
+    assert f"c++ kernels:  off ({cpp['reason']})" in format_text(info)
 
 
 def test_info_cli_json(capsys) -> None:

@@ -36,6 +36,7 @@ def collect(dtype: str = "auto", peaks: bool = False) -> dict:
            "choice": {"requested_dtype": k.requested_dtype, "dtype": k.dtype, "reason": k.reason,
                       "linear": k.linear_kernel, "one_row_linear": k.gemv_kernel, "warning": k.warning,
                       "summary": k.summary()}}
+    out["cpp_kernels"] = _cpp_kernels()
     if peaks:
         from pitstop.bench.roofline import measure_peaks
         out["peaks"] = measure_peaks().to_dict()
@@ -55,7 +56,8 @@ def format_text(info: dict) -> str:
         f"probes:       oneDNN bf16 pre-packing {_probe(cpu['prepack'])}; 1-row GEMV {_probe(cpu['gemv'])}",
         f"portable:     {info['portable']['env']}={'1 (every portable path forced)' if info['portable']['set'] else 'unset'}",
         f"dtype:        {ch['requested_dtype']} -> {ch['dtype']} ({ch['reason']})",
-        f"kernels:      linear {ch['linear']}, 1-row linear {ch['one_row_linear']}, attention torch (paged, portable)",
+        f"kernels:      linear {ch['linear']}, 1-row linear {ch['one_row_linear']} (PyTorch's)",
+        f"c++ kernels:  {_cpp_line(info['cpp_kernels'])}",
     ]
     if ch["warning"]:
         lines.append(f"warning:      {ch['warning']}")
@@ -64,6 +66,26 @@ def format_text(info: dict) -> str:
         lines.append(f"peaks:        matmul fp32 {p['fp32_gflops']:.0f} GFLOP/s, bf16 {p['bf16_gflops']:.1f} GFLOP/s; "
                      f"memory read {p['read_gbs']:.1f} GB/s, copy {p['copy_gbs']:.1f} GB/s ({p['threads']} threads)")
     return "\n".join(lines)
+
+
+def _cpp_kernels() -> dict:
+    """pitstop's C++ kernels here: off and why, or on, with the build folder and whether it is built (not built by
+    this command: the first engine builds it)."""
+    from pitstop.model.cpu_kernels import build_dir, kernels_disabled
+
+    why = kernels_disabled()
+    if why is not None:
+        return {"enabled": False, "reason": why}
+    folder = build_dir()
+    return {"enabled": True, "build_dir": str(folder), "built": any(folder.glob("*.so"))}
+
+
+def _cpp_line(k: dict) -> str:
+    if not k["enabled"]:
+        return f"off ({k['reason']}): PyTorch paths for attention and linears"
+    state = "built" if k["built"] else "built by the first engine (about 40 s), then cached"
+    return (f"on where they build and pass their probe: decode attention in place, float32 linears of <= 16 rows, "
+            f"int8 linears; {state} in {k['build_dir']}")
 
 
 def _yes(flag: bool) -> str:
