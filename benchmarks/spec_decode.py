@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 from pitstop import LLM, SamplingParams
+from pitstop.model.cpu_features import cpu_features
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT.parent / "shared" / "data" / "traces"
@@ -249,18 +250,11 @@ def write_json(args, results: dict, load_before, partial: bool) -> None:
     except ImportError:
         suffix_backend = "python"
     summary = {"workload": args.workload, "args": vars(args), "machine": platform.processor() or platform.machine(),
-               "cpu": _cpu_model(), "suffix_backend": suffix_backend,
+               "cpu": cpu_features().cpu_model, "suffix_backend": suffix_backend,
                "load_average_before": load_before, "load_average_after": os.getloadavg(), "partial": partial,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results}
     Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output_json).write_text(json.dumps(summary, indent=1))
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:

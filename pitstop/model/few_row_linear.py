@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pitstop.model.cpu_features import probe_prepack
 from pitstop.model.cpu_packed_linear import pack_weight, packed_linear
 
 FEW_ROWS = 16  # activation rows up to this take the kernel (see the module docstring for the measurement)
@@ -85,14 +86,7 @@ def use_few_row_linears(model: nn.Module, kernels, prepack: bool | None = None) 
 
 @cache
 def probe_fp32_prepack() -> bool:
-    """True when oneDNN packs a float32 weight on this CPU and its linear agrees with ``F.linear`` (1e-5)."""
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
-        return False
-    gen = torch.Generator().manual_seed(3)
-    w, x = torch.randn(48, 40, generator=gen), torch.randn(20, 40, generator=gen)
-    try:
-        with torch.device("cpu"):
-            got = packed_linear(x, w, pack_weight(w))
-    except RuntimeError:
-        return False
-    return bool(torch.allclose(got, F.linear(x, w), atol=1e-5, rtol=1e-5))
+    """True when oneDNN packs a float32 weight on this CPU and its linear agrees with ``F.linear`` (1e-5):
+    :func:`pitstop.model.cpu_features.probe_prepack` in float32, once per process."""
+    with torch.device("cpu"):  # the model may be built under torch.device("meta")
+        return probe_prepack(torch.float32).ok

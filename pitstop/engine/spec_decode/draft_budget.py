@@ -24,6 +24,7 @@ is the same on a convex ``T`` and not stopped early by a noisy bump in a learned
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from dataclasses import dataclass, field
 
@@ -50,6 +51,7 @@ class StepTimeModel:
 
     alpha: float = 0.2
     times: dict[int, float] = field(default_factory=dict)
+    _keys: list[int] = field(default_factory=list, repr=False)  # the buckets of ``times``, sorted
 
     def observe(self, num_tokens: int, seconds: float) -> None:
         """Record an executed step of ``num_tokens`` tokens that took ``seconds``."""
@@ -57,23 +59,26 @@ class StepTimeModel:
             return
         b = token_bucket(num_tokens)
         old = self.times.get(b)
+        if old is None:
+            bisect.insort(self._keys, b)
         self.times[b] = seconds if old is None else old + self.alpha * (seconds - old)
 
     @property
     def largest_observed(self) -> int:
         """The largest bucket observed (tokens); 0 before any step."""
-        return max(self.times, default=0)
+        return self._keys[-1] if self._keys else 0
 
     def predict(self, num_tokens: int) -> float | None:
-        """Estimated seconds of a step of ``num_tokens`` tokens; None before any step was observed."""
-        if not self.times:
+        """Estimated seconds of a step of ``num_tokens`` tokens; None before any step was observed (called for
+        every draft token the budget weighs, so a binary search over the kept-sorted buckets)."""
+        keys = self._keys
+        if not keys:
             return None
-        keys = sorted(self.times)
         if num_tokens <= keys[0]:
             return self.times[keys[0]] * num_tokens / keys[0]
         if num_tokens >= keys[-1]:
             return self.times[keys[-1]] * num_tokens / keys[-1]
-        i = next(j for j, k in enumerate(keys) if k >= num_tokens)
+        i = bisect.bisect_left(keys, num_tokens)
         lo, hi = keys[i - 1], keys[i]
         return self.times[lo] + (self.times[hi] - self.times[lo]) * (num_tokens - lo) / (hi - lo)
 

@@ -35,15 +35,14 @@ class Drafter:
         self.acceptance = AcceptanceEstimate()
         self._active: dict[str, Request] = {}  # requests the proposer holds state for
         self._prefill_tokens = 0  # the last step's prefill tokens: the next step likely carries as many
-        self._values: dict[str, list[float]] = {}  # the proposer's expected values of this step's drafts
-        self._valued: dict[str, list[float]] = {}  # the same, of the drafts sent to the next step (uncalibrated)
+        self._valued: dict[str, list[float]] = {}  # the proposer's values of the drafts sent to the next step
 
     def propose(self, running: list[Request]) -> None:
         """Set ``spec_token_ids`` of each running request that decodes next (all its known tokens but the last
         computed); release the proposer's state of requests that ended."""
         self._release_ended()
-        self._values.clear()
         self._valued.clear()
+        proposed_values: dict[str, list[float]] = {}  # the proposer's expected values of this step's drafts
         k_max, mml, proposer, active = self.num_speculative_tokens, self.max_model_len, self.proposer, self._active
         limit = self.config.disable_by_batch_size
         off = limit is not None and len(running) > limit
@@ -66,16 +65,16 @@ class Drafter:
                 drafts = req.grammar.valid_prefix(req.output_token_ids, drafts)
             req.spec_token_ids = drafts
             if values is not None:
-                self._values[req.request_id] = values
+                proposed_values[req.request_id] = values
         if self.config.draft_budget == "goodput" and any(r.spec_token_ids for r in decoding):
-            self._apply_budget(decoding)
+            self._apply_budget(decoding, proposed_values)
 
-    def _apply_budget(self, decoding: list[Request]) -> None:
+    def _apply_budget(self, decoding: list[Request], proposed_values: dict[str, list[float]]) -> None:
         """Cut the drafts to the goodput-best allocation (``draft_budget.allocate_drafts``)."""
         drafts = {}
         for r in decoding:
             if r.spec_token_ids:
-                values = self._values.pop(r.request_id, None)
+                values = proposed_values.get(r.request_id)
                 n = len(r.spec_token_ids)  # a grammar may have cut the draft
                 if values is not None and len(values) >= n:  # the proposer's estimate, calibrated by the outcomes
                     c = self.acceptance.calibration()
