@@ -21,10 +21,11 @@ demo: install
 
 # The model-level correctness tests again on the portable paths (issue 12): PITSTOP_PORTABLE=1 forces
 # pitstop's portable choices (float32 for dtype=auto, no oneDNN pre-packing, no GEMV switch, no C++ kernels:
-# the int8 and float32 linears' PyTorch paths); on an x86 CPU
+# the int8, GGUF and float32 linears' PyTorch paths); on an x86 CPU
 # with AVX2, ATen, oneDNN and MKL are also capped at AVX2, so an AVX-512/AMX machine proves the AVX2-only path too.
 PORTABLE_TESTS := tests/test_cpu_features.py tests/test_packed_linear.py tests/test_model_forward.py \
-	tests/test_attention.py tests/test_engine_correctness.py tests/test_int8_linear.py tests/test_few_row_linear.py
+	tests/test_attention.py tests/test_engine_correctness.py tests/test_int8_linear.py tests/test_few_row_linear.py \
+	tests/test_gguf_linear.py
 AVX2_CAP := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2)
 
 test: install

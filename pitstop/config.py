@@ -13,6 +13,7 @@ _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb
 
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+QUANTIZATIONS = ("none", "int8", "gguf")  # EngineConfig.quantization
 """Bytes per element of the KV cache in each concrete dtype."""
 
 
@@ -184,8 +185,10 @@ class EngineConfig:
         attention_backend: "cpu" (default: decodes read the paged KV in place with pitstop's C++ kernel, built once
             per machine; the "torch" path where it cannot be built or ``PITSTOP_PORTABLE`` is set) or "torch"
             (plain PyTorch ops: gather the blocks, then SDPA).
-        quantization: "none" or "int8" (weight-only int8 linears, per-output-channel scales;
-            ``pitstop.model.int8_linear``).
+        quantization: "none", "int8" (weight-only int8 linears, a scale per 32 weights;
+            ``pitstop.model.int8_linear``) or "gguf" (a GGUF model's Q4_0 / Q4_1 / Q8_0 blocks kept as the file
+            has them instead of dequantized; ``pitstop.model.gguf_linear``; the model must be a .gguf file or a
+            known GGUF name).
         compile: run the decoder's dense parts through ``torch.compile`` (Inductor; falls back to eager when no
             C++ compiler exists or compilation fails; ``pitstop.model.compiled``).
         num_threads: torch intra-op threads (None: leave torch's default).
@@ -242,8 +245,9 @@ class EngineConfig:
             raise ValueError(f"grammar_compile_timeout_s must be > 0 seconds, got {self.grammar_compile_timeout_s}")
         if self.grammar_compile_threads < 1:
             raise ValueError(f"grammar_compile_threads must be >= 1, got {self.grammar_compile_threads}")
-        if self.quantization not in ("none", "int8"):
-            raise ValueError(f"quantization must be 'none' or 'int8', got {self.quantization!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {', '.join(map(repr, QUANTIZATIONS))}, "
+                             f"got {self.quantization!r}")
         if self.attention_backend not in ("cpu", "torch"):
             raise ValueError(f"attention_backend must be 'cpu' or 'torch', got {self.attention_backend!r}")
         if self.block_size < 1:

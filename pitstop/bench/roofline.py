@@ -50,7 +50,7 @@ class DecodeBound:
 
 
 def decode_bound(hf_config: Any, batch: int, context_len: float, dtype_bytes: int, peak_flops: float,
-                 bandwidth: float, weight_bytes: int | None = None) -> DecodeBound:
+                 bandwidth: float, weight_bytes: float | None = None) -> DecodeBound:
     """Roofline terms of one decode step (see the module docstring for the formula).
 
     Args:
@@ -60,8 +60,9 @@ def decode_bound(hf_config: Any, batch: int, context_len: float, dtype_bytes: in
         dtype_bytes: bytes per weight and per KV element (2 for bf16, 4 for fp32).
         peak_flops: matmul peak, FLOP/s.
         bandwidth: memory read bandwidth, bytes/s.
-        weight_bytes: bytes per weight when they differ from ``dtype_bytes`` (1 for int8 weights; the KV cache
-            stays in ``dtype_bytes``).
+        weight_bytes: bytes per weight when they differ from ``dtype_bytes`` (1.125 for int8 weights with a float32
+            scale per 32; 0.75 for GGUF Q4_1 blocks as pitstop keeps them, float32 scale and minimum per 32; the
+            KV cache stays in ``dtype_bytes``).
     """
     shape = hf_config if isinstance(hf_config, ModelShape) else ModelShape.from_hf_config(hf_config)
     weight_bytes = shape.total_params() * (dtype_bytes if weight_bytes is None else weight_bytes)

@@ -39,6 +39,7 @@ import torch
 from pitstop.bench import peer_transformers as peer
 from pitstop.bench.roofline import MachinePeaks, ModelShape, decode_bound, measure_peaks
 from pitstop.bench.step_profile import StepProfiler
+from pitstop.config import QUANTIZATIONS
 from pitstop.model.cpu_features import choose_kernels, cpu_features
 from pitstop.workloads import (
     DATASETS,
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of peers: transformers, llama.cpp (built into $PITSTOP_CACHE/llama-cpp on "
                         "first use; batch-1 decode at the GGUF's own quantization and Q8_0), or none")
     p.add_argument("--attention-backend", default="cpu", choices=["cpu", "torch"])
-    p.add_argument("--quantization", default="none", choices=["none", "int8"])
+    p.add_argument("--quantization", default="none", choices=list(QUANTIZATIONS))
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder's dense parts")
     p.add_argument("--peer-modes", default="static,continuous", help="static and/or continuous")
     p.add_argument("--peer-batch-size", type=int, default=0, help="static batch size (0: tune on a probe)")
@@ -227,10 +228,11 @@ def decode_steps(steps: Sequence[Any], batch: int) -> list[Any]:
 
 
 def roofline_point(llm: Any, shape: ModelShape, peaks: MachinePeaks, dtype: str, batch: int, context: int,
-                   decode_tokens: int, seed: int, weight_bytes: int | None = None) -> dict[str, Any]:
+                   decode_tokens: int, seed: int, weight_bytes: float | None = None) -> dict[str, Any]:
     """Run ``batch`` prompts of ``context`` tokens; compare the median decode step with the roofline bound.
 
-    ``weight_bytes``: bytes per weight when not the dtype's (1 for ``--quantization int8``)."""
+    ``weight_bytes``: bytes per weight when not the dtype's (``--quantization int8`` / ``gguf``:
+    :func:`_bytes_per_weight`)."""
     prompts = make_prompts([context] * batch, shape.vocab_size, seed=seed + batch)
     # Prefills are chunked by the token budget, so the first sequences decode while the last ones
     # prefill: generate enough tokens that every sequence is still running when all have prefilled.
@@ -429,6 +431,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def _bytes_per_weight(llm: Any) -> float | None:
+    """Bytes per weight of the running model's quantized linears (values, scales and minimums over weights: int8
+    with a scale per 32 is 1.125; GGUF Q4_1 blocks as kept, float32 scale and minimum per 32, 0.75), for the roofline's weight bytes; None when no
+    quantized linear is found."""
+    model = getattr(getattr(llm.llm_engine, "executor", None), "model", None)
+    nbytes = weights = 0
+    for module in model.modules() if model is not None else ():
+        if hasattr(module, "in_features") and not any(True for _ in module.parameters(recurse=False)):
+            nbytes += sum(b.numel() * b.element_size() for n, b in module.named_buffers(recurse=False) if n != "bias"
+                          and b is not None)
+            weights += module.in_features * module.out_features
+    return nbytes / weights if weights else None
+
+
 def _roofline_section(llm: Any, shape: ModelShape, args: argparse.Namespace, b1_prompt: list[int]) -> dict[str, Any]:
     """Measured peaks, one row per decode batch, and pitstop's batch-1 decode rate."""
     _log("measuring machine peaks ...")
@@ -441,7 +457,7 @@ def _roofline_section(llm: Any, shape: ModelShape, args: argparse.Namespace, b1_
         _log(f"roofline: decode batch {b} ...")
         rows.append(roofline_point(llm, shape, peaks, args.dtype, b, args.roofline_context,
                                    args.roofline_decode_tokens, args.seed,
-                                   weight_bytes=1 if args.quantization == "int8" else None))
+                                   weight_bytes=None if args.quantization == "none" else _bytes_per_weight(llm)))
     return {"peaks": peaks.to_dict(), "source": "Williams, Waterman, Patterson, Roofline, CACM 2009",
             "formula": "max(bytes/bandwidth, flops/peak); see pitstop.bench.roofline", "rows": rows,
             "batch1_decode_tokens_per_s": {"pitstop": batch1_decode_rate_pitstop(llm, b1_prompt)}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pitstop.config import QUANTIZATIONS
 from pitstop.config import speculative_config_arg as speculative_config
 
 
@@ -26,8 +27,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention-backend", default="cpu", choices=["cpu", "torch"],
                    help="cpu: decodes read the paged KV in place (C++ kernel, built once; torch path where it "
                         "cannot be built); torch: plain PyTorch ops")
-    p.add_argument("--quantization", default="none", choices=["none", "int8"],
-                   help="int8: weight-only int8 linears (per-output-channel scales)")
+    p.add_argument("--quantization", default="none", choices=list(QUANTIZATIONS),
+                   help="int8: weight-only int8 linears (a scale per 32 weights); gguf: keep a GGUF model's "
+                        "Q4_0/Q4_1/Q8_0 blocks instead of dequantizing them at load")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decoder's dense parts (falls back to eager if compilation fails)")
     p.add_argument("--ttl-seconds", type=float, default=None,

@@ -28,13 +28,14 @@ def build_engine(config: EngineConfig, clock: Callable[[], float] = time.monoton
     import torch
 
     from pitstop.executor.model_runner import ModelRunner
-    from pitstop.model.resolve import resolve_model
+    from pitstop.model.resolve import resolve_model, source_gguf
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     model_dir = resolve_model(config.model)
     runner = ModelRunner(model_dir, config.dtype, config.kv_cache_memory, config.block_size,
-                         config.attention_backend, quantization=config.quantization, compile=config.compile)
+                         config.attention_backend, quantization=config.quantization, compile=config.compile,
+                         gguf_file=source_gguf(config.model) if config.quantization == "gguf" else None)
     tokenizer = None if config.skip_tokenizer_init else load_tokenizer(model_dir)
     hf = runner.hf_config
     mml = min(config.max_model_len or min(hf.max_position_embeddings, 8192), hf.max_position_embeddings)

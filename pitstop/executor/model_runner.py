@@ -44,7 +44,8 @@ class ModelRunner:
         kv_cache_memory: bytes reserved for the KV cache; sets ``num_blocks``.
         block_size: tokens per KV block.
         attention_backend: backend name (see ``pitstop.model.attention``).
-        quantization / compile: see ``pitstop.model.optimize.optimize_model`` (int8 weights, torch.compile).
+        quantization / compile / gguf_file: see ``pitstop.model.optimize.optimize_model`` (int8 weights, a GGUF's
+            own blocks, torch.compile).
 
     Raises:
         ValueError: the KV cache memory does not hold a single block, or an unknown dtype.
@@ -52,7 +53,7 @@ class ModelRunner:
 
     def __init__(self, model_dir: str | Path, dtype: str, kv_cache_memory: int, block_size: int,
                  attention_backend: str = "torch", device: str = "cpu", quantization: str = "none",
-                 compile: bool = False) -> None:
+                 compile: bool = False, gguf_file: str | Path | None = None) -> None:
         self.kernels: KernelChoice = choose_kernels(dtype)
         if self.kernels.warning:
             log.warning(self.kernels.warning)
@@ -65,7 +66,8 @@ class ModelRunner:
         self.model = load_model(model_dir, self.dtype, attn_backend=attention_backend)
         if self.kernels.prepack and quantization == "none":
             prepack_linears(self.model)
-        self.optimizations = optimize_model(self.model, quantization=quantization, compile=compile)
+        self.optimizations = optimize_model(self.model, quantization=quantization, compile=compile,
+                                            gguf_file=gguf_file)
         self.hf_config = self.model.hf_config
         self.bytes_per_block = kv_cache_bytes_per_block(self.hf_config, block_size, self.dtype)
         self.num_blocks = kv_cache_num_blocks(kv_cache_memory, self.bytes_per_block // block_size, block_size)

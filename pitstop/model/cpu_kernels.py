@@ -10,6 +10,8 @@ Kernels (source: ``pitstop/data/csrc/cpu_kernels.cpp``, plain C++ loops the comp
   weight-only int8 linear, one scale per row or per equal group of a row (``pitstop.model.int8_linear``).
 - ``linear_rows(x [M, K], w [N, K] float32, bias [N] | None) -> [M, N]``: float32 linear for few rows
   (``pitstop.model.few_row_linear``).
+- ``q4_linear(x [M, K], qs [N, K / 2] uint8, d [N, K / 32] float32, m [N, K / 32] float32, bias [N] | None,
+  gemv_rows) -> [M, N]``: 4-bit weights kept in GGUF's Q4_0 / Q4_1 blocks (``pitstop.model.gguf_linear``).
 
 Build: ``-O3 -march=native -fopenmp-simd`` (vectorized for *this* CPU), so the build folder's name carries a hash of
 the source, torch's version and install folder, the compiler flags and this CPU's model and ISA flags: a cache
@@ -70,11 +72,12 @@ def cpu_kernels() -> ModuleType | None:
     if why is not None:
         return _give_up(why)
     try:
-        module = build()
+        with torch.device("cpu"):  # the model (and so its attention backend) may be built under torch.device("meta")
+            module = build()  # (build_key probes the CPU's features with tensors on first use)
     except Exception as e:  # a compiler or linker error, a missing header: keep the portable path
         return _give_up(f"build failed: {type(e).__name__}: {_first_line(e)}")
     try:
-        with torch.device("cpu"):  # the model (and so its attention backend) may be built under torch.device("meta")
+        with torch.device("cpu"):
             problem = probe(module)
     except Exception as e:
         problem = f"raised {type(e).__name__}: {_first_line(e)}"
@@ -150,6 +153,22 @@ def probe(module: ModuleType) -> str | None:
                     return "int8_linear disagrees with PyTorch"
             if not torch.allclose(module.linear_rows(x, wf, bias), ref, atol=1e-4, rtol=1e-4):
                 return "linear_rows disagrees with PyTorch"
+    return _probe_q4(module, gen)
+
+
+def _probe_q4(module: ModuleType, gen: torch.Generator) -> str | None:
+    """``q4_linear`` against the same weights dequantized by PyTorch (few rows and the tiled many-row path)."""
+    qs = torch.randint(0, 256, (24, 32), generator=gen, dtype=torch.uint8)
+    d, m = torch.rand(24, 2, generator=gen) / 50, torch.randn(24, 2, generator=gen) / 10
+    groups = qs.view(24, 2, 16)  # byte j of a group: weight j in the low nibble, weight j + 16 in the high one
+    w = (torch.cat([groups & 15, groups >> 4], dim=2) * d[..., None] + m[..., None]).view(24, 64)
+    bias = torch.randn(24, generator=gen)
+    for rows in (1, 7):
+        x = torch.randn(rows, 64, generator=gen)
+        ref = torch.nn.functional.linear(x, w, bias)
+        for gemv_rows in (0, 8):
+            if not torch.allclose(module.q4_linear(x, qs, d, m, bias, gemv_rows), ref, atol=1e-4, rtol=1e-4):
+                return "q4_linear disagrees with PyTorch"
     return None
 
 

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-QUANTIZATIONS = ("none", "int8")
 GROUP_SIZE = 32  # weights per scale (a row's length must be a multiple, else one scale per row)
 GEMV_ROWS = 16  # at most this many activation rows take the read-weights-once kernel; more use tiled GEMM
 # (measured: the kernel wins up to 16 rows, 84 vs 118 ms for every linear of a step, and loses at 32: 197 vs 176)
@@ -68,10 +67,23 @@ class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear, kernels=None, group_size: int | None = GROUP_SIZE) -> None:
         super().__init__()
         q, scale = quantize_weight(linear.weight, group_size)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self._keep(q, scale, None if linear.bias is None else linear.bias.detach().clone(), kernels)
+
+    @classmethod
+    def from_quantized(cls, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                       kernels=None) -> Int8Linear:
+        """A layer on already-quantized weights (``q [N, K]`` int8, ``scale [N, groups]`` float32, e.g. a GGUF Q8_0
+        tensor's, :mod:`pitstop.model.gguf_linear`)."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer._keep(q.contiguous(), scale.float().contiguous(), bias, kernels)
+        return layer
+
+    def _keep(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, kernels) -> None:
+        self.out_features, self.in_features = q.shape
         self.register_buffer("qweight", q)
         self.register_buffer("scale", scale)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        self.register_buffer("bias", bias)
         self.kernels = kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Load-time speed options of a loaded model (issue 18): int8 weights, few-row float32 linears, ``torch.compile``.
+"""Load-time speed options of a loaded model (issue 18): int8 weights, a GGUF's own blocks, few-row float32 linears,
+``torch.compile``.
 
 Called once by the model runner after loading (and after oneDNN pre-packing, which int8 replaces). Each option
 keeps a portable path: int8 without the C++ kernels dequantizes per call; compilation falls back to eager.
@@ -8,30 +9,45 @@ from __future__ import annotations
 
 import logging
 
+from pathlib import Path
+
 from torch import nn
 
-from pitstop.model.int8_linear import QUANTIZATIONS, quantize_linears
+from pitstop.config import QUANTIZATIONS
+from pitstop.model.int8_linear import quantize_linears
 
 log = logging.getLogger("pitstop")
 
 
-def optimize_model(model: nn.Module, quantization: str = "none", compile: bool = False) -> dict:
+def optimize_model(model: nn.Module, quantization: str = "none", compile: bool = False,
+                   gguf_file: str | Path | None = None) -> dict:
     """Apply the options in place; returns what was done (for logs and benchmark JSON).
 
     Args:
         model: a loaded :class:`pitstop.model.llama.CausalLM`.
-        quantization: ``"none"`` or ``"int8"`` (:mod:`pitstop.model.int8_linear`). With ``"none"`` and the C++
-            kernels loaded, float32 linears take the few-row kernel for small batches
-            (:mod:`pitstop.model.few_row_linear`).
+        quantization: ``"none"``, ``"int8"`` (:mod:`pitstop.model.int8_linear`) or ``"gguf"`` (the linears on
+            ``gguf_file``'s own blocks, :mod:`pitstop.model.gguf_linear`). With ``"none"`` and the C++ kernels
+            loaded, float32 linears take the few-row kernel for small batches (:mod:`pitstop.model.few_row_linear`).
         compile: compile the decoder layers' dense parts (:mod:`pitstop.model.compiled`).
+        gguf_file: the GGUF the model was converted from (needed by ``"gguf"``).
 
     Raises:
-        ValueError: unknown quantization.
+        ValueError: unknown quantization; ``"gguf"`` without a GGUF file, or a file whose tensors are not this
+            model's.
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}")
     done: dict = {"quantization": quantization, "compile": compile}
-    if quantization == "int8":
+    if quantization == "gguf":
+        if gguf_file is None:
+            raise ValueError("quantization='gguf' keeps a GGUF file's blocks: the model must be a .gguf file or a "
+                             "known GGUF model name, not an HF folder")
+        from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
+        from pitstop.model.gguf_linear import use_gguf_linears
+
+        done.update(use_gguf_linears(model, gguf_file, cpu_kernels()).as_dict())
+        done["gguf_kernel"] = kernel_status()
+    elif quantization == "int8":
         from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
 
         kernels = cpu_kernels()

@@ -50,6 +50,26 @@ def resolve_model(model: str) -> Path:
     )
 
 
+def source_gguf(model: str) -> Path | None:
+    """The ``.gguf`` file behind ``model`` (a known GGUF name, a ``.gguf`` path, or a folder holding one ``.gguf``
+    and no config.json), or None for an HF folder. Needed by ``quantization="gguf"``, which keeps that file's
+    blocks (:mod:`pitstop.model.gguf_linear`).
+
+    Raises:
+        ModelNotFoundError: a known name whose package is missing.
+    """
+    known = _KNOWN_GGUF.get(str(model).lower())
+    if known is not None:
+        return _known_gguf_path(*known)
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        return ggufs[0] if len(ggufs) == 1 else None
+    return None
+
+
 def _known_names() -> list[str]:
     return [DEFAULT_MODEL]
 

@@ -15,6 +15,11 @@
 //   more rows: tiles of the weight are dequantized to x's dtype and multiplied with ATen's GEMM.
 // linear_rows: y = x @ w^T (+ bias) with float32 weights, for few activation rows (ATen's GEMM is far from the
 //   memory bound there on the machines measured: 2 rows cost it about twice 1 row).
+// q4_linear: y = x @ w^T (+ bias) with 4-bit weights kept as GGUF stores Q4_0 / Q4_1 blocks: per group of 32
+//   weights of a row a float scale d and minimum m, w = d * q + m, q in 0..15, 16 bytes per group (byte j: weight j
+//   in the low nibble, weight j + 16 in the high one). Few rows: each group is dequantized once into registers
+//   (AVX2; plain loops: a row into an L1-resident buffer) and dotted with up to four activation rows in the order
+//   of the linear_rows code (so the sums are the float32 model's to the bit); more rows: weight tiles dequantized into L2 and ATen's GEMM, as int8_linear.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -511,8 +516,153 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return out;
 }
 
+namespace {
+
+// One row of Q4 groups -> K floats (w = d * q + m; d * q is exact in float32, so fma and mul + add agree).
+inline void dequant_q4_row(const uint8_t* __restrict qs, const float* __restrict d, const float* __restrict mn,
+                           int64_t K, float* __restrict out) {
+  for (int64_t g = 0; g < K / 32; ++g) {
+    const uint8_t* b = qs + g * 16;
+    float* o = out + g * 32;
+#ifdef PITSTOP_AVX2
+    const __m256 dv = _mm256_set1_ps(d[g]), mv = _mm256_set1_ps(mn[g]);
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b));
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+    const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    for (int i = 0; i < 4; ++i) {
+      const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[i]));
+      _mm256_storeu_ps(o + 8 * i, _mm256_fmadd_ps(dv, q, mv));
+    }
+#else
+    for (int j = 0; j < 16; ++j) {
+      o[j] = d[g] * static_cast<float>(b[j] & 0x0F) + mn[g];
+      o[j + 16] = d[g] * static_cast<float>(b[j] >> 4) + mn[g];
+    }
+#endif
+  }
+}
+
+#ifdef PITSTOP_AVX2
+// MB activation rows against one Q4 weight row, each group dequantized into 4 registers (no buffer). The
+// accumulators take the same products in the same order as dot_rows<MB, U, false> on the dequantized float row, so
+// the result is that float32 kernel's to the bit.
+template <int MB, int U>
+inline void dot_rows_q4(const float* __restrict xf, int64_t K, const uint8_t* __restrict qs,
+                        const float* __restrict d, const float* __restrict mn, float* out) {
+  static_assert(U == 2 || U == 4, "a group is 32 / (8 U) steps");
+  __m256 acc[MB][U];
+  for (int m = 0; m < MB; ++m)
+    for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  for (int64_t g = 0; g < K / 32; ++g) {
+    const __m256 dv = _mm256_set1_ps(d[g]), mv = _mm256_set1_ps(mn[g]);
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + g * 16));
+    const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+    __m256 wf[4];
+    wf[0] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), mv);
+    wf[1] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), mv);
+    wf[2] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), mv);
+    wf[3] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), mv);
+    const float* xg = xf + g * 32;
+    for (int i = 0; i < 4; i += U)
+      for (int m = 0; m < MB; ++m)
+        for (int u = 0; u < U; ++u)
+          acc[m][u] = _mm256_fmadd_ps(_mm256_loadu_ps(xg + m * K + 8 * (i + u)), wf[i + u], acc[m][u]);
+  }
+  for (int m = 0; m < MB; ++m) {
+    __m256 t = acc[m][0];
+    for (int u = 1; u < U; ++u) t = _mm256_add_ps(t, acc[m][u]);
+    out[m] = hsum256(t);
+  }
+}
+
+inline void dot_block_q4(int64_t mb, const float* xb, int64_t K, const uint8_t* qs, const float* d,
+                         const float* mn, float* out) {
+  if (mb == 1) dot_rows_q4<1, 4>(xb, K, qs, d, mn, out);
+  else if (mb == 2) dot_rows_q4<2, 2>(xb, K, qs, d, mn, out);
+  else if (mb == 3) dot_rows_q4<3, 2>(xb, K, qs, d, mn, out);
+  else dot_rows_q4<4, 2>(xb, K, qs, d, mn, out);
+}
+#endif
+
+template <typename T>
+void q4_rows_impl(const at::Tensor& x, const uint8_t* qs, const float* d, const float* mn, const float* bias,
+                  at::Tensor& out) {
+  const int64_t M = x.size(0), K = x.size(1), N = out.size(1), G = K / 32;
+  T* op = out.data_ptr<T>();
+  at::Tensor xf_t = x.to(at::kFloat).contiguous();
+  const float* xf = xf_t.data_ptr<float>();
+  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+#ifndef PITSTOP_AVX2
+    std::vector<float> wrow(K);
+#endif
+    float dd[4];
+    for (int64_t n = begin; n < end; ++n) {
+#ifndef PITSTOP_AVX2
+      dequant_q4_row(qs + n * (K / 2), d + n * G, mn + n * G, K, wrow.data());
+#endif
+      for (int64_t m0 = 0; m0 < M; m0 += 4) {
+        const int64_t mb = std::min<int64_t>(4, M - m0);
+#ifdef PITSTOP_AVX2
+        dot_block_q4(mb, xf + m0 * K, K, qs + n * (K / 2), d + n * G, mn + n * G, dd);
+#else
+        dot_block<false>(mb, xf + m0 * K, K, wrow.data(), static_cast<const float*>(nullptr), K, dd);
+#endif
+        for (int64_t m = 0; m < mb; ++m) op[(m0 + m) * N + n] = static_cast<T>(bias ? dd[m] + bias[n] : dd[m]);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+// 4-bit GGUF weights (Q4_0 / Q4_1 blocks, see the header): x [M, K], qs [N, K / 2] uint8, d and m [N, K / 32]
+// float32, bias [N] or None; at most gemv_rows rows take the read-weights-once path.
+at::Tensor q4_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d, const at::Tensor& mn,
+                     const c10::optional<at::Tensor>& bias, int64_t gemv_rows) {
+  TORCH_CHECK(x.dim() == 2 && qs.dim() == 2 && qs.scalar_type() == at::kByte, "q4_linear: x [M, K], qs [N, K/2] uint8");
+  const int64_t M = x.size(0), K = x.size(1), N = qs.size(0);
+  TORCH_CHECK(K % 32 == 0 && qs.size(1) * 2 == K, "q4_linear: K a multiple of 32, qs [N, K / 2]");
+  TORCH_CHECK(d.scalar_type() == at::kFloat && mn.scalar_type() == at::kFloat && d.size(0) == N &&
+              d.size(1) == K / 32 && mn.sizes() == d.sizes(), "q4_linear: d, m [N, K / 32] float32");
+  auto xc = x.contiguous();
+  auto qc = qs.contiguous();
+  auto dc = d.contiguous(), mc = mn.contiguous();
+  at::Tensor bias_f;
+  if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
+  const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  auto out = at::empty({M, N}, xc.options());
+  if (M <= gemv_rows) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "q4_linear", [&] {
+      q4_rows_impl<scalar_t>(xc, qc.data_ptr<uint8_t>(), dc.data_ptr<float>(), mc.data_ptr<float>(), bp, out);
+    });
+    return out;
+  }
+  const int64_t tile = std::max<int64_t>(64, (256 * 1024 / 4) / std::max<int64_t>(K, 1));
+  auto wt = at::empty({std::min(tile, N), K}, xc.options().dtype(at::kFloat));
+  for (int64_t n0 = 0; n0 < N; n0 += tile) {
+    const int64_t nt = std::min(tile, N - n0);
+    float* wp = wt.data_ptr<float>();
+    const uint8_t* qp = qc.data_ptr<uint8_t>();
+    at::parallel_for(0, nt, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        dequant_q4_row(qp + (n0 + i) * (K / 2), dc.data_ptr<float>() + (n0 + i) * (K / 32),
+                       mc.data_ptr<float>() + (n0 + i) * (K / 32), K, wp + i * K);
+    });
+    auto w = wt.narrow(0, 0, nt).to(xc.scalar_type());
+    auto o = out.narrow(1, n0, nt);
+    if (bias_f.defined())
+      o.copy_(at::addmm(bias_f.narrow(0, n0, nt).to(xc.scalar_type()), xc, w.t()));
+    else
+      o.copy_(at::mm(xc, w.t()));
+  }
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention, "single-token attention over a paged KV cache");
   m.def("int8_linear", &int8_linear, "weight-only int8 linear");
   m.def("linear_rows", &linear_rows, "float32 linear for few activation rows");
+  m.def("q4_linear", &q4_linear, "4-bit GGUF (Q4_0 / Q4_1 blocks) weight linear");
 }
