@@ -19,7 +19,10 @@ only the order of float32 sums differs (few rows: none at all, the kernel dots t
 code's loop). Every replaced tensor is checked at load against the float weight it replaces, bit for bit, which
 also finds the row order (transformers' GGUF loader un-permutes llama's Q and K rows; both orders are tried).
 
-Kernels: ``q4_linear`` / ``int8_linear`` of :mod:`pitstop.model.cpu_kernels`. Portable fallback (no kernels):
+Kernels: ``q4_linear`` / ``int8_linear`` of :mod:`pitstop.model.cpu_kernels`; calls of more than ``GEMV_ROWS``
+rows (prefill chunks, big decode batches) multiply a oneDNN-packed float32 copy where pre-packing passed its
+probe (``use_gguf_linears(prepack=True)``: faster there than dequantizing tiles, at 4 bytes a weight of RAM; the
+float32 mode keeps that copy too). Portable fallback (no kernels):
 ``F.linear`` on the weight dequantized at every call (correct, slow).
 """
 
@@ -33,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pitstop.model.cpu_packed_linear import pack_weight, packed_linear
 from pitstop.model.int8_linear import GEMV_ROWS, Int8Linear
 
 Q4_TYPES = ("Q4_0", "Q4_1")
@@ -57,7 +61,7 @@ class Q4Linear(nn.Module):
     """
 
     def __init__(self, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None,
-                 kernels=None) -> None:
+                 kernels=None, packed: torch.Tensor | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = qs.shape[0], qs.shape[1] * 2
         self.register_buffer("qs", qs.contiguous())
@@ -65,16 +69,20 @@ class Q4Linear(nn.Module):
         self.register_buffer("m", m.float().contiguous())
         self.register_buffer("bias", bias)
         self.kernels = kernels
+        self.packed = packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernels is not None and x.dim() == 2 and not torch.compiler.is_compiling():
+            if self.packed is not None and x.shape[0] > GEMV_ROWS and x.dtype == torch.float32:
+                return packed_linear(x, None, self.packed, self.bias)
             return self.kernels.q4_linear(x, self.qs, self.d, self.m, self.bias, GEMV_ROWS)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, dequantize_q4(self.qs, self.d, self.m, x.dtype), bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, gguf q4, " + (
-            "cpu kernel" if self.kernels is not None else "portable")
+            "cpu kernel" if self.kernels is not None else "portable") + (
+            f", oneDNN-packed float32 above {GEMV_ROWS} rows" if self.packed is not None else "")
 
 
 @dataclass
@@ -143,8 +151,13 @@ class GGUFReport:
         return {"gguf_linears": dict(self.replaced), "gguf_kept_float": dict(self.kept_float)}
 
 
-def use_gguf_linears(model: nn.Module, gguf_file: str | Path, kernels=None) -> GGUFReport:
+def use_gguf_linears(model: nn.Module, gguf_file: str | Path, kernels=None, prepack: bool = False) -> GGUFReport:
     """Replace the linears of a loaded :class:`pitstop.model.llama.CausalLM` by layers on ``gguf_file``'s blocks.
+
+    ``prepack``: Q4 layers also keep their float32 weight packed for oneDNN (:mod:`pitstop.model.few_row_linear`)
+    for calls of more than ``GEMV_ROWS`` rows (prefill chunks, big decode batches), where a GEMM on the packed
+    float weight beats dequantizing tiles (measured on SmolLM2, 1 thread, every linear of a step at 32 rows: packed
+    float32 about 118 ms, tiles 164 ms); the float copy costs 4 bytes a weight of RAM.
 
     Raises:
         ValueError: the file has no tensors for this model's layers (another model's file).
@@ -163,14 +176,15 @@ def use_gguf_linears(model: nn.Module, gguf_file: str | Path, kernels=None) -> G
                             (p + "self_attn.o_proj", ("attn_output",)),
                             (p + "mlp.gate_up_proj", ("ffn_gate", "ffn_up")),
                             (p + "mlp.down_proj", ("ffn_down",))):
-            _replace(model, name, [(blk + x + ".weight", heads.get(x)) for x in parts], tensors, kernels, report)
+            _replace(model, name, [(blk + x + ".weight", heads.get(x)) for x in parts], tensors, kernels, report,
+                     prepack)
     head = "output.weight" if "output.weight" in tensors else "token_embd.weight"
-    _replace(model, "lm_head", [(head, None)], tensors, kernels, report)
+    _replace(model, "lm_head", [(head, None)], tensors, kernels, report, False)
     return report
 
 
 def _replace(model: nn.Module, name: str, parts: list[tuple[str, int | None]], tensors: dict, kernels,
-             report: GGUFReport) -> None:
+             report: GGUFReport, prepack: bool) -> None:
     """Swap ``model.<name>`` for a layer on the GGUF blocks of ``parts`` (fused in order) when every part has a
     supported type and, dequantized, equals the float weight it replaces (in one of the row orders tried)."""
     linear = model.get_submodule(name)
@@ -196,7 +210,8 @@ def _replace(model: nn.Module, name: str, parts: list[tuple[str, int | None]], t
         return
     fused = GGUFBlocks.cat(blocks)
     bias = None if linear.bias is None else linear.bias.detach().clone()
-    layer = Q4Linear(fused.a, fused.b, fused.c, bias, kernels) if fused.kind == "q4" else \
+    packed = pack_weight(weight) if prepack and fused.kind == "q4" and weight.dtype == torch.float32 else None
+    layer = Q4Linear(fused.a, fused.b, fused.c, bias, kernels, packed) if fused.kind == "q4" else \
         Int8Linear.from_quantized(fused.a, fused.b, bias, kernels)
     parent_name, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, layer)

@@ -43,9 +43,13 @@ def optimize_model(model: nn.Module, quantization: str = "none", compile: bool =
             raise ValueError("quantization='gguf' keeps a GGUF file's blocks: the model must be a .gguf file or a "
                              "known GGUF model name, not an HF folder")
         from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
+        from pitstop.model.few_row_linear import probe_fp32_prepack
         from pitstop.model.gguf_linear import use_gguf_linears
 
-        done.update(use_gguf_linears(model, gguf_file, cpu_kernels()).as_dict())
+        kernels = cpu_kernels()
+        prepack = kernels is not None and probe_fp32_prepack()
+        done.update(use_gguf_linears(model, gguf_file, kernels, prepack).as_dict())
+        done["fp32_prepacked"] = prepack
         done["gguf_kernel"] = kernel_status()
     elif quantization == "int8":
         from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
