@@ -12,6 +12,8 @@ Kernels (source: ``pitstop/data/csrc/cpu_kernels.cpp``, plain C++ loops the comp
   (``pitstop.model.few_row_linear``).
 - ``q4_linear(x [M, K], qs [N, K / 2] uint8, d [N, K / 32] float32, m [N, K / 32] float32, bias [N] | None,
   gemv_rows) -> [M, N]``: 4-bit weights kept in GGUF's Q4_0 / Q4_1 blocks (``pitstop.model.gguf_linear``).
+- ``add_rms_norm(h [T, D], residual [T, D] | None, weight [D], eps) -> (out, r)``: float32 residual add and RMSNorm
+  in one call, ``r = h + residual``, ``out = weight * r / rms(r)`` (``pitstop.model.layers.RMSNorm.add_forward``).
 
 Build: ``-O3 -march=native -fopenmp-simd`` (vectorized for *this* CPU), so the build folder's name carries a hash of
 the source, torch's version and install folder, the compiler flags and this CPU's model and ISA flags: a cache
@@ -153,7 +155,19 @@ def probe(module: ModuleType) -> str | None:
                     return "int8_linear disagrees with PyTorch"
             if not torch.allclose(module.linear_rows(x, wf, bias), ref, atol=1e-4, rtol=1e-4):
                 return "linear_rows disagrees with PyTorch"
-    return _probe_q4(module, gen)
+    return _probe_q4(module, gen) or _probe_norm(module, gen)
+
+
+def _probe_norm(module: ModuleType, gen: torch.Generator) -> str | None:
+    """``add_rms_norm`` against ``F.rms_norm`` (with and without a residual)."""
+    h, res, w = torch.randn(3, 40, generator=gen), torch.randn(3, 40, generator=gen), torch.randn(40, generator=gen)
+    for residual in (None, res):
+        r = h if residual is None else h + residual
+        out, got_r = module.add_rms_norm(h, residual, w, 1e-5)
+        if not (torch.equal(got_r, r) and torch.allclose(out, torch.nn.functional.rms_norm(r, (40,), w, 1e-5),
+                                                         atol=1e-5, rtol=1e-5)):
+            return "add_rms_norm disagrees with PyTorch"
+    return None
 
 
 def _probe_q4(module: ModuleType, gen: torch.Generator) -> str | None:

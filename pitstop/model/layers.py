@@ -26,9 +26,21 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
+    kernels = None  # pitstop's C++ kernels (pitstop.model.optimize: float32 models where they loaded)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., size]`` -> same shape and dtype."""
         return rms_norm(x, self.weight, self.eps)
+
+    def add_forward(self, h: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pre-norm block's residual add and norm: ``r = h + residual`` (``h`` when None) -> ``(norm(r), r)``,
+        both ``[T, size]``; one C++ call (``add_rms_norm``) for float32 where :attr:`kernels` is set."""
+        if self.kernels is not None and h.dtype == torch.float32 and h.dim() == 2 \
+                and not torch.compiler.is_compiling():
+            out, r = self.kernels.add_rms_norm(h, residual, self.weight, self.eps)
+            return out, r
+        r = h if residual is None else h + residual
+        return self(r), r
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -105,10 +105,10 @@ class DecoderLayer(nn.Module):
             attn = self.self_attn
             out = attn.backend.forward(q, k, v, kv_cache, meta, attn.scale)
             return self.pieces.run("post", self, out, residual)
-        residual = h if residual is None else h + residual
-        h = self.self_attn(self.input_layernorm(residual), cos, sin, kv_cache, meta)
-        residual = h + residual
-        return self.mlp(self.post_attention_layernorm(residual)), residual
+        x, residual = self.input_layernorm.add_forward(h, residual)
+        h = self.self_attn(x, cos, sin, kv_cache, meta)
+        x, residual = self.post_attention_layernorm.add_forward(h, residual)
+        return self.mlp(x), residual
 
 
 class CausalLM(nn.Module):
@@ -169,7 +169,7 @@ class CausalLM(nn.Module):
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches):
             h, residual = layer(h, residual, cos, sin, kv_cache, attn_metadata)
-        return self.norm(h + residual)
+        return self.norm.add_forward(h, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[N, hidden]`` -> ``[N, vocab]`` logits in the model dtype.

@@ -11,6 +11,7 @@ import logging
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from pitstop.config import QUANTIZATIONS
@@ -67,6 +68,9 @@ def optimize_model(model: nn.Module, quantization: str = "none", compile: bool =
 
             done["few_row_linears"] = use_few_row_linears(model, kernels)
             done["fp32_prepacked"] = probe_fp32_prepack()
+    from pitstop.model.cpu_kernels import cpu_kernels
+
+    done["fused_norms"] = use_fused_norms(model, cpu_kernels())
     if compile:
         from pitstop.model.compiled import compile_decoder
 
@@ -78,3 +82,14 @@ def optimize_model(model: nn.Module, quantization: str = "none", compile: bool =
         done["attention_kernel"] = kernel_status()
     log.info("pitstop: model options %s", done)
     return done
+
+
+def use_fused_norms(model: nn.Module, kernels) -> int:
+    """Give every float32 :class:`pitstop.model.layers.RMSNorm` of ``model`` the C++ kernels (residual add + norm
+    in one call, ``add_rms_norm``); returns how many (0 without kernels)."""
+    from pitstop.model.layers import RMSNorm
+
+    norms = [m for m in model.modules() if isinstance(m, RMSNorm) and m.weight.dtype == torch.float32]
+    for norm in norms:
+        norm.kernels = kernels
+    return len(norms) if kernels is not None else 0
