@@ -1,16 +1,16 @@
 #!/usr/bin/env python
-"""Accuracy of ``--quantization int8`` against float32 (issue 18): greedy agreement and perplexity.
+"""Accuracy of ``--quantization int8`` (or ``gguf``) against float32 (issue 18): greedy agreement and perplexity.
 
 1. Greedy token agreement: 64 prompts (the first 24 tokens of 64 distinct prose lines of benchmarks/README.md),
-   64 greedy tokens each (``ignore_eos``), with the float32 engine and the int8 engine; reported: the share of
-   the 64 x 64 positions where the two produced the same token, counted up to each pair's first divergence (after
+   64 greedy tokens each (``ignore_eos``), with the float32 engine and the int8 (``gguf``) engine; reported: the
+   share of the 64 x 64 positions where the two produced the same token, counted up to each pair's first divergence (after
    it the contexts differ, so later positions are not comparable) and, separately, the share of sequences
    identical in full.
 2. Perplexity on a held text sample (the repository's README.md, first ``--ppl-tokens`` tokens; not used for
    the prompts), one teacher-forced forward of the whole sample through each model's paged forward:
    ``exp(mean NLL)``; reported with the relative difference int8 vs float32 (target: within 2%).
 
-Usage: ``.venv/bin/python benchmarks/int8_accuracy.py [--model M] [--output-json PATH]``.
+Usage: ``.venv/bin/python benchmarks/int8_accuracy.py [--model M] [--quantization int8|gguf] [--output-json PATH]``.
 """
 
 from __future__ import annotations
@@ -70,11 +70,13 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--ppl-tokens", type=int, default=2048)
     p.add_argument("--attention-backend", default="cpu")
+    p.add_argument("--quantization", default="int8", choices=["int8", "gguf"])
     p.add_argument("--output-json", default=None)
     args = p.parse_args()
     res: dict = {"args": vars(args)}
     runs = {}
-    for quant in ("none", "int8"):
+    q = args.quantization
+    for quant in ("none", q):
         t0 = time.perf_counter()
         llm = LLM(args.model, dtype="float32", quantization=quant, attention_backend=args.attention_backend,
                   kv_cache_memory="512MiB", max_model_len=4096, max_num_batched_tokens=1024)
@@ -88,20 +90,20 @@ def main() -> int:
                        "seconds": time.perf_counter() - t0,
                        "optimizations": llm.llm_engine.executor.optimizations}
         del llm
-    ref, got = runs["none"]["tokens"], runs["int8"]["tokens"]
+    ref, got = runs["none"]["tokens"], runs[q]["tokens"]
     agree_prefix = sum(next((i for i, (a, b) in enumerate(zip(r, g)) if a != b), len(r)) for r, g in zip(ref, got))
     total = sum(len(r) for r in ref)
     same_seq = sum(r == g for r, g in zip(ref, got))
-    ppl32, ppl8 = runs["none"]["perplexity"], runs["int8"]["perplexity"]
+    ppl32, ppl8 = runs["none"]["perplexity"], runs[q]["perplexity"]
     res.update(
         greedy_agreement_until_divergence=agree_prefix / total, identical_sequences=same_seq,
-        num_sequences=len(ref), perplexity_float32=ppl32, perplexity_int8=ppl8,
+        num_sequences=len(ref), perplexity_float32=ppl32, **{f"perplexity_{q}": ppl8},
         perplexity_rel_diff=ppl8 / ppl32 - 1, ppl_tokens=runs["none"]["ppl_tokens"],
         optimizations={k: v["optimizations"] for k, v in runs.items()})
     print(f"greedy agreement with float32 ({len(ref)} prompts x {args.new_tokens} tokens): "
           f"{agree_prefix}/{total} = {agree_prefix / total:.1%} of positions before the first divergence; "
           f"{same_seq}/{len(ref)} sequences identical")
-    print(f"perplexity on README.md ({res['ppl_tokens']} tokens): float32 {ppl32:.3f}, int8 {ppl8:.3f} "
+    print(f"perplexity on README.md ({res['ppl_tokens']} tokens): float32 {ppl32:.3f}, {q} {ppl8:.3f} "
           f"({res['perplexity_rel_diff']:+.2%})")
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(res, indent=2, default=str))
