@@ -13,7 +13,7 @@ from model_fixtures import make_tiny_model
 from pitstop import LLM, SamplingParams
 from pitstop.model import load_model
 from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
-from pitstop.model.gguf_linear import (GGUFBlocks, Q4Linear, dequantize_q4, llama_qk_rows, read_blocks,
+from pitstop.model.gguf_linear import (Q4_ROWS, GGUFBlocks, Q4Linear, dequantize_q4, llama_qk_rows, read_blocks,
                                        use_gguf_linears)
 from pitstop.model.int8_linear import GEMV_ROWS, Int8Linear
 from pitstop.model.resolve import resolve_model, source_gguf
@@ -59,7 +59,7 @@ def _random_q4(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, t
     return qs, d.half().float(), m.half().float()
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, GEMV_ROWS, GEMV_ROWS + 1, 70])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, GEMV_ROWS + 1, Q4_ROWS, Q4_ROWS + 1, 70])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_q4_kernel_matches_portable(rows: int, bias: bool, dtype: torch.dtype) -> None:
@@ -74,14 +74,14 @@ def test_q4_kernel_matches_portable(rows: int, bias: bool, dtype: torch.dtype) -
     assert got.dtype == dtype and got.shape == (rows, 40)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
-    if dtype == torch.float32 and rows <= GEMV_ROWS:  # the few-row path sums in the float32 kernel's order
+    if dtype == torch.float32 and rows <= Q4_ROWS:  # the few-row path sums in the float32 kernel's order
         w = dequantize_q4(qs, d, m)
         assert torch.equal(got, kernels.linear_rows(x, w, b))
 
 
-@pytest.mark.parametrize("rows", [GEMV_ROWS, GEMV_ROWS + 1, 70])
+@pytest.mark.parametrize("rows", [Q4_ROWS, Q4_ROWS + 1, 70])
 def test_q4_packed_many_rows(rows: int) -> None:
-    """Above GEMV_ROWS rows a layer with a oneDNN-packed float copy multiplies that copy (same weights)."""
+    """Above Q4_ROWS rows a layer with a oneDNN-packed float copy multiplies that copy (same weights)."""
     from pitstop.model.cpu_packed_linear import pack_weight
     from pitstop.model.few_row_linear import probe_fp32_prepack
 

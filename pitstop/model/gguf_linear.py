@@ -19,7 +19,7 @@ only the order of float32 sums differs (few rows: none at all, the kernel dots t
 code's loop). Every replaced tensor is checked at load against the float weight it replaces, bit for bit, which
 also finds the row order (transformers' GGUF loader un-permutes llama's Q and K rows; both orders are tried).
 
-Kernels: ``q4_linear`` / ``int8_linear`` of :mod:`pitstop.model.cpu_kernels`; calls of more than ``GEMV_ROWS``
+Kernels: ``q4_linear`` / ``int8_linear`` of :mod:`pitstop.model.cpu_kernels`; calls of more than :data:`Q4_ROWS`
 rows (prefill chunks, big decode batches) multiply a oneDNN-packed float32 copy where pre-packing passed its
 probe (``use_gguf_linears(prepack=True)``: faster there than dequantizing tiles, at 4 bytes a weight of RAM; the
 float32 mode keeps that copy too). Portable fallback (no kernels):
@@ -37,8 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pitstop.model.cpu_packed_linear import pack_weight, packed_linear
-from pitstop.model.int8_linear import GEMV_ROWS, Int8Linear
+from pitstop.model.int8_linear import Int8Linear
 
+Q4_ROWS = 24  # at most this many activation rows take the Q4 kernel; more: the packed float32 copy (or tiles)
+# (measured on SmolLM2, 1 thread, every decoder linear of a step, kernel vs packed float32: 16 rows 77 vs 81 ms,
+# 17 rows 88 vs 131 (oneDNN's rows are padded to 32), 24 rows 120 vs 131, 28 rows 141 vs 133)
 Q4_TYPES = ("Q4_0", "Q4_1")
 GGUF_TYPES = Q4_TYPES + ("Q8_0",)
 
@@ -73,16 +76,16 @@ class Q4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernels is not None and x.dim() == 2 and not torch.compiler.is_compiling():
-            if self.packed is not None and x.shape[0] > GEMV_ROWS and x.dtype == torch.float32:
+            if self.packed is not None and x.shape[0] > Q4_ROWS and x.dtype == torch.float32:
                 return packed_linear(x, None, self.packed, self.bias)
-            return self.kernels.q4_linear(x, self.qs, self.d, self.m, self.bias, GEMV_ROWS)
+            return self.kernels.q4_linear(x, self.qs, self.d, self.m, self.bias, Q4_ROWS)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, dequantize_q4(self.qs, self.d, self.m, x.dtype), bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, gguf q4, " + (
             "cpu kernel" if self.kernels is not None else "portable") + (
-            f", oneDNN-packed float32 above {GEMV_ROWS} rows" if self.packed is not None else "")
+            f", oneDNN-packed float32 above {Q4_ROWS} rows" if self.packed is not None else "")
 
 
 @dataclass
@@ -155,9 +158,9 @@ def use_gguf_linears(model: nn.Module, gguf_file: str | Path, kernels=None, prep
     """Replace the linears of a loaded :class:`pitstop.model.llama.CausalLM` by layers on ``gguf_file``'s blocks.
 
     ``prepack``: Q4 layers also keep their float32 weight packed for oneDNN (:mod:`pitstop.model.few_row_linear`)
-    for calls of more than ``GEMV_ROWS`` rows (prefill chunks, big decode batches), where a GEMM on the packed
-    float weight beats dequantizing tiles (measured on SmolLM2, 1 thread, every linear of a step at 32 rows: packed
-    float32 about 118 ms, tiles 164 ms); the float copy costs 4 bytes a weight of RAM.
+    for calls of more than :data:`Q4_ROWS` rows (prefill chunks, big decode batches), where a GEMM on the packed
+    float weight beats both the kernel and dequantizing tiles (measured on SmolLM2, 1 thread, every linear of a
+    step at 32 rows: packed float32 about 118-122 ms, kernel 161, tiles 164); the copy costs 4 bytes a weight.
 
     Raises:
         ValueError: the file has no tensors for this model's layers (another model's file).
