@@ -51,6 +51,24 @@ def test_kernel_matches_portable(rows: int, bias: bool, in_features: int, group)
     torch.testing.assert_close(fast(x), ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [GEMV_ROWS, GEMV_ROWS + 1, 70])
+def test_packed_many_rows_multiply_the_dequantized_weight(rows: int) -> None:
+    """With ``pack()``, calls above GEMV_ROWS rows run oneDNN on the dequantized weight: the same weights as the
+    kernel's, so the same result up to float32 summation order."""
+    from pitstop.model.few_row_linear import probe_fp32_prepack
+
+    kernels = cpu_kernels()
+    if kernels is None or not probe_fp32_prepack():
+        pytest.skip(f"C++ kernels or float32 pre-packing off: {kernel_status()}")
+    torch.manual_seed(rows)
+    layer = Int8Linear(nn.Linear(96, 40), kernels)
+    layer.pack()
+    assert "oneDNN-packed" in repr(layer)
+    x = torch.randn(rows, 96)
+    ref = nn.functional.linear(x, dequantize_weight(layer.qweight, layer.scale), layer.bias)
+    torch.testing.assert_close(layer(x), ref, atol=1e-5, rtol=1e-5)
+
+
 @torch.inference_mode()
 def test_tiny_model_int8_logits_close(tmp_path) -> None:
     folder = make_tiny_model(tmp_path, "qwen2")
@@ -77,6 +95,8 @@ def test_engine_int8_option(tmp_path) -> None:
               skip_tokenizer_init=True)
     runner = llm.llm_engine.executor
     assert runner.optimizations["quantization"] == "int8" and runner.optimizations["int8_linears"] > 0
+    packed = [m.packed is not None for m in runner.model.modules() if isinstance(m, Int8Linear)]
+    assert all(packed) if runner.optimizations["fp32_prepacked"] else not any(packed)
     out = llm.generate([[5, 6, 7, 8]], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True), use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 6
     with pytest.raises(ValueError, match="quantization"):

@@ -11,8 +11,9 @@ read), so a tied ``lm_head`` gets its own int8 copy. Weight bytes per token fall
 bf16), which is what a memory-bound batch-1 decode is paying for.
 
 Kernels: ``int8_linear`` of :mod:`pitstop.model.cpu_kernels` (few rows: each int8 weight row is read once,
-converted to float once and dotted with up to four activation rows at a time; more rows: weight tiles are
-dequantized into L2 and multiplied with ATen's GEMM). Portable fallback (no kernels: ``PITSTOP_PORTABLE``, no compiler):
+converted to float once and dotted with up to four activation rows at a time; more rows: oneDNN's GEMM on the
+dequantized weight packed once at load where float32 pre-packing passed its probe (:meth:`Int8Linear.pack`), else
+weight tiles dequantized into L2 and multiplied with ATen's GEMM). Portable fallback (no kernels: ``PITSTOP_PORTABLE``, no compiler):
 ``F.linear(x, dequantize_weight(q, s))``, the same math with the weight dequantized on every call (correct, slower). ATen's own
 ``torch.ops.aten._weight_int8pack_mm`` was measured and lost on an AVX2 machine (float32 activations: 10-200x
 slower than float32 ``F.linear``; bf16 activations, emulated there: 1.1-6x slower; see benchmarks/README.md).
@@ -85,29 +86,48 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
         self.kernels = kernels
+        self.packed = None  # set by pack(): the dequantized weight, packed for oneDNN
+
+    def pack(self) -> None:
+        """Keep the dequantized weight (the same numbers the kernel multiplies) packed for oneDNN, for float32 calls of
+        more than ``GEMV_ROWS`` rows (prefill chunks, big decode batches), where oneDNN's GEMM on it beats
+        dequantizing tiles for ATen's (every linear of a SmolLM2 step at 32 rows, 1 thread: about 120 vs 164 ms);
+        4 bytes a weight of RAM."""
+        from pitstop.model.cpu_packed_linear import pack_weight
+
+        self.packed = pack_weight(dequantize_weight(self.qweight, self.scale))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[M, in]`` -> ``[M, out]`` in ``x.dtype``."""
         if self.kernels is not None and x.dim() == 2:
             if torch.compiler.is_compiling():  # traced by torch.compile: the kernel as a registered op
                 return _int8_op()(x, self.qweight, self.scale, self.bias, GEMV_ROWS)
+            if self.packed is not None and x.shape[0] > GEMV_ROWS and x.dtype == torch.float32:
+                from pitstop.model.cpu_packed_linear import packed_linear
+
+                return packed_linear(x, None, self.packed, self.bias)
             return self.kernels.int8_linear(x, self.qweight, self.scale, self.bias, GEMV_ROWS)
         return F.linear(x, dequantize_weight(self.qweight, self.scale, x.dtype), self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8, " + (
-            "cpu kernel" if self.kernels is not None else "portable")
+            "cpu kernel" if self.kernels is not None else "portable") + (
+            f", oneDNN-packed above {GEMV_ROWS} rows" if self.packed is not None else "")
 
 
-def quantize_linears(model: nn.Module, kernels=None) -> int:
+def quantize_linears(model: nn.Module, kernels=None, prepack: bool = False) -> int:
     """Replace every ``nn.Linear`` of ``model`` by an :class:`Int8Linear` in place; returns how many.
 
-    The float weights of the replaced layers are released (a tied ``lm_head`` keeps the embedding's)."""
+    The float weights of the replaced layers are released (a tied ``lm_head`` keeps the embedding's). ``prepack``:
+    float32 layers also keep their dequantized weight packed for oneDNN (:meth:`Int8Linear.pack`)."""
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     for name, module in targets:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, Int8Linear(module, kernels))
+        layer = Int8Linear(module, kernels)
+        if prepack and kernels is not None and module.weight.dtype == torch.float32:
+            layer.pack()
+        setattr(parent, attr, layer)
     return len(targets)
 
 

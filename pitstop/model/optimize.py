@@ -55,8 +55,12 @@ def optimize_model(model: nn.Module, quantization: str = "none", compile: bool =
     elif quantization == "int8":
         from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
 
+        from pitstop.model.few_row_linear import probe_fp32_prepack
+
         kernels = cpu_kernels()
-        done["int8_linears"] = quantize_linears(model, kernels)
+        prepack = kernels is not None and probe_fp32_prepack()
+        done["int8_linears"] = quantize_linears(model, kernels, prepack)
+        done["fp32_prepacked"] = prepack
         done["int8_kernel"] = kernel_status()
     else:
         from pitstop.model.cpu_kernels import cpu_kernels
