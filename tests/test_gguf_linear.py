@@ -80,20 +80,23 @@ def test_q4_kernel_matches_portable(rows: int, bias: bool, dtype: torch.dtype) -
 
 
 @pytest.mark.parametrize("rows", [Q4_ROWS, Q4_ROWS + 1, 70])
-def test_q4_packed_many_rows(rows: int) -> None:
-    """Above Q4_ROWS rows a layer with a oneDNN-packed float copy multiplies that copy (same weights)."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_q4_packed_many_rows(rows: int, dtype: torch.dtype) -> None:
+    """Above Q4_ROWS rows a layer with a oneDNN-packed copy in the model dtype multiplies that copy (same weights;
+    bfloat16 only where this CPU packs it)."""
     from pitstop.model.cpu_packed_linear import pack_weight
-    from pitstop.model.few_row_linear import probe_fp32_prepack
+    from pitstop.model.few_row_linear import packs
 
     kernels = cpu_kernels()
-    if kernels is None or not probe_fp32_prepack():
-        pytest.skip(f"C++ kernels or float32 pre-packing off: {kernel_status()}")
+    if kernels is None or not packs(dtype):
+        pytest.skip(f"C++ kernels or {dtype} pre-packing off on this CPU ({kernel_status()})")
     qs, d, m = _random_q4(40, 96, rows)
-    w, b = dequantize_q4(qs, d, m), torch.randn(40)
-    layer = Q4Linear(qs, d, m, b, kernels, pack_weight(w))
+    w, b = dequantize_q4(qs, d, m, dtype), torch.randn(40).to(dtype)
+    layer = Q4Linear(qs, d, m, b, kernels, pack_weight(w), dtype)
     assert "oneDNN-packed" in repr(layer)
-    x = torch.randn(rows, 96)
-    torch.testing.assert_close(layer(x), nn.functional.linear(x, w, b), atol=1e-5, rtol=1e-5)
+    x = torch.randn(rows, 96).to(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(layer(x), nn.functional.linear(x, w, b), atol=tol, rtol=tol)
 
 
 def test_q4_portable_is_dequantized_linear() -> None:
@@ -163,7 +166,7 @@ def test_engine_gguf_tokens_match_float32_and_batch_invariant() -> None:
             opts = llm.llm_engine.executor.optimizations
             assert opts["gguf_linears"] == {"Q4_1": 120, "Q8_0": 1}, opts
             packed = [m.packed is not None for m in llm.llm_engine.executor.model.modules() if isinstance(m, Q4Linear)]
-            assert all(packed) if opts["fp32_prepacked"] else not any(packed)
+            assert all(packed) if opts["prepacked"] else not any(packed)
             alone = [llm.generate([p], sp, use_tqdm=False)[0].outputs[0].token_ids for p in prompts]
         tokens[q] = [o.outputs[0].token_ids for o in llm.generate(prompts, sp, use_tqdm=False)]
     assert tokens["gguf"] == tokens["none"]

@@ -96,7 +96,7 @@ def test_engine_int8_option(tmp_path) -> None:
     runner = llm.llm_engine.executor
     assert runner.optimizations["quantization"] == "int8" and runner.optimizations["int8_linears"] > 0
     packed = [m.packed is not None for m in runner.model.modules() if isinstance(m, Int8Linear)]
-    assert all(packed) if runner.optimizations["fp32_prepacked"] else not any(packed)
+    assert all(packed) if runner.optimizations["prepacked"] else not any(packed)
     out = llm.generate([[5, 6, 7, 8]], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True), use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 6
     with pytest.raises(ValueError, match="quantization"):

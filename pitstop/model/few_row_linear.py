@@ -90,3 +90,13 @@ def probe_fp32_prepack() -> bool:
     :func:`pitstop.model.cpu_features.probe_prepack` in float32, once per process."""
     with torch.device("cpu"):  # the model may be built under torch.device("meta")
         return probe_prepack(torch.float32).ok
+
+
+def packs(dtype: torch.dtype) -> bool:
+    """True when linear weights of ``dtype`` can be pre-packed for oneDNN on this CPU: float32 by
+    :func:`probe_fp32_prepack`, bfloat16 by the load-time bf16 probe (``cpu_features().prepack``)."""
+    if dtype == torch.float32:
+        return probe_fp32_prepack()
+    from pitstop.model.cpu_features import cpu_features
+
+    return dtype == torch.bfloat16 and cpu_features().prepack.ok

@@ -64,7 +64,7 @@ class Q4Linear(nn.Module):
     """
 
     def __init__(self, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None,
-                 kernels=None, packed: torch.Tensor | None = None) -> None:
+                 kernels=None, packed: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.out_features, self.in_features = qs.shape[0], qs.shape[1] * 2
         self.register_buffer("qs", qs.contiguous())
@@ -72,11 +72,12 @@ class Q4Linear(nn.Module):
         self.register_buffer("m", m.float().contiguous())
         self.register_buffer("bias", bias)
         self.kernels = kernels
-        self.packed = packed
+        self.packed = packed  # the same weights in the model dtype, packed for oneDNN (or None)
+        self.packed_dtype = None if packed is None else dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernels is not None and x.dim() == 2 and not torch.compiler.is_compiling():
-            if self.packed is not None and x.shape[0] > Q4_ROWS and x.dtype == torch.float32:
+            if self.packed is not None and x.shape[0] > Q4_ROWS and x.dtype == self.packed_dtype:
                 return packed_linear(x, None, self.packed, self.bias)
             return self.kernels.q4_linear(x, self.qs, self.d, self.m, self.bias, Q4_ROWS)
         bias = None if self.bias is None else self.bias.to(x.dtype)
@@ -85,7 +86,7 @@ class Q4Linear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, gguf q4, " + (
             "cpu kernel" if self.kernels is not None else "portable") + (
-            f", oneDNN-packed float32 above {Q4_ROWS} rows" if self.packed is not None else "")
+            f", oneDNN-packed {self.packed_dtype} above {Q4_ROWS} rows" if self.packed is not None else "")
 
 
 @dataclass
@@ -157,7 +158,8 @@ class GGUFReport:
 def use_gguf_linears(model: nn.Module, gguf_file: str | Path, kernels=None, prepack: bool = False) -> GGUFReport:
     """Replace the linears of a loaded :class:`pitstop.model.llama.CausalLM` by layers on ``gguf_file``'s blocks.
 
-    ``prepack``: Q4 layers also keep their float32 weight packed for oneDNN (:mod:`pitstop.model.few_row_linear`)
+    ``prepack``: Q4 layers also keep their float weight (the model dtype's: float32, or bf16 where the CPU packs
+    it) packed for oneDNN (:mod:`pitstop.model.few_row_linear`)
     for calls of more than :data:`Q4_ROWS` rows (prefill chunks, big decode batches), where a GEMM on the packed
     float weight beats both the kernel and dequantizing tiles (measured on SmolLM2, 1 thread, every linear of a
     step at 32 rows: packed float32 about 118-122 ms, kernel 161, tiles 164); the copy costs 4 bytes a weight.
@@ -213,8 +215,8 @@ def _replace(model: nn.Module, name: str, parts: list[tuple[str, int | None]], t
         return
     fused = GGUFBlocks.cat(blocks)
     bias = None if linear.bias is None else linear.bias.detach().clone()
-    packed = pack_weight(weight) if prepack and fused.kind == "q4" and weight.dtype == torch.float32 else None
-    layer = Q4Linear(fused.a, fused.b, fused.c, bias, kernels, packed) if fused.kind == "q4" else \
+    packed = pack_weight(weight) if prepack and fused.kind == "q4" else None
+    layer = Q4Linear(fused.a, fused.b, fused.c, bias, kernels, packed, weight.dtype) if fused.kind == "q4" else \
         Int8Linear.from_quantized(fused.a, fused.b, bias, kernels)
     parent_name, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, layer)

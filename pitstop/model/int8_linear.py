@@ -87,22 +87,24 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", bias)
         self.kernels = kernels
         self.packed = None  # set by pack(): the dequantized weight, packed for oneDNN
+        self.packed_dtype = None
 
-    def pack(self) -> None:
-        """Keep the dequantized weight (the same numbers the kernel multiplies) packed for oneDNN, for float32 calls of
-        more than ``GEMV_ROWS`` rows (prefill chunks, big decode batches), where oneDNN's GEMM on it beats
+    def pack(self, dtype: torch.dtype = torch.float32) -> None:
+        """Keep the dequantized weight (the same numbers the kernel multiplies) packed for oneDNN, for ``dtype`` calls
+        of more than ``GEMV_ROWS`` rows (prefill chunks, big decode batches), where oneDNN's GEMM on it beats
         dequantizing tiles for ATen's (every linear of a SmolLM2 step at 32 rows, 1 thread: about 120 vs 164 ms);
         4 bytes a weight of RAM."""
         from pitstop.model.cpu_packed_linear import pack_weight
 
-        self.packed = pack_weight(dequantize_weight(self.qweight, self.scale))
+        self.packed = pack_weight(dequantize_weight(self.qweight, self.scale, dtype))
+        self.packed_dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[M, in]`` -> ``[M, out]`` in ``x.dtype``."""
         if self.kernels is not None and x.dim() == 2:
             if torch.compiler.is_compiling():  # traced by torch.compile: the kernel as a registered op
                 return _int8_op()(x, self.qweight, self.scale, self.bias, GEMV_ROWS)
-            if self.packed is not None and x.shape[0] > GEMV_ROWS and x.dtype == torch.float32:
+            if self.packed is not None and x.shape[0] > GEMV_ROWS and x.dtype == self.packed_dtype:
                 from pitstop.model.cpu_packed_linear import packed_linear
 
                 return packed_linear(x, None, self.packed, self.bias)
@@ -119,14 +121,15 @@ def quantize_linears(model: nn.Module, kernels=None, prepack: bool = False) -> i
     """Replace every ``nn.Linear`` of ``model`` by an :class:`Int8Linear` in place; returns how many.
 
     The float weights of the replaced layers are released (a tied ``lm_head`` keeps the embedding's). ``prepack``:
-    float32 layers also keep their dequantized weight packed for oneDNN (:meth:`Int8Linear.pack`)."""
+    the layers also keep their dequantized weight packed for oneDNN in the model's dtype (:meth:`Int8Linear.pack`;
+    call only where :func:`pitstop.model.few_row_linear.packs` is true for it)."""
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     for name, module in targets:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         layer = Int8Linear(module, kernels)
-        if prepack and kernels is not None and module.weight.dtype == torch.float32:
-            layer.pack()
+        if prepack and kernels is not None:
+            layer.pack(module.weight.dtype)
         setattr(parent, attr, layer)
     return len(targets)
 

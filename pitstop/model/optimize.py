@@ -44,23 +44,23 @@ def optimize_model(model: nn.Module, quantization: str = "none", compile: bool =
             raise ValueError("quantization='gguf' keeps a GGUF file's blocks: the model must be a .gguf file or a "
                              "known GGUF model name, not an HF folder")
         from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
-        from pitstop.model.few_row_linear import probe_fp32_prepack
+        from pitstop.model.few_row_linear import packs
         from pitstop.model.gguf_linear import use_gguf_linears
 
         kernels = cpu_kernels()
-        prepack = kernels is not None and probe_fp32_prepack()
+        prepack = kernels is not None and packs(_dtype(model))
         done.update(use_gguf_linears(model, gguf_file, kernels, prepack).as_dict())
-        done["fp32_prepacked"] = prepack
+        done["prepacked"] = prepack
         done["gguf_kernel"] = kernel_status()
     elif quantization == "int8":
         from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
 
-        from pitstop.model.few_row_linear import probe_fp32_prepack
+        from pitstop.model.few_row_linear import packs
 
         kernels = cpu_kernels()
-        prepack = kernels is not None and probe_fp32_prepack()
+        prepack = kernels is not None and packs(_dtype(model))
         done["int8_linears"] = quantize_linears(model, kernels, prepack)
-        done["fp32_prepacked"] = prepack
+        done["prepacked"] = prepack
         done["int8_kernel"] = kernel_status()
     else:
         from pitstop.model.cpu_kernels import cpu_kernels
@@ -86,6 +86,11 @@ def optimize_model(model: nn.Module, quantization: str = "none", compile: bool =
         done["attention_kernel"] = kernel_status()
     log.info("pitstop: model options %s", done)
     return done
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    """The model's float dtype (its embedding table's)."""
+    return model.get_submodule("embed_tokens").weight.dtype
 
 
 def use_fused_norms(model: nn.Module, kernels) -> int:
