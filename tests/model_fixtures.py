@@ -88,3 +88,15 @@ def hf_logits(model_dir: Path, input_ids: list[int]) -> torch.Tensor:
     model = hf_model(Path(model_dir))
     with torch.no_grad():
         return model(torch.tensor([input_ids])).logits[0].float()
+
+
+def paged_logits(model, ids: torch.Tensor, block_size: int = 16) -> torch.Tensor:
+    """Logits ``[T, vocab]`` of one prefill of ``ids`` ``[T]`` through a pitstop model's paged forward (a fresh KV
+    cache of ``ceil(T / block_size) + 1`` blocks, float32)."""
+    from pitstop.model import allocate_kv_cache
+
+    n = len(ids)
+    blocks = -(-n // block_size)
+    caches = allocate_kv_cache(model, blocks + 1, block_size, torch.float32)
+    meta = model.attn_backend.build_metadata([n], [n], [list(range(blocks))], block_size, torch.device("cpu"))
+    return model.compute_logits(model(ids, torch.arange(n), caches, meta))

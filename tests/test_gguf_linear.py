@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from model_fixtures import make_tiny_model
+from model_fixtures import make_tiny_model, paged_logits
 from pitstop import LLM, SamplingParams
 from pitstop.model import load_model
 from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
@@ -144,16 +144,9 @@ def test_smollm2_every_linear_kept_quantized(smollm2_models) -> None:
 @torch.inference_mode()
 def test_smollm2_logits_match_float32(smollm2_models) -> None:
     ref, model, _ = smollm2_models
-    from pitstop.model import allocate_kv_cache
-
     ids = torch.randint(0, ref.vocab_size, (40,), generator=torch.Generator().manual_seed(0))
-    outs = []
-    for m in (ref, model):
-        caches = allocate_kv_cache(m, 4, 16, torch.float32)
-        meta = m.attn_backend.build_metadata([40], [40], [[0, 1, 2]], 16, torch.device("cpu"))
-        outs.append(m.compute_logits(m(ids, torch.arange(40), caches, meta)))
     # the same weights: only the order of float32 sums may differ
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(paged_logits(model, ids), paged_logits(ref, ids), atol=1e-3, rtol=1e-4)
 
 
 def test_engine_gguf_tokens_match_float32_and_batch_invariant() -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from model_fixtures import make_tiny_model
+from model_fixtures import make_tiny_model, paged_logits
 from pitstop import LLM, SamplingParams
 from pitstop.config import EngineConfig
 from pitstop.model import load_model
@@ -78,13 +78,7 @@ def test_tiny_model_int8_logits_close(tmp_path) -> None:
     assert n == 4 * model.num_layers + 1  # qkv, o, gate_up, down per layer + lm_head
     assert not any(type(m) is nn.Linear for m in model.modules())
     ids = torch.randint(0, model.vocab_size, (12,), generator=torch.Generator().manual_seed(0))
-    outs = []
-    for m in (ref_model, model):
-        from pitstop.model import allocate_kv_cache
-
-        caches = allocate_kv_cache(m, 4, 4, torch.float32)
-        meta = m.attn_backend.build_metadata([12], [12], [[0, 1, 2]], 4, torch.device("cpu"))
-        outs.append(m.compute_logits(m(ids, torch.arange(12), caches, meta)))
+    outs = [paged_logits(m, ids, 4) for m in (ref_model, model)]
     err = (outs[0] - outs[1]).abs().max() / outs[0].abs().max()
     assert err < 0.05, err
 

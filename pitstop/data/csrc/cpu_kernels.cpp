@@ -481,6 +481,18 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const c10::opti
   return out;
 }
 
+// out[:, n0 : n0 + nt] = x @ w_tile^T (+ bias[n0 : n0 + nt]), w_tile [nt, K] in x's dtype: the many-row path of the
+// quantized linears, one dequantized weight tile at a time.
+static void mm_tile(at::Tensor& out, const at::Tensor& x, const at::Tensor& w_tile, const at::Tensor& bias_f,
+                    int64_t n0) {
+  const int64_t nt = w_tile.size(0);
+  auto o = out.narrow(1, n0, nt);
+  if (bias_f.defined())
+    o.copy_(at::addmm(bias_f.narrow(0, n0, nt).to(x.scalar_type()), x, w_tile.t()));
+  else
+    o.copy_(at::mm(x, w_tile.t()));
+}
+
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                        const c10::optional<at::Tensor>& bias, int64_t gemv_rows) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "int8_linear: x [M, K], w [N, K]");
@@ -510,11 +522,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
     const int64_t nt = std::min(tile, N - n0);
     auto wt = w.narrow(0, n0, nt).to(xc.scalar_type()).view({nt, ng, group})
                   .mul_(scale_x.narrow(0, n0, nt).unsqueeze(2)).view({nt, K});
-    auto o = out.narrow(1, n0, nt);
-    if (bias_f.defined())
-      o.copy_(at::addmm(bias_f.narrow(0, n0, nt).to(xc.scalar_type()), xc, wt.t()));
-    else
-      o.copy_(at::mm(xc, wt.t()));
+    mm_tile(out, xc, wt, bias_f, n0);
   }
   return out;
 }
@@ -653,12 +661,7 @@ at::Tensor q4_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tensor
         dequant_q4_row(qp + (n0 + i) * (K / 2), dc.data_ptr<float>() + (n0 + i) * (K / 32),
                        mc.data_ptr<float>() + (n0 + i) * (K / 32), K, wp + i * K);
     });
-    auto w = wt.narrow(0, 0, nt).to(xc.scalar_type());
-    auto o = out.narrow(1, n0, nt);
-    if (bias_f.defined())
-      o.copy_(at::addmm(bias_f.narrow(0, n0, nt).to(xc.scalar_type()), xc, w.t()));
-    else
-      o.copy_(at::mm(xc, w.t()));
+    mm_tile(out, xc, wt.narrow(0, 0, nt).to(xc.scalar_type()), bias_f, n0);
   }
   return out;
 }
