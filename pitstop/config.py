@@ -13,8 +13,8 @@ _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb
 
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-QUANTIZATIONS = ("none", "int8", "gguf")  # EngineConfig.quantization
 """Bytes per element of the KV cache in each concrete dtype."""
+QUANTIZATIONS = ("none", "int8", "gguf")  # EngineConfig.quantization
 
 
 def kv_cache_num_blocks(kv_cache_memory: int | float | str, bytes_per_token: int, block_size: int) -> int:

@@ -433,14 +433,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _bytes_per_weight(llm: Any) -> float | None:
     """Bytes per weight of the running model's quantized linears (values, scales and minimums over weights: int8
-    with a scale per 32 is 1.125; GGUF Q4_1 blocks as kept, float32 scale and minimum per 32, 0.75), for the roofline's weight bytes; None when no
-    quantized linear is found."""
-    model = getattr(getattr(llm.llm_engine, "executor", None), "model", None)
+    with a float32 scale per 32 is 1.125; GGUF Q4_1 blocks as kept, float32 scale and minimum per 32, 0.75), for
+    the roofline's weight bytes; None when the model has no quantized linear."""
+    from pitstop.model.gguf_linear import Q4Linear
+    from pitstop.model.int8_linear import Int8Linear
+
     nbytes = weights = 0
-    for module in model.modules() if model is not None else ():
-        if hasattr(module, "in_features") and not any(True for _ in module.parameters(recurse=False)):
-            nbytes += sum(b.numel() * b.element_size() for n, b in module.named_buffers(recurse=False) if n != "bias"
-                          and b is not None)
+    for module in llm.llm_engine.executor.model.modules():
+        if isinstance(module, (Int8Linear, Q4Linear)):
+            nbytes += sum(b.numel() * b.element_size() for n, b in module.named_buffers(recurse=False) if n != "bias")
             weights += module.in_features * module.out_features
     return nbytes / weights if weights else None
 

@@ -85,7 +85,7 @@ def _cpp_line(k: dict) -> str:
         return f"off ({k['reason']}): PyTorch paths for attention and linears"
     state = "built" if k["built"] else "built by the first engine (about 40 s), then cached"
     return (f"on where they build and pass their probe: decode attention in place, float32 linears of <= 16 rows, "
-            f"int8 linears; {state} in {k['build_dir']}")
+            f"int8 and GGUF Q4 linears, residual add + RMSNorm; {state} in {k['build_dir']}")
 
 
 def _yes(flag: bool) -> str:

@@ -18,8 +18,8 @@ Kernels (source: ``pitstop/data/csrc/cpu_kernels.cpp``, plain C++ loops the comp
 Build: ``-O3 -march=native -fopenmp-simd`` (vectorized for *this* CPU), so the build folder's name carries a hash of
 the source, torch's version and install folder, the compiler flags and this CPU's model and ISA flags: a cache
 shared between machines never hands one CPU another's binary, and two virtualenvs do not rebuild one folder in
-turn. The source is copied into the build folder first, so checkouts at other paths share the build. Folder: ``$PITSTOP_CACHE/cpu_kernels/<hash>`` (``~/.cache/pitstop``). First
-build: about 30-60 s on 2 cores; later loads: well under a second. Concurrent builders wait on
+turn. The source is copied into the build folder first, so checkouts at other paths share the build. Folder:
+``$PITSTOP_CACHE/cpu_kernels/<hash>`` (``~/.cache/pitstop``). First build: about 30-60 s on 2 cores; later loads: well under a second. Concurrent builders wait on
 ``cpp_extension``'s lock file.
 
 Fallbacks: :func:`cpu_kernels` returns None, and every caller takes its portable PyTorch path, when

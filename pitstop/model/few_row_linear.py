@@ -78,9 +78,7 @@ def use_few_row_linears(model: nn.Module, kernels, prepack: bool | None = None) 
     targets = [(name, m) for name, m in model.named_modules()
                if type(m) is nn.Linear and m.weight.dtype == torch.float32 and m.weight.is_contiguous()]
     for name, module in targets:
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, FewRowLinear(module, kernels, prepack))
+        model.set_submodule(name, FewRowLinear(module, kernels, prepack))
     return len(targets)
 
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pitstop.model.cpu_packed_linear import pack_weight, packed_linear
-from pitstop.model.int8_linear import Int8Linear
+from pitstop.model.int8_linear import Int8Linear, dequantize_weight
 
 Q4_ROWS = 24  # at most this many activation rows take the Q4 kernel; more: the packed float32 copy (or tiles)
 # (measured on SmolLM2, 1 thread, every decoder linear of a step, kernel vs packed float32: 16 rows 77 vs 81 ms,
@@ -103,7 +103,7 @@ class GGUFBlocks:
         """``[N, K]`` weight in ``dtype``."""
         if self.kind == "q4":
             return dequantize_q4(self.a, self.b, self.c, dtype)
-        return (self.a.float().view(self.a.shape[0], -1, 32) * self.b[..., None]).view(self.a.shape).to(dtype)
+        return dequantize_weight(self.a, self.b).to(dtype)
 
     def rows(self, index: torch.Tensor) -> GGUFBlocks:
         """The same tensor with its output rows reordered (``index [N]`` int64)."""
@@ -159,10 +159,10 @@ def use_gguf_linears(model: nn.Module, gguf_file: str | Path, kernels=None, prep
     """Replace the linears of a loaded :class:`pitstop.model.llama.CausalLM` by layers on ``gguf_file``'s blocks.
 
     ``prepack``: Q4 layers also keep their float weight (the model dtype's: float32, or bf16 where the CPU packs
-    it) packed for oneDNN (:mod:`pitstop.model.few_row_linear`)
-    for calls of more than :data:`Q4_ROWS` rows (prefill chunks, big decode batches), where a GEMM on the packed
-    float weight beats both the kernel and dequantizing tiles (measured on SmolLM2, 1 thread, every linear of a
-    step at 32 rows: packed float32 about 118-122 ms, kernel 161, tiles 164); the copy costs 4 bytes a weight.
+    it) packed for oneDNN (:mod:`pitstop.model.few_row_linear`) for calls of more than :data:`Q4_ROWS` rows
+    (prefill chunks, big decode batches), where a GEMM on the packed float weight beats both the kernel and
+    dequantizing tiles (measured on SmolLM2, 1 thread, every linear of a step at 32 rows: packed float32 about
+    118-122 ms, kernel 161, tiles 164); the copy costs 4 bytes a weight.
 
     Raises:
         ValueError: the file has no tensors for this model's layers (another model's file).
@@ -218,8 +218,7 @@ def _replace(model: nn.Module, name: str, parts: list[tuple[str, int | None]], t
     packed = pack_weight(weight) if prepack and fused.kind == "q4" else None
     layer = Q4Linear(fused.a, fused.b, fused.c, bias, kernels, packed, weight.dtype) if fused.kind == "q4" else \
         Int8Linear.from_quantized(fused.a, fused.b, bias, kernels)
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attr, layer)
+    model.set_submodule(name, layer)
     kind = tensors[parts[0][0]].tensor_type.name
     report.replaced[kind] = report.replaced.get(kind, 0) + 1
 

@@ -13,9 +13,9 @@ bf16), which is what a memory-bound batch-1 decode is paying for.
 Kernels: ``int8_linear`` of :mod:`pitstop.model.cpu_kernels` (few rows: each int8 weight row is read once,
 converted to float once and dotted with up to four activation rows at a time; more rows: oneDNN's GEMM on the
 dequantized weight packed once at load where float32 pre-packing passed its probe (:meth:`Int8Linear.pack`), else
-weight tiles dequantized into L2 and multiplied with ATen's GEMM). Portable fallback (no kernels: ``PITSTOP_PORTABLE``, no compiler):
-``F.linear(x, dequantize_weight(q, s))``, the same math with the weight dequantized on every call (correct, slower). ATen's own
-``torch.ops.aten._weight_int8pack_mm`` was measured and lost on an AVX2 machine (float32 activations: 10-200x
+weight tiles dequantized into L2 and multiplied with ATen's GEMM). Portable fallback (no kernels:
+``PITSTOP_PORTABLE``, no compiler): ``F.linear(x, dequantize_weight(q, s))``, the same math with the weight
+dequantized on every call (correct, slower). ATen's own ``torch.ops.aten._weight_int8pack_mm`` was measured and lost on an AVX2 machine (float32 activations: 10-200x
 slower than float32 ``F.linear``; bf16 activations, emulated there: 1.1-6x slower; see benchmarks/README.md).
 
 Accuracy is measured, not assumed: ``benchmarks/int8_accuracy.py`` (greedy agreement with float32, perplexity).
@@ -28,6 +28,8 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pitstop.model.cpu_packed_linear import pack_weight, packed_linear
 
 GROUP_SIZE = 32  # weights per scale (a row's length must be a multiple, else one scale per row)
 GEMV_ROWS = 16  # at most this many activation rows take the read-weights-once kernel; more use tiled GEMM
@@ -94,9 +96,7 @@ class Int8Linear(nn.Module):
         of more than ``GEMV_ROWS`` rows (prefill chunks, big decode batches), where oneDNN's GEMM on it beats
         dequantizing tiles for ATen's (every linear of a SmolLM2 step at 32 rows, 1 thread: about 120 vs 164 ms);
         4 bytes a weight of RAM."""
-        from pitstop.model.cpu_packed_linear import pack_weight
-
-        self.packed = pack_weight(dequantize_weight(self.qweight, self.scale, dtype))
+        self.packed = pack_weight(dequantize_weight(self.qweight, self.scale).to(dtype))
         self.packed_dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,8 +105,6 @@ class Int8Linear(nn.Module):
             if torch.compiler.is_compiling():  # traced by torch.compile: the kernel as a registered op
                 return _int8_op()(x, self.qweight, self.scale, self.bias, GEMV_ROWS)
             if self.packed is not None and x.shape[0] > GEMV_ROWS and x.dtype == self.packed_dtype:
-                from pitstop.model.cpu_packed_linear import packed_linear
-
                 return packed_linear(x, None, self.packed, self.bias)
             return self.kernels.int8_linear(x, self.qweight, self.scale, self.bias, GEMV_ROWS)
         return F.linear(x, dequantize_weight(self.qweight, self.scale, x.dtype), self.bias)
@@ -125,12 +123,10 @@ def quantize_linears(model: nn.Module, kernels=None, prepack: bool = False) -> i
     call only where :func:`pitstop.model.few_row_linear.packs` is true for it)."""
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     for name, module in targets:
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
         layer = Int8Linear(module, kernels)
         if prepack and kernels is not None:
             layer.pack(module.weight.dtype)
-        setattr(parent, attr, layer)
+        model.set_submodule(name, layer)
     return len(targets)
 
 

@@ -8,7 +8,6 @@ keeps a portable path: int8 without the C++ kernels dequantizes per call; compil
 from __future__ import annotations
 
 import logging
-
 from pathlib import Path
 
 import torch
@@ -38,51 +37,35 @@ def optimize_model(model: nn.Module, quantization: str = "none", compile: bool =
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}")
+    if quantization == "gguf" and gguf_file is None:
+        raise ValueError("quantization='gguf' keeps a GGUF file's blocks: the model must be a .gguf file or a "
+                         "known GGUF model name, not an HF folder")
+    from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
+    from pitstop.model.few_row_linear import packs, probe_fp32_prepack, use_few_row_linears
+
+    kernels = cpu_kernels()
     done: dict = {"quantization": quantization, "compile": compile}
+    if quantization != "none":  # quantized linears: bigger calls on the same weights packed for oneDNN
+        prepack = kernels is not None and packs(_dtype(model))
+        done["prepacked"] = prepack
     if quantization == "gguf":
-        if gguf_file is None:
-            raise ValueError("quantization='gguf' keeps a GGUF file's blocks: the model must be a .gguf file or a "
-                             "known GGUF model name, not an HF folder")
-        from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
-        from pitstop.model.few_row_linear import packs
         from pitstop.model.gguf_linear import use_gguf_linears
 
-        kernels = cpu_kernels()
-        prepack = kernels is not None and packs(_dtype(model))
         done.update(use_gguf_linears(model, gguf_file, kernels, prepack).as_dict())
-        done["prepacked"] = prepack
         done["gguf_kernel"] = kernel_status()
     elif quantization == "int8":
-        from pitstop.model.cpu_kernels import cpu_kernels, kernel_status
-
-        from pitstop.model.few_row_linear import packs
-
-        kernels = cpu_kernels()
-        prepack = kernels is not None and packs(_dtype(model))
         done["int8_linears"] = quantize_linears(model, kernels, prepack)
-        done["prepacked"] = prepack
         done["int8_kernel"] = kernel_status()
-    else:
-        from pitstop.model.cpu_kernels import cpu_kernels
-        from pitstop.model.few_row_linear import use_few_row_linears
-
-        kernels = cpu_kernels()
-        if kernels is not None:  # float32 linears: few rows on the C++ kernel, more on oneDNN-packed weights
-            from pitstop.model.few_row_linear import probe_fp32_prepack
-
-            done["few_row_linears"] = use_few_row_linears(model, kernels)
-            done["fp32_prepacked"] = probe_fp32_prepack()
-    from pitstop.model.cpu_kernels import cpu_kernels
-
-    done["fused_norms"] = use_fused_norms(model, cpu_kernels())
+    elif kernels is not None:  # float32 linears: few rows on the C++ kernel, more on oneDNN-packed weights
+        done["few_row_linears"] = use_few_row_linears(model, kernels)
+        done["fp32_prepacked"] = probe_fp32_prepack()
+    done["fused_norms"] = use_fused_norms(model, kernels)
     if compile:
         from pitstop.model.compiled import compile_decoder
 
         done["compiled"] = compile_decoder(model)
     attn = getattr(model, "attn_backend", None)
     if attn is not None and getattr(attn, "name", "") == "cpu":
-        from pitstop.model.cpu_kernels import kernel_status
-
         done["attention_kernel"] = kernel_status()
     log.info("pitstop: model options %s", done)
     return done

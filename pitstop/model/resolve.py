@@ -35,14 +35,12 @@ def resolve_model(model: str) -> Path:
             config.json or without safetensors; an unreadable known-model package.
         ValueError: GGUF conversion failed (message names the file).
     """
-    known = _KNOWN_GGUF.get(str(model).lower())
-    if known is not None:
-        return _convert(_known_gguf_path(*known))
+    gguf = source_gguf(model)
+    if gguf is not None:
+        return _convert(gguf)
     path = Path(model).expanduser()
     if path.is_dir():
         return _check_folder(path)
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        return _convert(path)
     if path.exists():
         raise ModelNotFoundError(f"model {model!r}: not a folder or a .gguf file")
     raise ModelNotFoundError(
@@ -85,12 +83,9 @@ def _known_gguf_path(package: str, filename: str) -> Path:
 
 
 def _check_folder(path: Path) -> Path:
-    """Validate an HF folder; a folder holding exactly one .gguf and no config.json is converted."""
+    """Validate an HF folder (one holding exactly one .gguf and no config.json was taken by :func:`source_gguf`)."""
     config = path / "config.json"
     if not config.is_file():
-        ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return _convert(ggufs[0])
         raise ModelNotFoundError(f"model folder {str(path)!r} has no config.json")
     try:
         data = json.loads(config.read_text())

@@ -11,7 +11,8 @@
 //   sequence; from 512 tokens of context one pass over its blocks (each block's K and V rows read once for every
 //   head, contiguously) with an online softmax (flash-decoding). Otherwise plain loops.
 // int8_linear: y = x @ (w * scale)^T (+ bias) with int8 weights [N, K] and float scales per output row ([N]) or
-//   per group of weights of a row ([N, groups], equal groups; weight-only quantization). Few rows: each weight row is read once and dotted with every activation row;
+//   per group of weights of a row ([N, groups], equal groups; weight-only quantization). Few rows: each weight row
+//   is read once and dotted with every activation row;
 //   more rows: tiles of the weight are dequantized to x's dtype and multiplied with ATen's GEMM.
 // linear_rows: y = x @ w^T (+ bias) with float32 weights, for few activation rows (ATen's GEMM is far from the
 //   memory bound there on the machines measured: 2 rows cost it about twice 1 row).
@@ -19,7 +20,8 @@
 //   weights of a row a float scale d and minimum m, w = d * q + m, q in 0..15, 16 bytes per group (byte j: weight j
 //   in the low nibble, weight j + 16 in the high one). Few rows: each group is dequantized once into registers
 //   (AVX2; plain loops: a row into an L1-resident buffer) and dotted with up to four activation rows in the order
-//   of the linear_rows code (so the sums are the float32 model's to the bit); more rows: weight tiles dequantized into L2 and ATen's GEMM, as int8_linear.
+//   of the linear_rows code (so the sums are the float32 model's to the bit); more rows: weight tiles dequantized
+//   into L2 and ATen's GEMM, as int8_linear.
 // add_rms_norm: the decoder's residual add and RMSNorm in one pass (float32): r = h + residual (or h), out =
 //   weight * (r * rsqrt(mean(r^2) + eps)), the statistics in float32 as transformers' LlamaRMSNorm; one call
 //   instead of about eight ATen ops, which cost more than the arithmetic at decode batch sizes.
@@ -529,6 +531,20 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 
 namespace {
 
+#ifdef PITSTOP_AVX2
+// One Q4 group (16 bytes at b) -> its 32 weights d * q + m in wf[0..3] (weights 0-7, 8-15, 16-23, 24-31).
+inline void q4_group(const uint8_t* b, float d, float m, __m256 wf[4]) {
+  const __m256 dv = _mm256_set1_ps(d), mv = _mm256_set1_ps(m);
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b));
+  const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+  wf[0] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), mv);
+  wf[1] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), mv);
+  wf[2] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), mv);
+  wf[3] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), mv);
+}
+#endif
+
 // One row of Q4 groups -> K floats (w = d * q + m; d * q is exact in float32, so fma and mul + add agree).
 inline void dequant_q4_row(const uint8_t* __restrict qs, const float* __restrict d, const float* __restrict mn,
                            int64_t K, float* __restrict out) {
@@ -536,15 +552,9 @@ inline void dequant_q4_row(const uint8_t* __restrict qs, const float* __restrict
     const uint8_t* b = qs + g * 16;
     float* o = out + g * 32;
 #ifdef PITSTOP_AVX2
-    const __m256 dv = _mm256_set1_ps(d[g]), mv = _mm256_set1_ps(mn[g]);
-    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b));
-    const __m128i mask = _mm_set1_epi8(0x0F);
-    const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-    const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
-    for (int i = 0; i < 4; ++i) {
-      const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[i]));
-      _mm256_storeu_ps(o + 8 * i, _mm256_fmadd_ps(dv, q, mv));
-    }
+    __m256 wf[4];
+    q4_group(b, d[g], mn[g], wf);
+    for (int i = 0; i < 4; ++i) _mm256_storeu_ps(o + 8 * i, wf[i]);
 #else
     for (int j = 0; j < 16; ++j) {
       o[j] = d[g] * static_cast<float>(b[j] & 0x0F) + mn[g];
@@ -565,16 +575,9 @@ inline void dot_rows_q4(const float* __restrict xf, int64_t K, const uint8_t* __
   __m256 acc[MB][U];
   for (int m = 0; m < MB; ++m)
     for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
-  const __m128i mask = _mm_set1_epi8(0x0F);
   for (int64_t g = 0; g < K / 32; ++g) {
-    const __m256 dv = _mm256_set1_ps(d[g]), mv = _mm256_set1_ps(mn[g]);
-    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + g * 16));
-    const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
     __m256 wf[4];
-    wf[0] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), mv);
-    wf[1] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), mv);
-    wf[2] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), mv);
-    wf[3] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), mv);
+    q4_group(qs + g * 16, d[g], mn[g], wf);
     const float* xg = xf + g * 32;
     for (int i = 0; i < 4; i += U)
       for (int m = 0; m < MB; ++m)
@@ -632,7 +635,8 @@ void q4_rows_impl(const at::Tensor& x, const uint8_t* qs, const float* d, const 
 // float32, bias [N] or None; at most gemv_rows rows take the read-weights-once path.
 at::Tensor q4_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d, const at::Tensor& mn,
                      const c10::optional<at::Tensor>& bias, int64_t gemv_rows) {
-  TORCH_CHECK(x.dim() == 2 && qs.dim() == 2 && qs.scalar_type() == at::kByte, "q4_linear: x [M, K], qs [N, K/2] uint8");
+  TORCH_CHECK(x.dim() == 2 && qs.dim() == 2 && qs.scalar_type() == at::kByte,
+              "q4_linear: x [M, K], qs [N, K/2] uint8");
   const int64_t M = x.size(0), K = x.size(1), N = qs.size(0);
   TORCH_CHECK(K % 32 == 0 && qs.size(1) * 2 == K, "q4_linear: K a multiple of 32, qs [N, K / 2]");
   TORCH_CHECK(d.scalar_type() == at::kFloat && mn.scalar_type() == at::kFloat && d.size(0) == N &&
